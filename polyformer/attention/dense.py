@@ -1,0 +1,195 @@
+"""Exact softmax attention: softmax(q k^T * scale + bias) v."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from polyformer.attention import base
+
+
+def dense_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    allowed: jax.Array | None,
+    *,
+    bias: jax.Array | None,
+    scale: float,
+    dropout_rate: float = 0.0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """The reference computation with float32 statistics.
+
+    q `[batch, q_length, heads, head_dim]`, k/v `[batch, k_length, heads, dim]`; `allowed`
+    broadcasts to `[batch, heads, q_length, k_length]`. Returns `[batch, q_length, heads, dim]`.
+    """
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    weights = base.masked_softmax(scores, allowed)
+    weights = base.dropout(weights, dropout_rate, rng)
+    out = jnp.einsum(
+        "bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    return out.astype(q.dtype)
+
+
+def combine_masks(
+    mask: jax.Array | None, causal: bool, q_len: int, k_len: int
+) -> jax.Array | None:
+    """Key-padding / full mask and the causal rule as one mask broadcastable to
+    `[batch, heads, q_length, k_length]`, or None when everything is allowed."""
+    allowed = base.expand_mask(mask, q_len)
+    if causal:
+        rule = base.causal_allowed(np.arange(q_len)[:, None], np.arange(k_len)[None, :], q_len, k_len)
+        allowed = jnp.asarray(rule) if allowed is None else allowed & rule
+    return allowed
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """Exact attention, the reference every other kernel is tested against.
+
+    Attributes:
+      dropout_rate: attention-weight dropout, applied only when the call gets an `rng`.
+      implementation: "xla" is the einsum path here, for every device and dtype. "cudnn" calls
+        `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, float16/bfloat16, no dropout);
+        it is checked against "xla" by tests/attention/test_dense.py on a GPU machine.
+    """
+
+    dropout_rate: float = 0.0
+    implementation: Literal["xla", "cudnn"] = "xla"
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.implementation not in ("xla", "cudnn"):
+            raise ValueError(f"implementation must be 'xla' or 'cudnn', got {self.implementation!r}")
+
+    def __call__(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        mask: jax.Array | None = None,
+        causal: bool = False,
+        *,
+        bias: jax.Array | None = None,
+        scale: float | None = None,
+        rng: jax.Array | None = None,
+    ) -> jax.Array:
+        _, q_len, k_len, _, head_dim = base.check_inputs(q, k, v, mask, bias)
+        scale = base.default_scale(head_dim, scale)
+        if self.implementation == "cudnn":
+            return self._cudnn(q, k, v, mask, causal, bias, scale, rng)
+        allowed = combine_masks(mask, causal, q_len, k_len)
+        return dense_attention(
+            q, k, v, allowed, bias=bias, scale=scale, dropout_rate=self.dropout_rate, rng=rng
+        )
+
+    def init_cache(self, batch: int, max_length: int, heads: int, head_dim: int, dtype) -> KVCache:
+        return init_kv_cache(batch, max_length, heads, head_dim, dtype)
+
+    def decode(
+        self,
+        cache: KVCache,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        scale: float | None = None,
+    ) -> tuple[jax.Array, KVCache]:
+        """Attends n new tokens (q, k, v `[batch, n, heads, head_dim]`, `mask` `[batch, n]` True
+        for real tokens) causally to everything decoded so far; returns (out, new cache)."""
+        check_decode_inputs(q, k, v, mask, *cache.key.shape[2:])
+        cache = append_kv(cache, k, v, mask)
+        return decode_against_cache(cache, q, base.default_scale(q.shape[-1], scale)), cache
+
+    def _cudnn(self, q, k, v, mask, causal, bias, scale, rng):
+        if rng is not None and self.dropout_rate > 0.0:
+            raise ValueError("implementation='cudnn' has no attention dropout; use 'xla'")
+        if q.dtype not in (jnp.float16, jnp.bfloat16):
+            raise ValueError(f"implementation='cudnn' needs float16 or bfloat16, got {q.dtype}")
+        full = base.expand_mask(mask, q.shape[1])
+        if full is not None:
+            full = jnp.broadcast_to(full, (q.shape[0], full.shape[1], q.shape[1], k.shape[1]))
+        if causal and q.shape[1] != k.shape[1]:
+            raise ValueError("implementation='cudnn' supports causal only for q_length == k_length")
+        return jax.nn.dot_product_attention(
+            q, k, v, bias=bias, mask=full, scale=scale, is_causal=causal, implementation="cudnn"
+        )
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every position decoded so far.
+
+    key/value `[batch, max_length, heads, head_dim]`, valid `[batch, max_length]` (False for
+    padding and for slots not written yet), index: the number of positions written.
+    """
+
+    key: jax.Array
+    value: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+
+def init_kv_cache(batch: int, max_length: int, heads: int, head_dim: int, dtype) -> KVCache:
+    zeros = jnp.zeros((batch, max_length, heads, head_dim), dtype)
+    return KVCache(zeros, zeros, jnp.zeros((batch, max_length), bool), jnp.zeros((), jnp.int32))
+
+
+def append_kv(cache: KVCache, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> KVCache:
+    """Writes n new positions `[batch, n, heads, head_dim]` at `cache.index`."""
+    batch, n = k.shape[:2]
+    valid = jnp.ones((batch, n), bool) if mask is None else mask
+    start = (0, cache.index, 0, 0)
+    return KVCache(
+        key=jax.lax.dynamic_update_slice(cache.key, k.astype(cache.key.dtype), start),
+        value=jax.lax.dynamic_update_slice(cache.value, v.astype(cache.value.dtype), start),
+        valid=jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index)),
+        index=cache.index + n,
+    )
+
+
+def check_decode_inputs(q, k, v, mask, cache_heads: int, cache_head_dim: int) -> None:
+    base.check_inputs(q, k, v)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(
+            f"decoding takes as many new keys as queries, got q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    if q.shape[2:] != (cache_heads, cache_head_dim):
+        raise ValueError(
+            f"q has shape {tuple(q.shape)}, expected (batch, n, {cache_heads}, {cache_head_dim}) "
+            "as the cache was made"
+        )
+    if mask is not None and (mask.dtype != jnp.bool_ or mask.shape != k.shape[:2]):
+        raise ValueError(
+            f"decoding mask must be boolean {tuple(k.shape[:2])} (validity of the new keys), "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+
+
+def decode_against_cache(
+    cache: KVCache, q: jax.Array, scale: float, allowed_extra: jax.Array | None = None
+) -> jax.Array:
+    """Causal attention of the n newest queries over a cache that already holds their keys.
+
+    `allowed_extra` (broadcastable to `[n, max_length]`) narrows what each query may see, for
+    patterns decoded against a full cache.
+    """
+    n, max_length = q.shape[1], cache.key.shape[1]
+    q_pos = cache.index - n + jnp.arange(n)
+    k_pos = jnp.arange(max_length)
+    allowed = k_pos[None, :] <= q_pos[:, None]
+    if allowed_extra is not None:
+        allowed = allowed & allowed_extra
+    allowed = allowed[None, None] & cache.valid[:, None, None, :]
+    return dense_attention(q, cache.key, cache.value, allowed, bias=None, scale=scale)

@@ -1,0 +1,129 @@
+"""The multi-head attention layer: projections and heads around any kernel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from polyformer.attention.base import AttentionKernel
+from polyformer.attention.dense import Dense
+
+
+def logical(initializer, axes: tuple[str, ...]):
+    """Names the logical axes of a parameter; the training package maps them onto a device mesh
+    with its rules table. Nothing is sharded at creation, so models build without a mesh."""
+    return nnx.with_partitioning(initializer, axes, eager_sharding=False)
+
+
+def _linear(
+    in_features: int, out_features: int, axes: tuple[str, str], *, use_bias, dtype, param_dtype, rngs
+) -> nnx.Linear:
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=logical(nnx.initializers.lecun_normal(), axes),
+        bias_init=logical(nnx.initializers.zeros_init(), (axes[1],)),
+        rngs=rngs,
+    )
+
+
+class MultiHeadAttention(nnx.Module):
+    """query/key/value projections, a kernel, an output projection.
+
+    The parameter tree is the same for every kernel, so one checkpoint runs under Dense, Sparse or
+    Favor; swap `layer.kernel` to change the attention of one layer. Kernels are frozen values
+    and hold no parameters.
+
+    Args:
+      num_heads: number of heads.
+      in_features: width of the input x `[batch, length, in_features]`.
+      head_dim: width of each head (default in_features // num_heads).
+      out_features: width of the output (default in_features).
+      kernel: any kernel of the attention package (default Dense()).
+      use_bias: biases on the four projections.
+      dtype: computation dtype (None: the input's); param_dtype: storage dtype.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        in_features: int,
+        *,
+        head_dim: int | None = None,
+        out_features: int | None = None,
+        kernel: AttentionKernel = Dense(),
+        use_bias: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if head_dim is None:
+            if in_features % num_heads:
+                raise ValueError(
+                    f"in_features={in_features} is not divisible by num_heads={num_heads}; "
+                    "pass head_dim explicitly"
+                )
+            head_dim = in_features // num_heads
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.kernel = kernel
+        self.dtype = dtype
+        inner = num_heads * head_dim
+        opts = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.query = _linear(in_features, inner, ("embed", "heads"), **opts)
+        self.key = _linear(in_features, inner, ("embed", "heads"), **opts)
+        self.value = _linear(in_features, inner, ("embed", "heads"), **opts)
+        self.out = _linear(inner, out_features or in_features, ("heads", "embed"), **opts)
+
+    def _split(self, x: jax.Array) -> jax.Array:
+        return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        causal: bool = False,
+        bias: jax.Array | None = None,
+        scale: float | None = None,
+        rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """x `[batch, q_length, in_features]`, context `[batch, k_length, in_features]` (default
+        x) -> `[batch, q_length, out_features]`. mask, causal, bias, scale, rng: as the kernel."""
+        context = x if context is None else context
+        q = self._split(self.query(x))
+        k = self._split(self.key(context))
+        v = self._split(self.value(context))
+        out = self.kernel(q, k, v, mask, causal, bias=bias, scale=scale, rng=rng)
+        return self.out(out.reshape(*out.shape[:2], -1))
+
+    def init_cache(self, batch: int, max_length: int, dtype: Any = None):
+        """The kernel's decoding cache for up to `max_length` positions."""
+        if not hasattr(self.kernel, "decode"):
+            raise ValueError(f"{type(self.kernel).__name__} has no causal decoding cache")
+        dtype = dtype or self.dtype or jnp.float32
+        return self.kernel.init_cache(batch, max_length, self.num_heads, self.head_dim, dtype)
+
+    def decode(
+        self,
+        x: jax.Array,
+        cache,
+        *,
+        mask: jax.Array | None = None,
+        scale: float | None = None,
+    ):
+        """Causal self-attention of n new positions x `[batch, n, in_features]` over everything
+        in `cache` plus themselves; mask `[batch, n]` marks real tokens. Returns (out, cache).
+
+        Decoding a sequence piece by piece gives the outputs of one causal pass over all of it.
+        """
+        q, k, v = (self._split(proj(x)) for proj in (self.query, self.key, self.value))
+        out, cache = self.kernel.decode(cache, q, k, v, mask, scale=scale)
+        return self.out(out.reshape(*out.shape[:2], -1)), cache

@@ -1,0 +1,83 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from polyformer import attention as A
+
+KERNELS = {
+    "dense": lambda: A.Dense(),
+    "band": lambda: A.Sparse(A.patterns.band(3), block=4),
+    "longformer": lambda: A.Sparse(A.patterns.longformer(6, [0]), block=4),
+    "favor": lambda: A.Favor(num_features=32),
+}
+
+
+def layer(kernel, dtype=None):
+    return A.MultiHeadAttention(2, 16, kernel=kernel, dtype=dtype, rngs=nnx.Rngs(0))
+
+
+def test_parameter_tree_is_the_same_for_every_kernel():
+    shapes = {
+        name: jax.tree.map(jnp.shape, nnx.state(layer(make()), nnx.Param))
+        for name, make in KERNELS.items()
+    }
+    first = shapes.pop("dense")
+    for tree in shapes.values():
+        assert tree == first
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_decode_piece_by_piece_equals_one_causal_pass(name):
+    attn = layer(KERNELS[name]())
+    x = jax.random.normal(jax.random.key(1), (2, 10, 16))
+    pad = jnp.ones((2, 10), bool).at[1, :2].set(False)
+    want = attn(x, mask=pad, causal=True)
+    cache, outs, start = attn.init_cache(2, 16), [], 0
+    for n in (3, 1, 1, 4, 1):
+        out, cache = attn.decode(x[:, start : start + n], cache, mask=pad[:, start : start + n])
+        outs.append(out)
+        start += n
+    got = jnp.concatenate(outs, axis=1)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(got[1, 2:], want[1, 2:], atol=1e-5)
+
+
+def test_swapping_the_kernel_of_a_layer_keeps_its_weights():
+    attn = layer(A.Dense())
+    x = jax.random.normal(jax.random.key(2), (1, 9, 16))
+    dense_out = attn(x)
+    attn.kernel = A.Sparse(A.patterns.band(100), block=4)  # a band wider than x: exact
+    np.testing.assert_allclose(attn(x), dense_out, atol=1e-5)
+
+
+def test_cross_attention_and_bfloat16_propagates():
+    attn = layer(A.Dense(), dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(3), (2, 5, 16))
+    context = jax.random.normal(jax.random.key(4), (2, 8, 16))
+    out = attn(x, context)
+    assert out.shape == (2, 5, 16)
+    assert out.dtype == jnp.bfloat16
+    params = nnx.state(attn, nnx.Param)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+def test_head_dim_must_divide_or_be_given():
+    with pytest.raises(ValueError, match="num_heads=3"):
+        A.MultiHeadAttention(3, 16, rngs=nnx.Rngs(0))
+    attn = A.MultiHeadAttention(3, 16, head_dim=4, rngs=nnx.Rngs(0))
+    assert attn(jnp.ones((1, 2, 16))).shape == (1, 2, 16)
+
+
+def test_layer_jits_and_differentiates():
+    attn = layer(A.Dense())
+    x = jax.random.normal(jax.random.key(5), (2, 6, 16))
+
+    @nnx.jit
+    def loss_and_grad(model, x):
+        return nnx.value_and_grad(lambda m: jnp.mean(m(x, causal=True) ** 2))(model)
+
+    loss, grads = loss_and_grad(attn, x)
+    assert np.isfinite(loss)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
