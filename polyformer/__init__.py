@@ -1,6 +1,7 @@
 """polyformer: GPT, ViT, TAPAS, Wav2Vec2 and CLIP in JAX / Flax NNX on one attention package."""
 
 from polyformer import attention
+from polyformer.hub import from_pretrained, save_pretrained
 
-__all__ = ["attention"]
+__all__ = ["attention", "from_pretrained", "save_pretrained"]
 __version__ = "0.1.0"

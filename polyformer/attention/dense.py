@@ -12,6 +12,17 @@ import numpy as np
 
 from polyformer.attention import base
 
+# Score bytes (float32, all batch entries and heads) above which the query rows are processed in
+# chunks, and the size each chunk aims for. See benchmarks/RESULTS.md ("Dense attention on CPU"):
+# XLA materialises the whole [batch, heads, q, k] score matrix as a fresh buffer on every call,
+# and on CPU first-touch page faults plus a transposed copy of the probabilities cost more than
+# the matmuls. Chunks of a few MiB stay in cache and reuse one buffer. The values were measured
+# on a 2-core AMD EPYC (1 MiB L2 per core, 32 MiB L3).
+_CHUNK_ABOVE_BYTES = 16 * 2**20
+_CHUNK_BYTES = 8 * 2**20
+# Fewer query rows per chunk than this make matmuls too thin to run at full speed.
+_MIN_CHUNK_ROWS = 64
+
 
 def dense_attention(
     q: jax.Array,
@@ -27,17 +38,83 @@ def dense_attention(
     """The reference computation with float32 statistics.
 
     q `[batch, q_length, heads, head_dim]`, k/v `[batch, k_length, heads, dim]`; `allowed`
-    broadcasts to `[batch, heads, q_length, k_length]`. Returns `[batch, q_length, heads, dim]`.
+    broadcasts to `[batch, heads, q_length, k_length]`, and so does `bias`. Returns
+    `[batch, q_length, heads, dim]`.
+
+    Every query row is softmax(q k^T * scale + bias) v over its own row, so rows can be computed
+    in any grouping with the same result. Large problems go through query chunks (a `lax.map`
+    with `jax.checkpoint` per chunk): only one chunk's scores exist at a time, forward and
+    backward, so memory is O(chunk x k_length) instead of O(q_length x k_length).
     """
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    batch, q_len, heads, _ = q.shape
+    k_len = k.shape[1]
+    # Heads-major layouts once, so both matmuls are plain batched GEMMs and the probabilities
+    # are never transposed (the [b, q, h, d] output layout made XLA copy them transposed).
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    allowed = _as_4d(allowed)
+    bias = _as_4d(bias)
+    rows = _chunk_rows(batch * heads, q_len, k_len)
+    if rows is None:
+        out = _attend(qh, kh, vh, allowed, bias, scale, dropout_rate, rng)
+    else:
+        out = _attend_in_chunks(qh, kh, vh, allowed, bias, scale, dropout_rate, rng, rows)
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+def _chunk_rows(groups: int, q_len: int, k_len: int) -> int | None:
+    """Query rows per chunk for `groups` (batch x heads) score matrices `[q_len, k_len]`, or None
+    when the whole matrix is small enough to compute at once."""
+    row_bytes = groups * k_len * 4
+    if row_bytes * q_len <= _CHUNK_ABOVE_BYTES or q_len < 2 * _MIN_CHUNK_ROWS:
+        return None
+    rows = max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // row_bytes)
+    rows = rows // _MIN_CHUNK_ROWS * _MIN_CHUNK_ROWS
+    return None if rows * 2 > q_len else rows
+
+
+def _as_4d(x: jax.Array | None) -> jax.Array | None:
+    """A mask or bias that broadcasts to `[batch, heads, q, k]`, with all four axes present."""
+    return x if x is None or x.ndim == 4 else x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+
+def _attend(qh, kh, vh, allowed, bias, scale, dropout_rate, rng) -> jax.Array:
+    """softmax(q k^T * scale + bias) v in heads-major layout: qh `[batch, heads, q, d]`, kh/vh
+    `[batch, heads, k, d]`; returns float32 `[batch, heads, q, dim]`."""
+    scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
     weights = base.masked_softmax(scores, allowed)
     weights = base.dropout(weights, dropout_rate, rng)
-    out = jnp.einsum(
-        "bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
+    return jnp.einsum(
+        "bhqk,bhkd->bhqd", weights.astype(vh.dtype), vh, preferred_element_type=jnp.float32
     )
-    return out.astype(q.dtype)
+
+
+def _attend_in_chunks(qh, kh, vh, allowed, bias, scale, dropout_rate, rng, rows: int):
+    """`_attend` over chunks of `rows` query rows (a last, shorter chunk takes the remainder)."""
+    q_len = qh.shape[2]
+    n_chunks = q_len // rows
+
+    def chunk(start, size, index):
+        def rows_of(x):  # the chunk's query rows of a mask or bias (its axis 2 may broadcast)
+            if x is None or x.shape[2] == 1:
+                return x
+            return jax.lax.dynamic_slice_in_dim(x, start, size, axis=2)
+
+        key = None if rng is None else jax.random.fold_in(rng, index)
+        q_rows = jax.lax.dynamic_slice_in_dim(qh, start, size, axis=2)
+        return _attend(q_rows, kh, vh, rows_of(allowed), rows_of(bias), scale, dropout_rate, key)
+
+    # Without the checkpoint, the backward pass would keep every chunk's probabilities: the
+    # full matrix again. With it, each chunk's scores are recomputed from q, k, v.
+    body = jax.checkpoint(lambda i: chunk(i * rows, rows, i))
+    out = jax.lax.map(body, jnp.arange(n_chunks))  # [chunks, batch, heads, rows, dim]
+    out = jnp.moveaxis(out, 0, 2)
+    out = out.reshape(*out.shape[:2], n_chunks * rows, out.shape[-1])
+    if n_chunks * rows < q_len:
+        tail = jax.checkpoint(lambda: chunk(n_chunks * rows, q_len - n_chunks * rows, n_chunks))
+        out = jnp.concatenate([out, tail()], axis=2)
+    return out
 
 
 def combine_masks(

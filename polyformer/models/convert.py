@@ -1,0 +1,174 @@
+"""Declarative checkpoint conversion, shared by every model family.
+
+A family's converter is a `Table`: one `Entry` per Hugging Face tensor, naming the parameters of
+ours that it fills and the transform each way. `load` is a strict merge that reports every
+missing, unexpected and wrong-shape tensor in one error; `save` runs the same table backwards, so
+the two are exact inverses by construction.
+
+State paths are nnx's flat paths, e.g. `("h", 0, "attn", "query", "kernel")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Path = tuple[str | int, ...]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: corrupt, truncated, refused or of an unknown type."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint whose tensors do not fit the model; lists every problem at once."""
+
+    def __init__(
+        self, source: str, missing: list[str], unexpected: list[str], wrong_shape: list[str]
+    ):
+        self.missing, self.unexpected, self.wrong_shape = missing, unexpected, wrong_shape
+        lines = [f"{source} does not fit the model:"]
+        for title, names in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong_shape),
+        ):
+            if names:
+                lines.append(f"  {title} ({len(names)}):")
+                lines.extend(f"    {name}" for name in names)
+        super().__init__("\n".join(lines))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One Hugging Face tensor <-> one or more of our parameters.
+
+    Attributes:
+      hf: the tensor's name in the Hugging Face state dict.
+      ours: the state paths it fills.
+      to_ours: HF tensor -> tuple of our arrays, one per path in `ours`.
+      to_hf: our arrays (one argument per path) -> the HF tensor.
+    """
+
+    hf: str
+    ours: tuple[Path, ...]
+    to_ours: Callable[[jax.Array], tuple[jax.Array, ...]]
+    to_hf: Callable[..., jax.Array]
+
+
+def copy(hf: str, path: Path) -> Entry:
+    """Same layout on both sides."""
+    return Entry(hf, (path,), lambda x: (x,), lambda x: x)
+
+
+def transpose(hf: str, path: Path) -> Entry:
+    """A 2-D weight stored transposed: torch `nn.Linear` is [out, in], nnx.Linear [in, out]."""
+    return Entry(hf, (path,), lambda x: (x.T,), lambda x: x.T)
+
+
+def split(hf: str, paths: tuple[Path, ...], axis: int) -> Entry:
+    """One fused HF tensor cut into equal parts along `axis` (e.g. GPT-2's c_attn -> q, k, v)."""
+    return Entry(
+        hf,
+        paths,
+        lambda x: tuple(jnp.split(x, len(paths), axis=axis)),
+        lambda *parts: jnp.concatenate(parts, axis=axis),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """The complete mapping between a family's HF checkpoints and one model configuration.
+
+    Attributes:
+      entries: one per HF parameter tensor, named as the HF model class that `save` targets names
+        them (e.g. `transformer.h.0.ln_1.weight` for GPT2LMHeadModel).
+      optional_prefix: the HF base-model prefix (`transformer.`) that checkpoints of the bare base
+        model omit; names without it are accepted too.
+      ignored: tensors that checkpoints may hold but that are no parameters (e.g. GPT-2's cached
+        causal masks `attn.bias`), dropped by name on load and never written.
+      tied: (name, source) pairs: a checkpoint may repeat tensor `source` under `name` (a tied
+        output embedding); accepted when equal to the source, never written.
+    """
+
+    entries: tuple[Entry, ...]
+    optional_prefix: str = ""
+    ignored: frozenset[str] = frozenset()
+    tied: tuple[tuple[str, str], ...] = ()
+
+    def check_covers(self, paths: set[Path]) -> None:
+        """Raises ValueError unless the table fills exactly `paths` (a bug in a table, not in a
+        checkpoint)."""
+        covered = [path for entry in self.entries for path in entry.ours]
+        if len(covered) != len(set(covered)) or set(covered) != paths:
+            raise ValueError(
+                "conversion table does not match the model's parameters: "
+                f"not filled {sorted(map(str, paths - set(covered)))}, "
+                f"unknown {sorted(map(str, set(covered) - paths))}"
+            )
+
+
+def _canonical_names(table: Table, names: list[str], unexpected: list[str]) -> dict[str, str]:
+    """Checkpoint name -> table name, adding the optional prefix where the checkpoint lacks it;
+    names that match nothing (or that collide after the prefix is added) go to `unexpected`."""
+    known = {entry.hf for entry in table.entries} | table.ignored | {n for n, _ in table.tied}
+    canonical = {}
+    for name in names:
+        full = name if name in known else table.optional_prefix + name
+        if full not in known or full in canonical.values():
+            unexpected.append(name)
+        else:
+            canonical[name] = full
+    return canonical
+
+
+def load(
+    table: Table,
+    tensors: Mapping[str, jax.Array],
+    shapes: Mapping[Path, jax.ShapeDtypeStruct],
+    source: str,
+) -> dict[Path, jax.Array]:
+    """HF tensors -> our parameters, cast to the dtypes in `shapes`.
+
+    Args:
+      tensors: the checkpoint, HF name -> array.
+      shapes: every parameter of the model, state path -> its shape and dtype.
+      source: what the checkpoint is (a file name), for the error message.
+
+    Raises CheckpointMismatchError listing every missing, unexpected and wrong-shape tensor.
+    """
+    table.check_covers(set(shapes))
+    missing, unexpected, wrong_shape = [], [], []
+    canonical = _canonical_names(table, list(tensors), unexpected)
+    by_name = {full: tensors[name] for name, full in canonical.items()}
+    params = {}
+    for entry in table.entries:
+        if entry.hf not in by_name:
+            missing.append(entry.hf)
+            continue
+        x = by_name[entry.hf]
+        expected = jax.eval_shape(entry.to_hf, *(shapes[p] for p in entry.ours)).shape
+        if tuple(x.shape) != tuple(expected):
+            wrong_shape.append(f"{entry.hf}: checkpoint {tuple(x.shape)}, model {tuple(expected)}")
+            continue
+        for path, value in zip(entry.ours, entry.to_ours(jnp.asarray(x)), strict=True):
+            params[path] = value.astype(shapes[path].dtype)
+    for name, source_name in table.tied:
+        if name in by_name and source_name in by_name:
+            copy_, original = by_name[name], by_name[source_name]
+            if copy_.shape != original.shape or not np.array_equal(copy_, original):
+                # A model with its own output weights: the config should not tie them.
+                unexpected.append(f"{name} (differs from {source_name}, to which it is tied)")
+    if missing or unexpected or wrong_shape:
+        raise CheckpointMismatchError(source, missing, unexpected, wrong_shape)
+    return params
+
+
+def save(table: Table, params: Mapping[Path, jax.Array]) -> dict[str, jax.Array]:
+    """Our parameters (state path -> array) -> HF tensors, named as `table.entries` names them."""
+    table.check_covers(set(params))
+    return {entry.hf: entry.to_hf(*(params[p] for p in entry.ours)) for entry in table.entries}

@@ -1,0 +1,271 @@
+"""GPT-2 as flax.nnx modules, named like transformers' GPT2LMHeadModel so that the conversion
+table reads like its state dict: wte, wpe, h[i].{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}, ln_f,
+lm_head (absent when the output embedding is tied to wte)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from polyformer.attention import AttentionKernel, MultiHeadAttention
+from polyformer.attention.layer import logical
+from polyformer.models.activations import ACTIVATIONS
+from polyformer.models.gpt.config import GPT2Config
+
+
+@flax.struct.dataclass
+class CausalLMOutput:
+    """logits `[batch, length, vocab_size]` (float32); hidden_states, when asked for: n_layer + 1
+    arrays `[batch, length, n_embd]`, the embeddings then each block's output, the last one after
+    ln_f (as transformers reports them)."""
+
+    logits: jax.Array
+    hidden_states: tuple[jax.Array, ...] | None = None
+
+
+def _layer_norm(width: int, epsilon: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    return nnx.LayerNorm(
+        width,
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        # E[(x - mean)^2] as torch computes it: E[x^2] - mean^2 loses digits on the residual stream.
+        use_fast_variance=False,
+        scale_init=logical(nnx.initializers.ones_init(), ("embed",)),
+        bias_init=logical(nnx.initializers.zeros_init(), ("embed",)),
+        rngs=rngs,
+    )
+
+
+def _linear(
+    width_in: int, width_out: int, axes: tuple[str, str], std: float, dtype, param_dtype, rngs
+) -> nnx.Linear:
+    return nnx.Linear(
+        width_in,
+        width_out,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=logical(nnx.initializers.normal(std), axes),
+        bias_init=logical(nnx.initializers.zeros_init(), (axes[1],)),
+        rngs=rngs,
+    )
+
+
+class GPT2MLP(nnx.Module):
+    """c_fc -> activation -> c_proj -> dropout, on x `[batch, length, n_embd]`."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        inner_dim: int,
+        *,
+        activation: str,
+        dropout: float,
+        init_std: float,
+        proj_init_std: float,
+        dtype: Any,
+        param_dtype: Any,
+        rngs: nnx.Rngs,
+    ):
+        self.c_fc = _linear(n_embd, inner_dim, ("embed", "mlp"), init_std, dtype, param_dtype, rngs)
+        self.c_proj = _linear(
+            inner_dim, n_embd, ("mlp", "embed"), proj_init_std, dtype, param_dtype, rngs
+        )
+        self.act = ACTIVATIONS[activation]
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        x = self.c_proj(self.act(self.c_fc(x)))
+        return self.dropout(x, deterministic=rngs is None, rngs=rngs)
+
+
+class GPT2Block(nnx.Module):
+    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); x `[batch, length, n_embd]`.
+
+    Dropout runs when the call gets `rngs` (the model passes them in training mode only).
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        inner_dim: int,
+        *,
+        activation: str,
+        epsilon: float,
+        scale: float,
+        kernel: AttentionKernel,
+        dropout: float,
+        init_std: float,
+        proj_init_std: float,
+        dtype: Any,
+        param_dtype: Any,
+        rngs: nnx.Rngs,
+    ):
+        dtypes = dict(dtype=dtype, param_dtype=param_dtype)
+        self.ln_1 = _layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
+        self.attn = MultiHeadAttention(n_head, n_embd, kernel=kernel, **dtypes, rngs=rngs)
+        self.attn_dropout = nnx.Dropout(dropout)  # HF's attn.resid_dropout
+        self.ln_2 = _layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
+        self.mlp = GPT2MLP(
+            n_embd,
+            inner_dim,
+            activation=activation,
+            dropout=dropout,
+            init_std=init_std,
+            proj_init_std=proj_init_std,
+            **dtypes,
+            rngs=rngs,
+        )
+        self.scale = scale  # on q.k, fixed per layer by the config
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None, rngs: nnx.Rngs | None) -> jax.Array:
+        """mask `[batch, length]` True for real tokens (None: all real)."""
+        rng = None if rngs is None else rngs.dropout()
+        h = self.attn(self.ln_1(x), mask=mask, causal=True, scale=self.scale, rng=rng)
+        x = x + self.attn_dropout(h, deterministic=rngs is None, rngs=rngs)
+        return x + self.mlp(self.ln_2(x), rngs)
+
+    def decode(self, x: jax.Array, cache, mask: jax.Array | None) -> tuple[jax.Array, Any]:
+        """n new positions x `[batch, n, n_embd]` against the layer's cache; no dropout."""
+        h, cache = self.attn.decode(self.ln_1(x), cache, mask=mask, scale=self.scale)
+        x = x + h
+        return x + self.mlp(self.ln_2(x), None), cache
+
+
+class GPT2LMHeadModel(nnx.Module):
+    """GPT-2 with its language-modelling head.
+
+    Built in evaluation mode, as transformers' from_pretrained returns models; `model.train()`
+    turns dropout on, and then every call needs `rngs=nnx.Rngs(dropout=...)`.
+    """
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        c = config
+        self.config = config
+        dtypes = dict(dtype=c.dtype, param_dtype=c.param_dtype)
+        self.wte = nnx.Embed(
+            c.vocab_size,
+            c.n_embd,
+            embedding_init=logical(
+                nnx.initializers.normal(c.initializer_range), ("vocab", "embed")
+            ),
+            **dtypes,
+            rngs=rngs,
+        )
+        self.wpe = nnx.Embed(
+            c.n_positions,
+            c.n_embd,
+            embedding_init=logical(nnx.initializers.normal(c.initializer_range), (None, "embed")),
+            **dtypes,
+            rngs=rngs,
+        )
+        self.drop = nnx.Dropout(c.embd_pdrop)
+        self.h = nnx.List(
+            [
+                GPT2Block(
+                    c.n_embd,
+                    c.n_head,
+                    c.inner_dim,
+                    activation=c.activation_function,
+                    epsilon=c.layer_norm_epsilon,
+                    scale=c.attention_scale(i),
+                    kernel=c.kernel,
+                    dropout=c.resid_pdrop,
+                    init_std=c.initializer_range,
+                    # GPT-2's init: residual projections scaled by 1/sqrt(residual layer count).
+                    proj_init_std=c.initializer_range / (2 * c.n_layer) ** 0.5,
+                    **dtypes,
+                    rngs=rngs,
+                )
+                for i in range(c.n_layer)
+            ]
+        )
+        self.ln_f = _layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
+        if not c.tie_word_embeddings:
+            self.lm_head = nnx.Linear(
+                c.n_embd,
+                c.vocab_size,
+                use_bias=False,
+                kernel_init=logical(
+                    nnx.initializers.normal(c.initializer_range), ("embed", "vocab")
+                ),
+                **dtypes,
+                rngs=rngs,
+            )
+        self.deterministic = True  # flipped by model.train() / model.eval()
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        """`[batch, length, n_embd]` -> float32 `[batch, length, vocab_size]`."""
+        if self.config.tie_word_embeddings:
+            kernel = self.wte.embedding[...].T
+        else:
+            kernel = self.lm_head.kernel[...]
+        return jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+
+    def _check_length(self, length: int) -> None:
+        if length > self.config.n_positions:
+            raise ValueError(
+                f"{length} positions do not fit: this model has n_positions="
+                f"{self.config.n_positions} position embeddings"
+            )
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        *,
+        output_hidden_states: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> CausalLMOutput:
+        """input_ids `[batch, length]`; attention_mask `[batch, length]`, 1 for real tokens and 0
+        for padding (None: no padding); position_ids `[batch | 1, length]` (None: 0..length-1, as
+        in transformers; left-padded batches that want HF's generation positions pass
+        cumsum(attention_mask) - 1). rngs: needed in training mode, for dropout."""
+        self._check_length(input_ids.shape[1])
+        if not self.deterministic and rngs is None:
+            raise ValueError("the model is in training mode: pass rngs=nnx.Rngs(dropout=...)")
+        rngs = None if self.deterministic else rngs
+        if position_ids is None:
+            position_ids = jnp.arange(input_ids.shape[1])[None]
+        mask = None if attention_mask is None else attention_mask.astype(bool)
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        x = self.drop(x, deterministic=rngs is None, rngs=rngs)
+        hidden = [x]
+        for block in self.h:
+            x = block(x, mask, rngs)
+            hidden.append(x)
+        x = self.ln_f(x)
+        hidden[-1] = x
+        return CausalLMOutput(
+            logits=self._logits(x), hidden_states=tuple(hidden) if output_hidden_states else None
+        )
+
+    def init_cache(self, batch: int, max_length: int) -> tuple[Any, ...]:
+        """One decoding cache per layer for up to `max_length` positions (the kernel's kind)."""
+        self._check_length(max_length)
+        return tuple(block.attn.init_cache(batch, max_length) for block in self.h)
+
+    def decode(
+        self,
+        input_ids: jax.Array,
+        cache: tuple[Any, ...],
+        *,
+        position_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[Any, ...]]:
+        """Runs n new tokens input_ids `[batch, n]` (positions `[batch, n]`, attention_mask
+        `[batch, n]` 0 for padding) against everything already in `cache`; returns float32
+        logits `[batch, n, vocab_size]` and the updated cache. Inference only: no dropout."""
+        mask = None if attention_mask is None else attention_mask.astype(bool)
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        new_cache = []
+        for block, layer_cache in zip(self.h, cache, strict=True):
+            x, layer_cache = block.decode(x, layer_cache, mask)
+            new_cache.append(layer_cache)
+        return self._logits(self.ln_f(x)), tuple(new_cache)

@@ -1,0 +1,131 @@
+"""Causal-LM batches from a token-id array: fixed windows, shuffled, sharded per host, resumable.
+
+The ids are cut into windows of `seq_len + 1` tokens that overlap by one, so the inputs of one
+window begin where the targets of the last end, and each token (but the first, and a last partial
+window) is a target once per epoch.
+The pipeline is a `grain.MapDataset` whose element `step` is the batch of that step, computed
+from the step number alone: any step can be read directly, and an iterator over it saves and
+restores its position with `get_state()` / `set_state()`.
+
+Sharding: the global stream of window indices (shuffled per epoch with `seed`) is dealt
+round-robin to the hosts, so at every step the `process_count` host batches together are
+exactly the windows of the one-host batch of `global_batch`: host `h` holds its rows `h`,
+`h + process_count`, `h + 2 * process_count`, ... Changing the number of hosts therefore does
+not change what the model sees at a step, only where.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import grain
+import jax
+import numpy as np
+
+from polyformer.training.data.corpus import LMCorpus
+
+
+def num_windows(num_tokens: int, seq_len: int) -> int:
+    """Windows of `seq_len + 1` tokens, overlapping by one, that fit in `num_tokens`."""
+    return max(num_tokens - 1, 0) // seq_len
+
+
+def lm_dataset(
+    tokens: np.ndarray,
+    *,
+    seq_len: int,
+    global_batch: int,
+    seed: int | None,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.MapDataset:
+    """Batches `{"inputs", "targets"}`, both int32 `[global_batch // process_count, seq_len]`,
+    for host `process_index` of `process_count` (default: this JAX process). Row r of both is
+    one window of `seq_len + 1` tokens: `inputs` its first `seq_len`, `targets` its last.
+
+    `tokens`: `[num_tokens]` ids. `seed`: shuffles the windows, differently in every epoch
+    (None: in order, e.g. for evaluation). `num_epochs`: None repeats forever; a number ends
+    after that many epochs, less the tail that does not fill a global batch, so that every host
+    takes the same number of steps.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch % process_count:
+        raise ValueError(f"global_batch {global_batch} does not split over {process_count} hosts")
+    windows = num_windows(len(tokens), seq_len)
+    if windows == 0:
+        raise ValueError(f"{len(tokens)} tokens do not fill one window of {seq_len + 1}")
+    ds = grain.MapDataset.range(windows)
+    if seed is not None:
+        ds = ds.shuffle(seed)  # Reseeded per epoch by the repeat below.
+    ds = ds.repeat(num_epochs)
+    if num_epochs is not None:
+        ds = ds[: len(ds) // global_batch * global_batch]
+        if len(ds) == 0:
+            raise ValueError(f"{windows} windows an epoch do not fill one batch of {global_batch}")
+    ds = ds[process_index::process_count]
+    ds = ds.batch(global_batch // process_count, drop_remainder=True)
+    return ds.map(functools.partial(_gather_windows, tokens, seq_len))
+
+
+def _gather_windows(tokens: np.ndarray, seq_len: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """`indices`: `[batch]` window numbers -> inputs and targets `[batch, seq_len]`, read in one
+    gather (a memory map reads only the pages it touches)."""
+    positions = indices[:, None] * seq_len + np.arange(seq_len + 1)
+    windows = np.asarray(tokens[positions], np.int32)
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+
+def batch_iterator(dataset: grain.MapDataset, prefetch: int = 4) -> grain.DatasetIterator:
+    """An iterator over `dataset` that reads up to `prefetch` batches ahead on one thread (0: on
+    demand). `get_state()` -> `{"next_index": step}` and `set_state(state)` save and restore its
+    position, ahead-read batches notwithstanding; orbax saves it with
+    `grain.checkpoint.CheckpointSave(iterator)`."""
+    options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+    return iter(dataset.to_iter_dataset(options))
+
+
+@dataclasses.dataclass(frozen=True)
+class LMData:
+    """A prepared corpus cut into windows of `seq_len`, as a trainer reads it: shuffled training
+    batches from "train", evaluation batches in order from "validation"."""
+
+    corpus: LMCorpus
+    seq_len: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.corpus.tokenizer.get_vocab_size()
+
+    @property
+    def end_of_text_id(self) -> int:
+        return self.corpus.end_of_text_id
+
+    def train_iterator(
+        self, batch_size: int, seed: int, shard_index: int, shard_count: int
+    ) -> grain.DatasetIterator:
+        """This host's share, `[batch_size, seq_len]` a batch, of global batches of
+        `batch_size * shard_count` windows, repeating over epochs."""
+        dataset = lm_dataset(
+            self.corpus.tokens["train"],
+            seq_len=self.seq_len,
+            global_batch=batch_size * shard_count,
+            seed=seed,
+            process_index=shard_index,
+            process_count=shard_count,
+        )
+        return batch_iterator(dataset)
+
+    def eval_batches(self, batch_size: int, count: int) -> list[dict[str, np.ndarray]]:
+        """The first `count` (at most one epoch's) batches of "validation", this JAX process's
+        `[batch_size, seq_len]` share of each: the same every time it is called."""
+        dataset = lm_dataset(
+            self.corpus.tokens["validation"],
+            seq_len=self.seq_len,
+            global_batch=batch_size * jax.process_count(),
+            seed=None,
+            num_epochs=1,
+        )
+        return [dataset[step] for step in range(min(count, len(dataset)))]

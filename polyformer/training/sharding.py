@@ -1,0 +1,91 @@
+"""Device meshes and the logical-axis rules that place parameters and batches on them.
+
+Parameters name their axes when they are created (`polyformer.attention.layer.logical`):
+"vocab", "embed", "heads", "mlp", ... A rules table maps each logical name to mesh axes. The same
+run config runs on one device (every mesh axis of size 1) or on a pod slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Batches split over data and fsdp; parameters are sharded over fsdp along "embed" (ZeRO-3 style)
+# and over tensor along the widths that Megatron splits (heads, mlp, vocab).
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the mesh axes; -1 (at most one) takes all remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = DEFAULT_RULES
+
+    def shape(self, num_devices: int) -> tuple[int, int, int]:
+        sizes = [self.data, self.fsdp, self.tensor]
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(f"mesh sizes must be positive with at most one -1, got {sizes}")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if num_devices % known:
+                raise ValueError(f"{num_devices} devices do not split into mesh {sizes}")
+            sizes[sizes.index(-1)] = num_devices // known
+        if math.prod(sizes) != num_devices:
+            raise ValueError(
+                f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
+                f"{math.prod(sizes)} devices, {num_devices} are available"
+            )
+        return tuple(sizes)
+
+
+def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = jax.devices() if devices is None else list(devices)
+    shape = config.shape(len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def to_mesh_spec(
+    logical: PartitionSpec | None, shape: tuple[int, ...], mesh: Mesh, rules
+) -> PartitionSpec:
+    """Logical axis names -> mesh axes. A dimension that the mesh axes do not divide evenly is
+    replicated instead (GPT-2's vocabulary of 50257 over 2 tensor shards, say)."""
+    table = dict(rules)
+    spec = []
+    for name, size in zip(tuple(logical or ()), shape, strict=False):
+        axes = table.get(name) if name is not None else None
+        width = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+        spec.append(axes if axes is not None and size % width == 0 else None)
+    return PartitionSpec(*spec)
+
+
+def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules) -> nnx.State:
+    """A NamedSharding for every variable of an (abstract) nnx state, from its logical axes."""
+    logical = nnx.get_partition_spec(abstract_state)
+    return jax.tree.map(
+        lambda spec, leaf: NamedSharding(mesh, to_mesh_spec(spec, leaf.shape, mesh, rules)),
+        logical,
+        abstract_state,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
+    """Batches `[batch, ...]`: the leading axis over the mesh axes of the "batch" rule."""
+    return NamedSharding(mesh, PartitionSpec(dict(rules).get("batch"), *([None] * (ndim - 1))))

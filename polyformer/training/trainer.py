@@ -1,0 +1,275 @@
+"""The training loop: mesh, sharded initialisation, restore, steps, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from polyformer.models.gpt import GPT2LMHeadModel
+from polyformer.training import checkpoint, metrics, objectives, sharding
+from polyformer.training.config import ATTENTION, RunConfig
+from polyformer.training.optim import make_optimizer, schedule
+from polyformer.training.step import TrainState, init_state, make_eval_step, make_train_step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient stopped being finite."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished run left behind."""
+
+    out_dir: Path
+    final_step: int
+    train_loss: float
+    eval_loss: float | None
+    metrics_path: Path
+    plot_path: Path | None
+
+
+def model_config(config: RunConfig, vocab_size: int, end_of_text: int | None = None):
+    """The run's GPT-2 config: its vocabulary, attention kernel and precision."""
+    compute = jnp.bfloat16 if config.precision == "bfloat16" else jnp.float32
+    if config.data.seq_len > config.model.n_positions:
+        raise ValueError(
+            f"data.seq_len={config.data.seq_len} exceeds model.n_positions="
+            f"{config.model.n_positions}"
+        )
+    return dataclasses.replace(
+        config.model,
+        vocab_size=vocab_size,
+        bos_token_id=end_of_text,
+        eos_token_id=end_of_text,
+        attention=ATTENTION[config.attention],
+        dtype=compute,
+        param_dtype=jnp.float32,
+    )
+
+
+def _path_key(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def state_shardings(abstract: TrainState, param_shardings: Any, mesh) -> Any:
+    """Shardings for a whole TrainState: optimizer moments follow the parameter they belong to
+    (matched by path suffix); counters and keys are replicated."""
+    by_path = {
+        _path_key(path): s for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+    }
+    longest = max(map(len, by_path))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        key = _path_key(path)
+        for n in range(min(longest, len(key)), 0, -1):
+            if key[-n:] in by_path and leaf.ndim:
+                return by_path[key[-n:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract)
+
+
+def non_embedding_params(params: nnx.State) -> int:
+    total = sum(x.size for x in jax.tree.leaves(params))
+    embeddings = sum(
+        leaf.size
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if _path_key(path)[0] in ("wte", "wpe")
+    )
+    return total - embeddings
+
+
+class Trainer:
+    """Builds everything a run needs from a RunConfig and a data source, then `run()`s it.
+
+    `data` must provide: `vocab_size`; `end_of_text_id`; `train_iterator(batch_size, seed, shard_index,
+    shard_count)` returning an iterator of numpy batches {"inputs", "targets"} `[batch, seq_len]`
+    with `get_state() -> dict` and `set_state(dict)`; `eval_batches(batch_size, count)`.
+    """
+
+    def __init__(self, config: RunConfig, data: Any):
+        self.config = config
+        self.data = data
+        self.out_dir = Path(config.out_dir)
+        self.mesh = sharding.make_mesh(config.mesh)
+        self.rules = config.mesh.rules
+        if config.batch_size % jax.process_count():
+            raise ValueError(
+                f"batch_size={config.batch_size} does not split over {jax.process_count()} hosts"
+            )
+        self.model_config = model_config(config, data.vocab_size, data.end_of_text_id)
+        self.optimizer = make_optimizer(config.optimizer, config.steps)
+        self.learning_rate = schedule(config.optimizer, config.steps)
+
+        def build():
+            return GPT2LMHeadModel(self.model_config, rngs=nnx.Rngs(config.seed))
+
+        abstract_model = nnx.eval_shape(build)
+        abstract_model.train()
+        self.graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+        abstract_model.eval()
+        self.eval_graphdef, _ = nnx.split(abstract_model, nnx.Param)
+        param_shardings = sharding.state_shardings(abstract_params, self.mesh, self.rules)
+        rng = jax.random.key(config.seed + 1)
+
+        def init():
+            params = nnx.state(build(), nnx.Param)
+            return init_state(params, self.optimizer, rng)
+
+        abstract_state = jax.eval_shape(init)
+        self.state_shardings = state_shardings(abstract_state, param_shardings, self.mesh)
+        self._init = jax.jit(init, out_shardings=self.state_shardings)
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state,
+            self.state_shardings,
+        )
+        loss_fn = objectives.OBJECTIVES[config.objective]
+        self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
+        self.train_step = jax.jit(
+            make_train_step(
+                self.graphdef, loss_fn, self.optimizer, config.optimizer.accumulation_steps
+            ),
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, None),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            make_eval_step(self.eval_graphdef, loss_fn),
+            in_shardings=(self.state_shardings.params, self.batch_sharding),
+        )
+        self.checkpointer = checkpoint.Checkpointer(
+            self.out_dir / "checkpoints",
+            keep=config.keep_checkpoints,
+            every=config.checkpoint_every,
+        )
+        self.flops_per_token = metrics.transformer_train_flops_per_token(
+            non_embedding_params(abstract_params),
+            self.model_config.n_layer,
+            config.data.seq_len,
+            self.model_config.n_embd,
+        )
+
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {
+            k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in local.items()
+        }
+
+    def initial_state(self) -> tuple[TrainState, Any]:
+        """A fresh state, or the latest checkpoint's; and the matching train iterator."""
+        c = self.config
+        iterator = self.data.train_iterator(
+            c.batch_size // jax.process_count(), c.seed, jax.process_index(), jax.process_count()
+        )
+        if self.checkpointer.latest_step() is None:
+            return self._init(), iterator
+        state, data_state = self.checkpointer.restore(self.abstract_state)
+        iterator.set_state(data_state)
+        return state, iterator
+
+    def evaluate(self, params) -> dict[str, float]:
+        c = self.config
+        totals: dict[str, float] = {}
+        batches = self.data.eval_batches(c.batch_size // jax.process_count(), c.eval_batches)
+        for local in batches:
+            for k, v in jax.device_get(self.eval_step(params, self.global_batch(local))).items():
+                totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
+        totals["perplexity"] = math.exp(min(totals["loss"], 50.0))
+        return totals
+
+    def run(self, *, progress: bool = True) -> TrainResult:
+        c = self.config
+        state, iterator = self.initial_state()
+        start = int(jax.device_get(state.step))
+        writer = metrics.MetricsWriter(self.out_dir) if jax.process_index() == 0 else None
+        peak, _ = metrics.peak_flops_per_device()
+        tokens_per_step = c.batch_size * c.data.seq_len
+        bar = tqdm(
+            total=c.steps, initial=start, unit="step", disable=not progress or jax.process_index()
+        )
+        train_loss, eval_loss, window_start, window_steps = math.nan, None, time.perf_counter(), 0
+        for step in range(start, c.steps):
+            state, step_metrics = self.train_step(state, self.global_batch(next(iterator)))
+            step_metrics = jax.device_get(step_metrics)
+            if not step_metrics.pop("finite"):
+                self.checkpointer.wait()
+                raise TrainingDiverged(
+                    f"loss or gradient not finite at step {step + 1} (loss "
+                    f"{step_metrics['loss']}, gradient norm {step_metrics['grad_norm']}); the "
+                    f"parameters were not updated. Last good checkpoint: step "
+                    f"{self.checkpointer.latest_step()} in {self.checkpointer.directory}"
+                )
+            train_loss = float(step_metrics["loss"])
+            window_steps += 1
+            done = step + 1
+            if done % c.log_every == 0 or done == c.steps:
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = window_steps * tokens_per_step / elapsed
+                step_metrics.update(
+                    learning_rate=float(self.learning_rate(step)),
+                    tokens_per_s=tokens_per_s,
+                    mfu=tokens_per_s * self.flops_per_token / (peak * jax.device_count()),
+                )
+                if writer:
+                    writer.write(done, "train", step_metrics)
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if done % c.eval_every == 0 or done == c.steps:
+                eval_metrics = self.evaluate(state.params)
+                eval_loss = eval_metrics["loss"]
+                if writer:
+                    writer.write(done, "eval", eval_metrics)
+            self.checkpointer.save(done, state, iterator.get_state(), force=done == c.steps)
+            bar.update(1)
+        bar.close()
+        self.checkpointer.close()
+        self.state = state
+        plot = None
+        if writer:
+            writer.close()
+            plot = metrics.plot_losses(writer.path, self.out_dir / "loss.png")
+        return TrainResult(
+            self.out_dir, c.steps, train_loss, eval_loss, self.out_dir / "metrics.jsonl", plot
+        )
+
+    def model(self) -> GPT2LMHeadModel:
+        """The trained model (after `run`), in evaluation mode, gathered onto this host."""
+        params = jax.device_get(self.state.params)
+        return nnx.merge(self.eval_graphdef, params)
+
+
+def load_data(config: RunConfig):
+    """The run's corpus (built, tokenised and cached on first use) as LMData."""
+    from polyformer.training import data
+
+    corpus = data.prepare_lm_corpus(
+        config.data.dataset,
+        vocab_size=config.data.vocab_size if config.data.tokenizer == "bpe" else None,
+        text_key=config.data.text_feature,
+        data_dir=config.data.data_dir,
+    )
+    return data.LMData(corpus, config.data.seq_len)
+
+
+def export(trainer: Trainer, data: Any, directory: str | Path) -> Path:
+    """The trained model and its tokenizer as a Hugging Face checkpoint directory, which
+    `polyformer generate`, `pf.from_pretrained` and transformers all read."""
+    from polyformer import hub
+    from polyformer.training.data import save_tokenizer
+
+    directory = Path(directory)
+    hub.save_pretrained(trainer.model(), directory)
+    save_tokenizer(data.corpus.tokenizer, directory)
+    return directory
