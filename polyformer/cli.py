@@ -26,6 +26,49 @@ def _generate(args: argparse.Namespace) -> None:
         print(result[0]["generated_text"])
 
 
+def _train(args: argparse.Namespace) -> None:
+    from polyformer.models import gpt
+    from polyformer.training import config, trainer
+
+    run = config.apply_overrides(config.load(args.config), args.set)
+    data = trainer.load_data(run)
+    job = trainer.Trainer(run, data)
+    resumed = job.checkpointer.latest_step()
+    if resumed:
+        print(f"resuming from the checkpoint of step {resumed} in {job.checkpointer.directory}")
+    result = job.run()
+    exported = trainer.export(job, data, result.out_dir / "model")
+    tokenizer = gpt.GPT2Tokenizer.from_pretrained(exported)
+    prompt = args.prompt
+    batch = tokenizer([prompt])
+    tokens = gpt.generate(
+        job.model(),
+        batch["input_ids"],
+        batch["attention_mask"],
+        max_new_tokens=args.sample_tokens,
+        do_sample=True,
+        top_k=40,
+        rng=run.seed,
+    )
+    sample = tokenizer.decode(tokens[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    eval_text = "n/a" if result.eval_loss is None else f"{result.eval_loss:.3f}"
+    print(
+        f"""
+step {result.final_step}: train loss {result.train_loss:.3f}, eval loss {eval_text}
+
+--- sample from the trained model ---
+{prompt}{sample}
+--- end of sample ---
+
+metrics:      {result.metrics_path} (and TensorBoard files in {result.out_dir / "tensorboard"})
+loss plot:    {result.plot_path}
+checkpoints:  {job.checkpointer.directory}
+model:        {exported} (a Hugging Face checkpoint: polyformer generate {exported} "def ")
+continue:     polyformer train {args.config} """
+        + " ".join(f"--set {s}" for s in [*args.set, f"steps={2 * result.final_step}"])
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="polyformer", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -40,6 +83,21 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(run=_generate)
+
+    train = commands.add_parser("train", help="train a model from a run config file")
+    train.add_argument(
+        "config", help="an experiment file, e.g. experiments/configs/gpt_stdlib_demo.py"
+    )
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set model.n_layer=4 --set attention=favor",
+    )
+    train.add_argument("--prompt", default="def ", help="prompt for the sample printed at the end")
+    train.add_argument("--sample-tokens", type=int, default=80)
+    train.set_defaults(run=_train)
     return root
 
 

@@ -1,7 +1,7 @@
 """The main job: a small GPT on the Python standard library's source, a few minutes on 2 CPU cores.
 
-    polyformer train experiments/configs/gpt_stdlib_demo.py
-    polyformer train experiments/configs/gpt_stdlib_demo.py --set steps=2000   # continue it
+polyformer train experiments/configs/gpt_stdlib_demo.py
+polyformer train experiments/configs/gpt_stdlib_demo.py --set steps=2000   # continue it
 """
 
 import dataclasses

@@ -96,7 +96,7 @@ class Favor:
     key: int | jax.Array = 0
     orthogonal: bool = True
     redraw: bool = False
-    chunk: int = 128
+    chunk: int = 64
     eps: float = 1e-6
 
     def __post_init__(self):
@@ -153,7 +153,7 @@ class Favor:
         scale: float | None = None,
         rng: jax.Array | None = None,
     ) -> jax.Array:
-        batch, q_len, k_len, _, head_dim = base.check_inputs(q, k, v, mask, bias)
+        head_dim = base.check_inputs(q, k, v, mask, bias)[-1]
         if bias is not None:
             raise ValueError(
                 "Favor cannot add an attention bias: linear attention never forms the q x k scores"
@@ -165,9 +165,7 @@ class Favor:
                 "and causal=True for causal masking."
             )
         projection = self.projection(head_dim, rng)
-        valid = jnp.ones((batch, k_len), bool) if mask is None else mask
-        qs, ks, vs = _heads_major(q, k, v, _root_scale(head_dim, scale))
-        valid = jnp.broadcast_to(valid[:, None, :], ks.shape[:3])
+        qs, ks, vs, valid = _prepare(q, k, v, mask, scale)
         if causal:
             out = _end_aligned_causal(qs, ks, vs, valid, projection, self.eps, self.chunk)
         else:
@@ -197,22 +195,19 @@ class Favor:
         for real tokens) causally to everything decoded so far, with the fixed features; returns
         (out `[batch, n, heads, head_dim]`, new cache). Equal to one causal call over the whole
         sequence."""
-        batch, heads, num_features, head_dim = cache.kv.shape
+        _, heads, num_features, head_dim = cache.kv.shape
         check_decode_inputs(q, k, v, mask, heads, head_dim)
         if num_features != self.num_features:
             raise ValueError(
                 f"cache holds {num_features} features, this kernel has {self.num_features}"
             )
-        n = q.shape[1]
-        valid = jnp.ones((batch, n), bool) if mask is None else mask
-        qs, ks, vs = _heads_major(q, k, v, _root_scale(head_dim, scale))
-        valid = jnp.broadcast_to(valid[:, None, :], ks.shape[:3])
+        qs, ks, vs, valid = _prepare(q, k, v, mask, scale)
         state = (cache.kv, cache.k_sum, cache.shift)
         out, state = causal_attention(
             qs, ks, vs, valid, self.projection(head_dim), self.eps, self.chunk, state
         )
         out = jnp.swapaxes(out, 1, 2).astype(q.dtype)
-        return out, FavorCache(*state, index=cache.index + n)
+        return out, FavorCache(*state, index=cache.index + q.shape[1])
 
 
 def _is_prng_key(key) -> bool:
@@ -259,8 +254,8 @@ def key_features(
     x: jax.Array, valid: jax.Array, projection: jax.Array, eps: float
 ) -> tuple[jax.Array, jax.Array]:
     """Normalised key features psi `[..., num_features]` and log-scales a `[...]`, for x
-    `[..., head_dim]` (scaled) and `valid` `[...]`: phi(x) = exp(a) psi. Invalid keys get psi = 0
-    and a = -inf, so they drop out of both the numerator and the normaliser."""
+    `[..., head_dim]` (scaled) and `valid` (broadcastable to `[...]`): phi(x) = exp(a) psi.
+    Invalid keys get psi = 0 and a = -inf, so they drop out of the numerator and the normaliser."""
     proj = _project(x, projection)
     row_max = jnp.max(proj, axis=-1, keepdims=True)
     psi = jnp.where(valid[..., None], jnp.exp(proj - row_max) + eps, 0.0)
@@ -284,7 +279,7 @@ def bidirectional_attention(
 ) -> jax.Array:
     """Non-causal FAVOR+ in O(length): q `[batch, heads, q_length, head_dim]`, k `[batch, heads,
     k_length, head_dim]` (both scaled), v `[batch, heads, k_length, dim]` and valid `[batch,
-    heads, k_length]`, all float32. Returns `[batch, heads, q_length, dim]`."""
+    heads | 1, k_length]`, all float32. Returns `[batch, heads, q_length, dim]`."""
     batch, heads, _, dim = v.shape
     empty = _empty_state(batch, heads, projection.shape[0], dim)
     kv, k_sum, _ = _absorb(empty, *key_features(k, valid, projection, eps), v)
@@ -357,8 +352,8 @@ def _causal_chunk(
     eps: float,
 ) -> tuple[State, jax.Array]:
     """One chunk: q, k `[batch, heads, chunk, head_dim]`, v `[batch, heads, chunk, dim]`, valid
-    `[batch, heads, chunk]`. Returns (the state after the chunk, out `[batch, heads, chunk, dim]`).
-    """
+    `[batch, heads | 1, chunk]`. Returns (the state after the chunk, out `[batch, heads, chunk,
+    dim]`)."""
     kv, k_sum, shift = state
     qf = query_features(q, projection, eps)
     psi, log_scale = key_features(k, valid, projection, eps)
@@ -411,15 +406,15 @@ def _normalise(num: jax.Array, den: jax.Array) -> jax.Array:
     return num / jnp.where(den > 0.0, den, 1.0)[..., None]
 
 
-def _root_scale(head_dim: int, scale: float | None) -> float:
+def _prepare(q, k, v, mask, scale):
+    """The kernel's inputs in its working layout: float32 q, k `[batch, heads, length, head_dim]`
+    multiplied by sqrt(scale) (so that q.k carries the scale), v `[batch, heads, k_length, dim]`,
+    and key validity `[batch, 1, k_length]`."""
+    head_dim = q.shape[-1]
     scale = base.default_scale(head_dim, scale)
     if not scale > 0.0:
         raise ValueError(f"Favor needs a positive scale, got {scale}")
-    return math.sqrt(scale)
-
-
-def _heads_major(q, k, v, root_scale: float):
-    """q, k, v `[batch, length, heads, dim]` -> float32 `[batch, heads, length, dim]`, q and k
-    multiplied by sqrt(scale) so that q.k carries the scale."""
     q, k, v = (jnp.swapaxes(x, 1, 2).astype(jnp.float32) for x in (q, k, v))
-    return q * root_scale, k * root_scale, v
+    batch, _, k_len, _ = k.shape
+    valid = jnp.ones((batch, k_len), bool) if mask is None else mask
+    return q * math.sqrt(scale), k * math.sqrt(scale), v, valid[:, None, :]

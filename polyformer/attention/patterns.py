@@ -390,8 +390,10 @@ def global_tokens(indices_or_count: int | Sequence[int]) -> GlobalTokens:
 
 def _global(indices_or_count) -> GlobalTokens:
     # Shared with the presets, whose argument named global_tokens hides the function above.
-    if isinstance(indices_or_count, Sequence | np.ndarray):
-        return GlobalTokens(indices=tuple(np.asarray(indices_or_count, np.int64).tolist()))
+    if isinstance(indices_or_count, Sequence | np.ndarray) and not isinstance(
+        indices_or_count, str
+    ):
+        return GlobalTokens(indices=tuple(np.asarray(indices_or_count).tolist()))
     if isinstance(indices_or_count, bool | np.bool_) or not isinstance(
         indices_or_count, int | np.integer
     ):

@@ -86,6 +86,7 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules) -> nnx.State:
     )
 
 
-def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
-    """Batches `[batch, ...]`: the leading axis over the mesh axes of the "batch" rule."""
-    return NamedSharding(mesh, PartitionSpec(dict(rules).get("batch"), *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+    """Batch arrays `[batch, ...]` of any rank: the leading axis over the mesh axes of the
+    "batch" rule, the others replicated."""
+    return NamedSharding(mesh, PartitionSpec(dict(rules).get("batch")))

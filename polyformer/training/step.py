@@ -75,7 +75,7 @@ def make_train_step(
                 accumulate, zeros, (jnp.arange(accumulation_steps), micro)
             )
             loss, aux, grads = jax.tree.map(lambda x: x / accumulation_steps, (loss, aux, grads))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -83,7 +83,7 @@ def make_train_step(
         # Non-finite: keep the old state, so the last good parameters are what the trainer saves.
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = dict(
-            aux, loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(params), finite=finite
+            aux, loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(params), finite=finite
         )
         return new, metrics
 

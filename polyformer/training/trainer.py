@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -93,9 +94,9 @@ def non_embedding_params(params: nnx.State) -> int:
 class Trainer:
     """Builds everything a run needs from a RunConfig and a data source, then `run()`s it.
 
-    `data` must provide: `vocab_size`; `end_of_text_id`; `train_iterator(batch_size, seed, shard_index,
-    shard_count)` returning an iterator of numpy batches {"inputs", "targets"} `[batch, seq_len]`
-    with `get_state() -> dict` and `set_state(dict)`; `eval_batches(batch_size, count)`.
+    `data` must provide `vocab_size`, `end_of_text_id`, `eval_batches(batch_size, count)` and
+    `train_iterator(batch_size, seed, shard_index, shard_count)`: an iterator of numpy batches
+    {"inputs", "targets"} `[batch, seq_len]` with `get_state() -> dict` and `set_state(dict)`.
     """
 
     def __init__(self, config: RunConfig, data: Any):
@@ -246,7 +247,7 @@ class Trainer:
 
     def model(self) -> GPT2LMHeadModel:
         """The trained model (after `run`), in evaluation mode, gathered onto this host."""
-        params = jax.device_get(self.state.params)
+        params = multihost_utils.process_allgather(self.state.params, tiled=True)
         return nnx.merge(self.eval_graphdef, params)
 
 

@@ -126,8 +126,10 @@ def test_hosts_split_each_global_batch_between_them(corpus):
     for step, batch in enumerate(one):
         for h in (0, 1):
             assert hosts[h][step]["inputs"].shape == (4, 16)
-            # Host h holds rows h, h + 2, ... of the one-host batch.
-            np.testing.assert_array_equal(hosts[h][step]["inputs"], batch["inputs"][h::2])
+            # Host h holds the h-th block of rows of the one-host batch.
+            np.testing.assert_array_equal(
+                hosts[h][step]["inputs"], batch["inputs"][4 * h : 4 * (h + 1)]
+            )
 
 
 def test_finite_epochs_give_every_host_the_same_number_of_whole_batches():

@@ -7,11 +7,12 @@ The pipeline is a `grain.MapDataset` whose element `step` is the batch of that s
 from the step number alone: any step can be read directly, and an iterator over it saves and
 restores its position with `get_state()` / `set_state()`.
 
-Sharding: the global stream of window indices (shuffled per epoch with `seed`) is dealt
-round-robin to the hosts, so at every step the `process_count` host batches together are
-exactly the windows of the one-host batch of `global_batch`: host `h` holds its rows `h`,
-`h + process_count`, `h + 2 * process_count`, ... Changing the number of hosts therefore does
-not change what the model sees at a step, only where.
+Sharding: every host forms the same global batch of window indices (shuffled per epoch with
+`seed`) and keeps its contiguous block of rows: host `h` of `P` holds rows `h * B / P` up to
+`(h + 1) * B / P`. That is the order in which `jax.make_array_from_process_local_data` stacks
+host batches, so the global batch is row for row the one-host batch: changing the number of
+hosts changes where a row is computed, not what the model sees, not even per-row randomness
+such as dropout masks.
 """
 
 from __future__ import annotations
@@ -65,15 +66,18 @@ def lm_dataset(
         ds = ds[: len(ds) // global_batch * global_batch]
         if len(ds) == 0:
             raise ValueError(f"{windows} windows an epoch do not fill one batch of {global_batch}")
-    ds = ds[process_index::process_count]
-    ds = ds.batch(global_batch // process_count, drop_remainder=True)
-    return ds.map(functools.partial(_gather_windows, tokens, seq_len))
+    ds = ds.batch(global_batch, drop_remainder=True)
+    rows = global_batch // process_count
+    mine = slice(process_index * rows, (process_index + 1) * rows)
+    return ds.map(functools.partial(_gather_windows, tokens, seq_len, mine))
 
 
-def _gather_windows(tokens: np.ndarray, seq_len: int, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """`indices`: `[batch]` window numbers -> inputs and targets `[batch, seq_len]`, read in one
+def _gather_windows(
+    tokens: np.ndarray, seq_len: int, rows: slice, indices: np.ndarray
+) -> dict[str, np.ndarray]:
+    """`indices[rows]`: window numbers -> inputs and targets `[rows, seq_len]`, read in one
     gather (a memory map reads only the pages it touches)."""
-    positions = indices[:, None] * seq_len + np.arange(seq_len + 1)
+    positions = indices[rows, None] * seq_len + np.arange(seq_len + 1)
     windows = np.asarray(tokens[positions], np.int32)
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 

@@ -1,0 +1,221 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from polyformer import attention as A
+from polyformer.attention import patterns as P
+from polyformer.attention import sparse
+
+KEY = jax.random.key(0)
+BIGBIRD = P.bigbird(block=8, window=3, global_blocks=2, random_blocks=2, key=KEY)
+LONGFORMER = P.longformer(10, [0, 20])
+
+
+def qkv(seed, q_len, k_len=None, batch=2, heads=2, head_dim=8, dtype=jnp.float32):
+    """Fresh normal q, k, v (drawn with numpy: no compilation per shape)."""
+    rng = np.random.default_rng(seed)
+    shapes = [(batch, n, heads, head_dim) for n in (q_len, k_len or q_len, k_len or q_len)]
+    return tuple(jnp.asarray(rng.standard_normal(s, np.float32), dtype) for s in shapes)
+
+
+def padding(batch, k_len):
+    """Key-padding mask: the second example loses its last 5 keys."""
+    return jnp.asarray(np.arange(k_len)[None, :] < np.array([[k_len], [k_len - 5]])[:batch])
+
+
+def output_and_grads(kernel, q, k, v, mask, causal):
+    """The output and the gradient wrt q, k, v of a fixed random projection of it (one jit)."""
+
+    def run(q, k, v):
+        out, pullback = jax.vjp(lambda q, k, v: kernel(q, k, v, mask, causal), q, k, v)
+        projection = jax.random.normal(jax.random.key(99), out.shape, out.dtype)
+        return out, pullback(projection)
+
+    return jax.jit(run)(q, k, v)
+
+
+def full_mask(pattern, mask, q_len, k_len):
+    """The pattern's reference mask and the caller's mask as one `[batch, 1, q, k]` mask."""
+    full = np.broadcast_to(pattern.mask(q_len, k_len), (2, 1, q_len, k_len))
+    if mask is not None:
+        mask = np.asarray(mask)
+        full = full & (mask[:, None, None, :] if mask.ndim == 2 else mask)
+    return jnp.asarray(full)
+
+
+CASES = {
+    # name: (pattern, q_len, k_len, causal, mask kind, kernel block)
+    "band": (P.band(5), 37, 37, False, "padding", 8),
+    "dilated causal": (P.dilated(3, 2), 37, 37, True, None, 8),
+    "block_local full mask": (P.block_local(8, 3), 64, 64, False, "full", 16),
+    "global causal padding": (P.global_tokens([0, -1, 9]), 37, 37, True, "padding", 8),
+    "random": (P.random_blocks(2, KEY, 8), 130, 130, False, "padding", 16),
+    "longformer causal": (LONGFORMER, 130, 130, True, "padding", 16),
+    "bigbird": (BIGBIRD, 130, 130, False, "padding", 8),
+    "bigbird causal": (BIGBIRD, 64, 64, True, None, 8),
+    "cross fewer queries causal": (P.band(4) | P.global_tokens([0]), 20, 45, True, "padding", 8),
+    "cross more queries full mask": (BIGBIRD, 45, 20, False, "full", 8),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_matches_dense_with_the_pattern_mask_forward_and_gradient(case):
+    pattern, q_len, k_len, causal, mask_kind, block = case
+    q, k, v = qkv(len(str(case)), q_len, k_len)
+    mask = None
+    if mask_kind == "padding":
+        mask = padding(2, k_len)
+    elif mask_kind == "full":
+        mask = jnp.asarray(np.random.default_rng(5).random((2, 2, q_len, k_len)) < 0.8)
+    out, grads = output_and_grads(A.Sparse(pattern, block=block), q, k, v, mask, causal)
+    reference = full_mask(pattern, mask, q_len, k_len)
+    want, want_grads = output_and_grads(A.Dense(), q, k, v, reference, causal)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    for g, w in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def computed_blocks(plan, shape):
+    """bool `[n_q_blocks, n_k_blocks]`: the blocks a plan computes."""
+    computed = np.zeros(shape, bool)
+    computed[plan.dense_rows] = True
+    computed[plan.sparse_rows[:, None], plan.table] |= plan.slot_valid
+    return computed
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_plan_computes_every_kept_block_and_few_others(causal):
+    length, block = 1000, 8
+    kept = P.bigbird(8, 3, 2, 2, KEY).block_mask(length, length, block)
+    if causal:
+        kept &= np.tril(np.ones_like(kept))
+    plan = sparse.make_plan(P.bigbird(8, 3, 2, 2, KEY), length, length, block, causal)
+    computed = computed_blocks(plan, kept.shape)
+    assert not (kept & ~computed).any()
+    assert computed.sum() <= 1.2 * kept.sum() < 0.1 * kept.size
+    assert {0, 124} <= set(plan.dense_rows.tolist())  # the global blocks' rows
+    assert plan.table.shape[1] <= 7  # 3 window + 2 global + 2 random blocks
+    if causal:
+        assert not (computed & ~np.tril(np.ones_like(kept))).any()
+
+
+def test_rows_with_no_key_give_zero_and_finite_gradients():
+    pattern = P.band(2) & P.global_tokens([3])  # only rows 1..5 see token 3
+    q, k, v = qkv(1, 37)
+    out, grads = output_and_grads(A.Sparse(pattern, block=8), q, k, v, None, False)
+    empty = ~pattern.mask(37, 37).any(axis=1)
+    assert empty.sum() == 32
+    np.testing.assert_array_equal(np.asarray(out)[:, empty], 0.0)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+    want = A.Dense()(q, k, v, full_mask(pattern, None, 37, 37))
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def test_bfloat16_in_bfloat16_out():
+    q, k, v = qkv(2, 130, dtype=jnp.bfloat16)
+    out = jax.jit(A.Sparse(BIGBIRD, block=16))(q, k, v, padding(2, 130))
+    assert out.dtype == jnp.bfloat16
+    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+    want = A.Dense()(q32, k32, v32, full_mask(BIGBIRD, padding(2, 130), 130, 130))
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=2e-2)
+
+
+def test_vmap_over_an_extra_axis_and_jit_match_the_eager_call():
+    kernel = A.Sparse(LONGFORMER, block=16)
+    q, k, v = (jnp.stack(pair) for pair in zip(qkv(3, 64), qkv(4, 64), strict=True))
+    mapped = jax.vmap(lambda q, k, v: kernel(q, k, v, causal=True))(q, k, v)
+    for i in range(2):
+        np.testing.assert_allclose(mapped[i], kernel(q[i], k[i], v[i], causal=True), atol=1e-6)
+    np.testing.assert_allclose(jax.jit(kernel)(q[0], k[0], v[0]), kernel(q[0], k[0], v[0]))
+
+
+def test_dropout_needs_an_rng():
+    q, k, v = qkv(5, 64)
+    kernel = A.Sparse(BIGBIRD, block=8, dropout_rate=0.5)
+    plain = A.Sparse(BIGBIRD, block=8)(q, k, v)
+    np.testing.assert_allclose(kernel(q, k, v), plain, atol=1e-6)
+    dropped = kernel(q, k, v, rng=jax.random.key(1))
+    assert bool(jnp.all(jnp.isfinite(dropped))) and not np.allclose(dropped, plain)
+
+
+def test_no_length_squared_array_on_the_fast_path():
+    length = 16384
+    q = jax.ShapeDtypeStruct((1, length, 1, 16), jnp.float32)
+    mask = jax.ShapeDtypeStruct((1, length), jnp.bool_)
+    kernel = A.Sparse(P.bigbird(64, 3, 2, 3, KEY), block=64)
+    jaxpr = jax.make_jaxpr(lambda q, m: jax.grad(lambda q: kernel(q, q, q, m).sum())(q))(q, mask)
+    assert max(_sizes(jaxpr.jaxpr)) < length * length // 64
+
+
+def _sizes(jaxpr):
+    """Element counts of every value a jaxpr (and the jaxprs inside it) makes."""
+    for eqn in jaxpr.eqns:
+        yield from (int(np.prod(var.aval.shape)) for var in eqn.outvars)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    yield from _sizes(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from _sizes(sub)
+
+
+def decode_all(kernel, q, k, v, valid, max_length, steps):
+    """Decodes q, k, v `[batch, length, ...]` in chunks of the given sizes; concatenated outputs."""
+    cache = kernel.init_cache(q.shape[0], max_length, q.shape[2], q.shape[3], q.dtype)
+    decode = jax.jit(kernel.decode)
+    outs, start = [], 0
+    for n in steps:
+        part = slice(start, start + n)
+        out, cache = decode(cache, q[:, part], k[:, part], v[:, part], valid[:, part])
+        outs.append(out)
+        start += n
+    return jnp.concatenate(outs, axis=1), cache
+
+
+@pytest.mark.parametrize("steps", [[1] * 24, [5, 1, 7, 3, 8]], ids=["token", "chunks"])
+def test_band_decodes_with_a_ring_buffer_like_the_causal_pass(steps):
+    kernel = A.Sparse(P.band(3), block=8)
+    q, k, v = qkv(6, 24)
+    valid = jnp.ones((2, 24), bool).at[1, 4].set(False).at[0, 10:12].set(False)
+    out, cache = decode_all(kernel, q, k, v, valid, 1000, steps)
+    assert isinstance(cache, sparse.RingCache) and cache.key.shape[1] == 4
+    want = kernel(q, k, v, valid, causal=True)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", [BIGBIRD, LONGFORMER], ids=["bigbird", "longformer"])
+@pytest.mark.parametrize("steps", [[1] * 40, [8, 1, 13, 2, 16]], ids=["token", "chunks"])
+def test_patterns_decode_with_a_kv_cache_like_the_causal_pass_at_max_length(pattern, steps):
+    kernel = A.Sparse(pattern, block=8)
+    q, k, v = qkv(7, 40)
+    valid = jnp.ones((2, 40), bool).at[1, 3].set(False)
+    out, cache = decode_all(kernel, q, k, v, valid, 40, steps)
+    assert isinstance(cache, A.KVCache)
+    np.testing.assert_allclose(out, kernel(q, k, v, valid, causal=True), atol=1e-5)
+
+
+def test_decoding_fewer_tokens_gives_the_first_rows_of_the_pass_at_max_length():
+    kernel = A.Sparse(BIGBIRD, block=8)
+    q, k, v = qkv(8, 40)
+    valid = jnp.ones((2, 40), bool)
+    out, _ = decode_all(kernel, q[:, :17], k[:, :17], v[:, :17], valid, 40, [9, 8])
+    np.testing.assert_allclose(out, kernel(q, k, v, causal=True)[:, :17], atol=1e-5)
+
+
+def test_bad_inputs_raise_and_name_the_shapes():
+    q, k, v = qkv(9, 16)
+    kernel = A.Sparse(P.band(2), block=8)
+    with pytest.raises(ValueError, match=r"q must be \[batch, length, heads, head_dim\], got"):
+        kernel(q[0], k, v)
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 15\)"):
+        kernel(q, k, v, jnp.ones((2, 15), bool))
+    with pytest.raises(ValueError, match="does not support an additive bias"):
+        kernel(q, k, v, bias=jnp.zeros((1, 1, 16, 16)))
+    with pytest.raises(ValueError, match="block must be an integer >= 1"):
+        A.Sparse(P.band(2), block=0)
+    with pytest.raises(ValueError, match="pattern must be a patterns.Pattern"):
+        A.Sparse("band")
+    cache = kernel.init_cache(2, 16, 2, 8, jnp.float32)
+    with pytest.raises(ValueError, match="expected"):
+        kernel.decode(cache, q[:, :1, :1], k[:, :1, :1], v[:, :1, :1])
