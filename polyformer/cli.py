@@ -30,6 +30,12 @@ def _train(args: argparse.Namespace) -> None:
     from polyformer.models import gpt
     from polyformer.training import config, trainer
 
+    if args.distributed:
+        import jax
+
+        # Without arguments JAX finds the coordinator, process count and index itself on TPU
+        # pods, SLURM, Open MPI and Kubernetes clusters.
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     run = config.apply_overrides(config.load(args.config), args.set)
     data = trainer.load_data(run)
     job = trainer.Trainer(run, data)
@@ -95,6 +101,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set model.n_layer=4 --set attention=favor",
     )
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host run: call jax.distributed.initialize() first (run on every host)",
+    )
+    train.add_argument("--coordinator", help="with --distributed: host:port of process 0")
+    train.add_argument("--num-processes", type=int, help="with --distributed: number of hosts")
+    train.add_argument("--process-id", type=int, help="with --distributed: this host's index")
     train.add_argument("--prompt", default="def ", help="prompt for the sample printed at the end")
     train.add_argument("--sample-tokens", type=int, default=80)
     train.set_defaults(run=_train)

@@ -19,7 +19,15 @@ def logical(initializer, axes: tuple[str, ...]):
 
 
 def _linear(
-    in_features: int, out_features: int, axes: tuple[str, str], *, use_bias, dtype, param_dtype, rngs
+    in_features: int,
+    out_features: int,
+    axes: tuple[str, str],
+    *,
+    kernel_init,
+    use_bias,
+    dtype,
+    param_dtype,
+    rngs,
 ) -> nnx.Linear:
     return nnx.Linear(
         in_features,
@@ -27,7 +35,7 @@ def _linear(
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.lecun_normal(), axes),
+        kernel_init=logical(kernel_init, axes),
         bias_init=logical(nnx.initializers.zeros_init(), (axes[1],)),
         rngs=rngs,
     )
@@ -47,6 +55,8 @@ class MultiHeadAttention(nnx.Module):
       out_features: width of the output (default in_features).
       kernel: any kernel of the attention package (default Dense()).
       use_bias: biases on the four projections.
+      kernel_init: initializer of the query/key/value weights (default lecun_normal);
+        out_kernel_init: of the output projection's (default kernel_init).
       dtype: computation dtype (None: the input's); param_dtype: storage dtype.
     """
 
@@ -57,8 +67,10 @@ class MultiHeadAttention(nnx.Module):
         *,
         head_dim: int | None = None,
         out_features: int | None = None,
-        kernel: AttentionKernel = Dense(),
+        kernel: AttentionKernel | None = None,
         use_bias: bool = True,
+        kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+        out_kernel_init: nnx.Initializer | None = None,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
@@ -72,14 +84,21 @@ class MultiHeadAttention(nnx.Module):
             head_dim = in_features // num_heads
         self.num_heads = num_heads
         self.head_dim = head_dim
-        self.kernel = kernel
+        self.kernel = Dense() if kernel is None else kernel
         self.dtype = dtype
         inner = num_heads * head_dim
         opts = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.query = _linear(in_features, inner, ("embed", "heads"), **opts)
-        self.key = _linear(in_features, inner, ("embed", "heads"), **opts)
-        self.value = _linear(in_features, inner, ("embed", "heads"), **opts)
-        self.out = _linear(inner, out_features or in_features, ("heads", "embed"), **opts)
+        qkv = dict(opts, kernel_init=kernel_init)
+        self.query = _linear(in_features, inner, ("embed", "heads"), **qkv)
+        self.key = _linear(in_features, inner, ("embed", "heads"), **qkv)
+        self.value = _linear(in_features, inner, ("embed", "heads"), **qkv)
+        self.out = _linear(
+            inner,
+            out_features or in_features,
+            ("heads", "embed"),
+            kernel_init=out_kernel_init or kernel_init,
+            **opts,
+        )
 
     def _split(self, x: jax.Array) -> jax.Array:
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)

@@ -52,7 +52,9 @@ def test_cross_attention_and_full_mask():
 def test_causal_cross_attention_aligns_queries_to_the_end_of_the_keys():
     q, k, v = qkv(4, q_len=3, k_len=6)
     allowed = np.arange(6)[None, :] <= np.arange(3)[:, None] + 3
-    np.testing.assert_allclose(A.Dense()(q, k, v, causal=True), reference(q, k, v, allowed), atol=1e-5)
+    np.testing.assert_allclose(
+        A.Dense()(q, k, v, causal=True), reference(q, k, v, allowed), atol=1e-5
+    )
 
 
 def test_query_with_no_key_gives_zero_and_finite_gradient():

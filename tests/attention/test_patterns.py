@@ -36,7 +36,9 @@ def test_dilated_by_hand():
 def test_block_local_by_hand():
     want = grid("1111000 1111000 1111110 1111110 0011111 0011111 0000111")
     np.testing.assert_array_equal(P.block_local(2, 3).mask(7, 7), want)
-    np.testing.assert_array_equal(P.block_local(2).mask(5, 5), grid("11000 11000 00110 00110 00001"))
+    np.testing.assert_array_equal(
+        P.block_local(2).mask(5, 5), grid("11000 11000 00110 00110 00001")
+    )
 
 
 def test_global_tokens_by_hand():
@@ -71,7 +73,9 @@ def test_random_blocks_rows_are_distinct_blocks_from_the_table():
 def test_random_blocks_are_deterministic_per_key():
     a = P.random_blocks(3, jax.random.key(1), block=4).mask(64, 64)
     np.testing.assert_array_equal(a, P.random_blocks(3, jax.random.key(1), block=4).mask(64, 64))
-    np.testing.assert_array_equal(a, P.random_blocks(3, jax.random.PRNGKey(1), block=4).mask(64, 64))
+    np.testing.assert_array_equal(
+        a, P.random_blocks(3, jax.random.PRNGKey(1), block=4).mask(64, 64)
+    )
     assert not np.array_equal(a, P.random_blocks(3, jax.random.key(2), block=4).mask(64, 64))
 
 
@@ -108,7 +112,9 @@ def test_presets_are_their_compositions():
     assert P.bigbird(64, 3, 2, 3, KEY) == want
     # g=3: the first two blocks and the last one.
     g3 = P.bigbird(block=4, window=1, global_blocks=3, random_blocks=0).mask(20, 20)
-    np.testing.assert_array_equal(g3.all(axis=1), np.isin(np.arange(20), [*range(8), *range(16, 20)]))
+    np.testing.assert_array_equal(
+        g3.all(axis=1), np.isin(np.arange(20), [*range(8), *range(16, 20)])
+    )
 
 
 CASES = [

@@ -109,16 +109,24 @@ def test_two_processes_train_together_like_one(single_device_run, tmp_path):
     assert_same_run(tmp_path, single_device_run, rtol=1e-5)
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_run(single_device_run, tmp_path):
+@pytest.mark.parametrize(
+    "resume_on", [(), ("--devices", 8, "--mesh", "2,2,2")], ids=["same", "mesh"]
+)
+def test_sigkill_then_resume_gives_the_uninterrupted_run(single_device_run, tmp_path, resume_on):
     killed = run_worker(tmp_path, "--kill-at-step", 5, check=False)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert max(train_losses(tmp_path)) == 5
-    run_worker(tmp_path)  # the same command again: it resumes from the step-4 checkpoint
+    # The same command again resumes from the step-4 checkpoint: on the same single device, or
+    # restored onto an 8-device mesh with data, fsdp and tensor axes.
+    run_worker(tmp_path, *resume_on)
     got, want = train_losses(tmp_path), train_losses(single_device_run)
-    assert [got[s] for s in range(5, 9)] == [want[s] for s in range(5, 9)]
-    got, want = params(tmp_path), params(single_device_run)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    if not resume_on:
+        assert [got[s] for s in range(5, 9)] == [want[s] for s in range(5, 9)]
+        got, want = params(tmp_path), params(single_device_run)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    else:
+        assert_same_run(tmp_path, single_device_run, rtol=1e-5)
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(

@@ -108,7 +108,15 @@ class GPT2Block(nnx.Module):
     ):
         dtypes = dict(dtype=dtype, param_dtype=param_dtype)
         self.ln_1 = _layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
-        self.attn = MultiHeadAttention(n_head, n_embd, kernel=kernel, **dtypes, rngs=rngs)
+        self.attn = MultiHeadAttention(
+            n_head,
+            n_embd,
+            kernel=kernel,
+            kernel_init=nnx.initializers.normal(init_std),
+            out_kernel_init=nnx.initializers.normal(proj_init_std),
+            **dtypes,
+            rngs=rngs,
+        )
         self.attn_dropout = nnx.Dropout(dropout)  # HF's attn.resid_dropout
         self.ln_2 = _layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
         self.mlp = GPT2MLP(

@@ -1,0 +1,597 @@
+"""iGPT on 8x8 digits: a GPT trained on pixels, scored in bits per pixel, completing half images.
+
+    python experiments/igpt.py [--quick] [--levels 17] [--samples 4] [--results PATH]
+                               [--set key=value ...]
+
+Data: the 1797 8x8 digit images that scikit-learn ships (`sklearn.datasets.load_digits`, no
+download), gray values 0..16. Each image is quantised to `--levels` gray levels,
+`round(v * (levels - 1) / 16)`; the default, 17, is the identity: the images have exactly 17
+values, so nothing is lost and the bits per pixel are those of the dataset itself (`--levels 8`
+gives a coarser, iGPT-style palette). One image is one sequence: a start token (id `levels`)
+then its 64 pixels in raster order; the model reads the start token and pixels 0..62 and
+predicts pixels 0..63, so every target is a pixel. A fixed permutation (seed 0) holds out 10%
+of the images (180), the same on every run and machine.
+
+Training: polyformer's Trainer on the run config experiments/configs/igpt.py (overridable with
+`--set`), through `DigitsData`, which implements the trainer's data protocol with a resumable
+grain iterator like `polyformer.training.data.LMData`. `--quick` trains a few minutes on two CPU
+cores (and writes to runs/igpt_quick); a run whose out_dir holds checkpoints resumes.
+
+Evaluation, on all held-out images:
+- bits per pixel: the mean of -log2 p(pixel | start token, earlier pixels) over all 64 pixels,
+  under the model's full softmax (the start token keeps a little mass, so this is an upper
+  bound on the pixel-only figure); against the uniform baseline log2(levels) and a per-position
+  histogram fitted on the training images (add-one smoothed, pixels independent).
+- completions: the start token and the top 32 pixels (rows 0..3) condition `--samples` samples
+  of the bottom 32, at temperature `--temperature` with top-k `--top-k` (default 1.0 and 0: the
+  model's own distribution, unfiltered), seeded. A logistic-regression digit classifier fitted
+  on the training images scores how often a completed image still reads as its digit, against
+  the bottom half left blank and the bottom half drawn from the histogram.
+- completions.png: columns are held-out images; rows the original, the input with its bottom
+  half masked, then the samples.
+
+Outputs in the run's out_dir: the trainer's checkpoints, metrics.jsonl and loss.png, then
+completions.png, igpt.json and igpt.md. igpt.md replaces the section between
+`<!-- igpt:start -->` and `<!-- igpt:end -->` of --results (default benchmarks/RESULTS.md in
+full and quick mode; `--results none` writes none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from polyformer.models.gpt import GPT2LMHeadModel
+from polyformer.models.gpt.generate import generate
+from polyformer.training import config as run_config
+from polyformer.training.data import batch_iterator
+from polyformer.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "experiments" / "configs" / "igpt.py"
+MARK_START = "<!-- igpt:start -->"
+MARK_END = "<!-- igpt:end -->"
+
+SIDE = 8
+PIXELS = SIDE * SIDE
+CONDITION = PIXELS // 2  # the top four rows condition, the bottom four are sampled
+MAX_VALUE = 16  # the digits' gray values are 0..16
+HELDOUT_FRACTION = 0.1
+SPLIT_SEED = 0
+# --quick: the run config's model, fewer steps, its own out_dir (so it never resumes a full run).
+QUICK = ("steps=600", "eval_every=200", "checkpoint_every=200", "out_dir=runs/igpt_quick")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixels and sequences
+
+
+def quantise(images: np.ndarray, levels: int) -> np.ndarray:
+    """Gray values 0..16 (any shape) -> int32 levels 0..levels-1, rounding to the nearest."""
+    if not 2 <= levels <= MAX_VALUE + 1:
+        raise ValueError(f"levels must be in 2..{MAX_VALUE + 1}, got {levels}")
+    return np.rint(np.asarray(images, np.float64) * (levels - 1) / MAX_VALUE).astype(np.int32)
+
+
+def dequantise(tokens: np.ndarray, levels: int) -> np.ndarray:
+    """Levels 0..levels-1 -> gray values on the 0..16 scale (float32)."""
+    return np.asarray(tokens, np.float32) * MAX_VALUE / (levels - 1)
+
+
+def to_sequences(pixels: np.ndarray, start_id: int) -> np.ndarray:
+    """Quantised images `[n, 8, 8]` (or `[n, 64]`) -> int32 `[n, 65]`: the start token, then the
+    pixels in raster order (row by row, left to right)."""
+    flat = np.asarray(pixels, np.int32).reshape(len(pixels), PIXELS)
+    start = np.full((len(flat), 1), start_id, np.int32)
+    return np.concatenate([start, flat], axis=1)
+
+
+def split_indices(n: int, fraction: float = HELDOUT_FRACTION, seed: int = SPLIT_SEED):
+    """(train, held-out) indices, each sorted: a fixed seeded permutation's first
+    `ceil(fraction * n)` are held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    held = math.ceil(fraction * n)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def _rows(sequences: np.ndarray, rows: slice, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Sequences `indices[rows]` -> inputs (start token, pixels 0..62) and targets (pixels
+    0..63), int32 `[rows, 64]`."""
+    chosen = sequences[np.asarray(indices)[rows]]
+    return {"inputs": chosen[:, :-1], "targets": chosen[:, 1:]}
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsData:
+    """Digit images as pixel sequences, in the shape polyformer's Trainer reads.
+
+    Attributes:
+      train, heldout: int32 `[n, 65]` sequences (start token, then 64 pixel levels).
+      train_labels, heldout_labels: the digit (0..9) of each image.
+      levels: gray levels; the vocabulary is the levels plus the start token.
+    """
+
+    train: np.ndarray
+    heldout: np.ndarray
+    train_labels: np.ndarray
+    heldout_labels: np.ndarray
+    levels: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.levels + 1
+
+    @property
+    def end_of_text_id(self) -> int:
+        """The start token; it never ends a sequence (every image is 64 pixels long)."""
+        return self.levels
+
+    def train_iterator(
+        self, batch_size: int, seed: int, shard_index: int, shard_count: int
+    ) -> grain.DatasetIterator:
+        """This host's `[batch_size, 64]` rows of global batches of `batch_size * shard_count`
+        training images, shuffled anew every epoch, forever. `get_state()` / `set_state()` save
+        and restore its position (see polyformer.training.data.lm)."""
+        global_batch = batch_size * shard_count
+        if global_batch > len(self.train):
+            raise ValueError(f"a batch of {global_batch} exceeds {len(self.train)} images")
+        dataset = (
+            grain.MapDataset.range(len(self.train))
+            .shuffle(seed)  # reseeded per epoch by the repeat
+            .repeat(None)
+            .batch(global_batch, drop_remainder=True)
+        )
+        mine = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
+        return batch_iterator(dataset.map(functools.partial(_rows, self.train, mine)))
+
+    def eval_batches(self, batch_size: int, count: int) -> list[dict[str, np.ndarray]]:
+        """The first `count` full global batches of held-out images in order, this process's
+        `[batch_size, 64]` share of each: the same every call."""
+        processes = jax.process_count()
+        global_batch = batch_size * processes
+        available = len(self.heldout) // global_batch
+        if available == 0:
+            raise ValueError(f"{len(self.heldout)} held-out images do not fill a batch")
+        mine = slice(jax.process_index() * batch_size, (jax.process_index() + 1) * batch_size)
+        return [
+            _rows(self.heldout, mine, np.arange(b * global_batch, (b + 1) * global_batch))
+            for b in range(min(count, available))
+        ]
+
+
+def load_digits_data(levels: int) -> DigitsData:
+    """scikit-learn's digits, quantised to `levels`, split 90 / 10."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    sequences = to_sequences(quantise(digits.images, levels), start_id=levels)
+    train, held = split_indices(len(sequences))
+    labels = np.asarray(digits.target, np.int32)
+    return DigitsData(sequences[train], sequences[held], labels[train], labels[held], levels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bits per pixel
+
+
+def pixel_bits(model: GPT2LMHeadModel, sequences: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """-log2 p(pixel | start token, earlier pixels) under `model`, float64 `[n, 64]`, for
+    sequences `[n, 65]`; in batches of `batch_size` (the last one padded, so one compile)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def bits(state, batch):
+        logits = nnx.merge(graphdef, state)(batch[:, :-1]).logits
+        nats = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:])
+        return nats / jnp.log(2.0)
+
+    out = []
+    for begin in range(0, len(sequences), batch_size):
+        chunk = sequences[begin : begin + batch_size]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+        out.append(np.asarray(bits(state, padded), np.float64)[: len(chunk)])
+    return np.concatenate(out)
+
+
+def histogram_model(pixels: np.ndarray, levels: int, alpha: float = 1.0) -> np.ndarray:
+    """Per-position level frequencies `[64, levels]` of training pixels `[n, 64]`, with `alpha`
+    added to every count (add-one smoothing: no held-out pixel gets probability 0)."""
+    pixels = np.asarray(pixels).reshape(-1, PIXELS)
+    counts = np.stack([np.bincount(pixels[:, p], minlength=levels) for p in range(PIXELS)])
+    counts = counts.astype(np.float64) + alpha
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def histogram_bits(probs: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """-log2 of each pixel `[n, 64]` under the per-position histogram `[64, levels]`."""
+    pixels = np.asarray(pixels).reshape(-1, PIXELS)
+    return -np.log2(probs[np.arange(PIXELS), pixels])
+
+
+# ----------------------------------------------------------------------------------------------
+# Completions
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    samples: int = 4
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    seed: int = 0
+
+
+def complete_lower_half(
+    model: GPT2LMHeadModel, sequences: np.ndarray, sampling: Sampling, batch_size: int = 512
+) -> np.ndarray:
+    """Samples the bottom half of each image given its start token and top half.
+
+    sequences: `[n, 65]`. Returns int32 `[n, samples, 64]` tokens: the top 32 pixels copied, the
+    bottom 32 sampled (a sampled start token, which the model should all but never emit, is
+    left as it is: the caller counts it). Batches of `batch_size` rows (image x sample) each draw
+    with `fold_in(key(seed), batch number)`.
+    """
+    prompts = np.repeat(sequences[:, : 1 + CONDITION], sampling.samples, axis=0)
+    key = jax.random.key(sampling.seed)
+    out = []
+    for number, begin in enumerate(range(0, len(prompts), batch_size)):
+        chunk = prompts[begin : begin + batch_size]
+        tokens = generate(
+            model,
+            chunk,
+            max_new_tokens=PIXELS - CONDITION,
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            eos_token_id=[],  # every image is 64 pixels: never stop early
+            rng=jax.random.fold_in(key, number),
+        )
+        out.append(np.asarray(tokens)[:, 1:])
+    return np.concatenate(out).reshape(len(sequences), sampling.samples, PIXELS)
+
+
+def histogram_completions(
+    probs: np.ndarray, pixels: np.ndarray, samples: int, seed: int
+) -> np.ndarray:
+    """The baseline's completions: top halves of `pixels` `[n, 64]` kept, every bottom pixel
+    drawn independently from its position's histogram. Returns `[n, samples, 64]`."""
+    rng = np.random.default_rng(seed)
+    pixels = np.asarray(pixels).reshape(-1, PIXELS)
+    out = np.repeat(pixels[:, None], samples, axis=1)
+    cumulative = np.cumsum(probs[CONDITION:], axis=1)  # [32, levels]
+    draws = rng.random((len(pixels), samples, PIXELS - CONDITION, 1))
+    out[..., CONDITION:] = (draws > cumulative).sum(-1).clip(max=probs.shape[1] - 1)
+    return out
+
+
+def fit_digit_classifier(data: DigitsData):
+    """Logistic regression from the (dequantised) training images to their digits."""
+    from sklearn.linear_model import LogisticRegression
+
+    features = dequantise(data.train[:, 1:], data.levels) / MAX_VALUE
+    return LogisticRegression(max_iter=2000).fit(features, data.train_labels)
+
+
+def digit_agreement(classifier, pixels: np.ndarray, labels: np.ndarray, levels: int) -> float:
+    """The fraction of images `[n, samples, 64]` (or `[n, 64]`) classified as their image's
+    label `[n]`."""
+    pixels = np.asarray(pixels).reshape(len(labels), -1, PIXELS)
+    features = dequantise(pixels.reshape(-1, PIXELS), levels) / MAX_VALUE
+    predicted = classifier.predict(features).reshape(pixels.shape[:2])
+    return float(np.mean(predicted == labels[:, None]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The grid
+
+
+def save_grid(
+    path: Path, originals: np.ndarray, completions: np.ndarray, levels: int, scale: int = 12
+) -> Path:
+    """A PNG: one column per image; rows: the original `[n, 64]`, the input with its bottom half
+    masked (hatched blue), then each sample of `completions` `[n, samples, 64]`, a red line at
+    the conditioning boundary. Pixels are drawn as `scale` x `scale` blocks (nearest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, samples = completions.shape[:2]
+    rows = 2 + samples
+    cell = SIDE * scale / 100  # inches at dpi 100
+    fig, axes = plt.subplots(
+        rows, n, figsize=(n * cell * 1.1 + 0.9, rows * cell * 1.1), dpi=100, squeeze=False
+    )
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="#4a78b5")
+    style = dict(cmap=cmap, vmin=0, vmax=levels - 1, interpolation="nearest")
+    for j in range(n):
+        image = originals[j].reshape(SIDE, SIDE)
+        masked = np.ma.masked_array(image, mask=np.arange(PIXELS).reshape(SIDE, SIDE) >= CONDITION)
+        axes[0, j].imshow(image, **style)
+        axes[1, j].imshow(masked, **style)
+        for s in range(samples):
+            ax = axes[2 + s, j]
+            ax.imshow(completions[j, s].reshape(SIDE, SIDE).clip(0, levels - 1), **style)
+            ax.axhline(CONDITION // SIDE - 0.5, color="#e0453a", linewidth=1.0)
+    labels = ["original", "input", *(f"sample {s + 1}" for s in range(samples))]
+    for i, ax_row in enumerate(axes):
+        ax_row[0].set_ylabel(labels[i], fontsize=9)
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("iGPT on 8x8 digits: held-out images, bottom half sampled", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Running it
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = cpu.group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "device": jax.devices()[0].device_kind,
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "numpy": np.__version__,
+        },
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def train(config: run_config.RunConfig, data: DigitsData, progress: bool = True):
+    """Runs (or resumes) the Trainer; returns (trainer, its TrainResult, the step it began at)."""
+    trainer = Trainer(config, data)
+    begun = trainer.checkpointer.latest_step() or 0
+    result = trainer.run(progress=progress)
+    return trainer, result, begun
+
+
+def evaluate(model: GPT2LMHeadModel, data: DigitsData, sampling: Sampling, shown: int) -> dict:
+    """Bits per pixel against the baselines, completions, digit agreement; all held-out images."""
+    pixels_train, pixels_held = data.train[:, 1:], data.heldout[:, 1:]
+    probs = histogram_model(pixels_train, data.levels)
+    model_bits = pixel_bits(model, data.heldout)
+    hist_bits = histogram_bits(probs, pixels_held)
+    completions = complete_lower_half(model, data.heldout, sampling)
+    baseline = histogram_completions(probs, pixels_held, sampling.samples, sampling.seed)
+    blank = pixels_held.copy()
+    blank[:, CONDITION:] = 0
+    classifier = fit_digit_classifier(data)
+    labels = data.heldout_labels
+    agree = functools.partial(digit_agreement, classifier, labels=labels, levels=data.levels)
+    return {
+        "bits_per_pixel": {
+            "model": float(model_bits.mean()),
+            "model_top_half": float(model_bits[:, :CONDITION].mean()),
+            "model_bottom_half": float(model_bits[:, CONDITION:].mean()),
+            "histogram": float(hist_bits.mean()),
+            "uniform": math.log2(data.levels),
+        },
+        "digit_agreement": {
+            "original": agree(pixels_held),
+            "model_completion": agree(completions),
+            "histogram_completion": agree(baseline),
+            "bottom_half_blank": agree(blank),
+        },
+        "sampled_start_tokens": int(np.sum(completions == data.end_of_text_id)),
+        "completions": completions,
+        "shown": shown,
+    }
+
+
+def _fmt_config(config: run_config.RunConfig, params: int) -> str:
+    m, o = config.model, config.optimizer
+    return (
+        f"GPT-2 {m.n_layer} layers, width {m.n_embd}, {m.n_head} heads, {params:,} parameters, "
+        f"dropout {m.resid_pdrop}; AdamW peak lr {o.learning_rate:g} (warm-up {o.warmup_steps}, "
+        f"cosine to {o.end_lr_ratio:g}x), weight decay {o.weight_decay:g}; {config.steps} steps "
+        f"of {config.batch_size} images ({config.batch_size * PIXELS} pixel tokens), "
+        f"{config.precision}, seed {config.seed}"
+    )
+
+
+def report(info: dict) -> str:
+    """The markdown section (between the markers) for RESULTS.md."""
+    m = info["machine"]
+    bpp, agree = info["bits_per_pixel"], info["digit_agreement"]
+    s = info["sampling"]
+    load = ", ".join(f"{x:.2f}" for x in info["load_average_start"])
+    load_end = ", ".join(f"{x:.2f}" for x in info["load_average_end"])
+    resumed = (
+        f" (resumed from the checkpoint of step {info['begun_at_step']})"
+        if info["begun_at_step"]
+        else ""
+    )
+    eval_loss = info["trainer_eval_loss"]
+    trainer_bits = (
+        "n/a (no step ran)" if eval_loss is None else f"{eval_loss / math.log(2):.3f} bits"
+    )
+    rel = lambda x: f"{x / bpp['uniform']:.2f}"  # noqa: E731
+    lines = [
+        MARK_START,
+        "## iGPT: a GPT on the pixels of 8x8 digits",
+        "",
+        f"Command: `{info['command']}`  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['device']}); python "
+        f"{m['versions']['python']}, jax {m['versions']['jax']}, numpy {m['versions']['numpy']}.  ",
+        f"Date: {m['date']}. Load average (1, 5, 15 min) at the start {load}, at the end "
+        f"{load_end}: above the core count, other work shared the machine and times are "
+        "inflated.  ",
+        f"Wall time: {info['wall_s']:.0f} s in all, of which training {info['train_s']:.0f} s "
+        f"(compilation included){resumed}, evaluation and sampling {info['eval_s']:.0f} s.",
+        "",
+        f"Data: scikit-learn's digits (1797 images, gray 0..16), {info['levels']} levels "
+        f"(`round(v * {info['levels'] - 1} / 16)`"
+        + (", the identity: lossless" if info["levels"] == MAX_VALUE + 1 else "")
+        + f"); a start token then 64 pixels in raster order; {info['train_images']} training and "
+        f"{info['heldout_images']} held-out images (fixed permutation, seed {SPLIT_SEED}).  ",
+        f"Model and training: {info['config']}. Final train loss "
+        f"{info['train_loss'] / math.log(2):.3f} bits per pixel (with dropout); the trainer's "
+        f"last evaluation, on {info['trainer_eval_images']} held-out images: {trainer_bits}.",
+        "",
+        "### Held-out bits per pixel",
+        "",
+        f"Mean -log2 p(pixel) over all 64 pixels of the {info['heldout_images']} held-out "
+        "images (lower is better).",
+        "",
+        "| Model | bits per pixel | / uniform |",
+        "|---|---|---|",
+        f"| iGPT (this run) | **{bpp['model']:.3f}** | {rel(bpp['model'])} |",
+        f"| iGPT, top half (pixels 0..31) | {bpp['model_top_half']:.3f} | "
+        f"{rel(bpp['model_top_half'])} |",
+        f"| iGPT, bottom half (pixels 32..63) | {bpp['model_bottom_half']:.3f} | "
+        f"{rel(bpp['model_bottom_half'])} |",
+        f"| per-position histogram (train, add-one) | {bpp['histogram']:.3f} | "
+        f"{rel(bpp['histogram'])} |",
+        f"| uniform, log2({info['levels']}) | {bpp['uniform']:.3f} | 1.00 |",
+        "",
+        "### Completions of the bottom half",
+        "",
+        f"Start token + top 32 pixels given; {s['samples']} samples of the bottom 32 per image, "
+        f"temperature {s['temperature']:g}, top-k "
+        + ("off" if not s["top_k"] else str(s["top_k"]))
+        + f", seed {s['seed']}. `{info['png']}` shows the first {info['shown']} held-out images: "
+        "the original (top row), the input with the bottom half masked (blue), then the samples "
+        "(the red line marks where sampling starts).",
+        "",
+        "How often an image reads as its own digit to a logistic-regression classifier fitted "
+        f"on the training images (all {info['heldout_images']} held-out images x samples):",
+        "",
+        "| Bottom half | digit agreement |",
+        "|---|---|",
+        f"| original | {agree['original']:.1%} |",
+        f"| iGPT sample | **{agree['model_completion']:.1%}** |",
+        f"| per-position histogram sample | {agree['histogram_completion']:.1%} |",
+        f"| blank (zeros) | {agree['bottom_half_blank']:.1%} |",
+        "",
+        f"Sampled start tokens in pixel positions: {info['sampled_start_tokens']}.",
+        "",
+        MARK_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(path: Path, section: str) -> None:
+    """Replaces the marked section of `path` (appends it, or creates the file, if absent)."""
+    if path.exists():
+        text = path.read_text()
+        if MARK_START in text and MARK_END in text:
+            head, rest = text.split(MARK_START, 1)
+            text = head + section.rstrip("\n") + rest.split(MARK_END, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+    else:
+        text = "# Benchmark results\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
+    p.add_argument("--config", type=Path, default=CONFIG, help="the run config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--levels", type=int, default=MAX_VALUE + 1, help="gray levels, 2..17")
+    p.add_argument("--samples", type=int, default=4, help="completions per held-out image")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: no top-k filter")
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=10, help="held-out images in the PNG")
+    p.add_argument(
+        "--results",
+        default=str(ROOT / "benchmarks" / "RESULTS.md"),
+        help="markdown file whose igpt section is replaced ('none': no file)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    start = time.perf_counter()
+    load_start = os.getloadavg()
+    args = parse_args(argv)
+    config = run_config.load(args.config)
+    config = run_config.apply_overrides(config, [*(QUICK if args.quick else ()), *args.overrides])
+    if config.data.seq_len != PIXELS:
+        raise ValueError(f"data.seq_len must be {PIXELS} (one target per pixel)")
+    sampling = Sampling(args.samples, args.temperature, args.top_k, args.sample_seed)
+    data = load_digits_data(args.levels)
+
+    trainer, result, begun = train(config, data, progress=not args.no_progress)
+    trained = time.perf_counter()
+    model = trainer.model()
+    evaluation = evaluate(model, data, sampling, shown=min(args.show, len(data.heldout)))
+    out = Path(config.out_dir)
+    png = save_grid(
+        out.resolve() / "completions.png",
+        data.heldout[: evaluation["shown"], 1:],
+        evaluation.pop("completions")[: evaluation["shown"]],
+        data.levels,
+    )
+    evaluated = time.perf_counter()
+
+    argv_text = argv if argv is not None else sys.argv[1:]
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    info = {
+        "command": " ".join(["python experiments/igpt.py", *argv_text]),
+        "machine": machine_info(),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "wall_s": time.perf_counter() - start,
+        "train_s": trained - start,
+        "eval_s": evaluated - trained,
+        "begun_at_step": begun,
+        "levels": data.levels,
+        "train_images": len(data.train),
+        "heldout_images": len(data.heldout),
+        "config": _fmt_config(config, params),
+        "train_loss": result.train_loss,
+        "trainer_eval_loss": result.eval_loss,
+        "trainer_eval_images": config.batch_size
+        * min(config.eval_batches, len(data.heldout) // config.batch_size),
+        "sampling": dataclasses.asdict(sampling),
+        "png": str(png.relative_to(ROOT) if png.is_relative_to(ROOT) else png),
+        **evaluation,
+    }
+    section = report(info)
+    (out / "igpt.json").write_text(json.dumps(info, indent=1))
+    (out / "igpt.md").write_text(section)
+    if args.results.lower() != "none":
+        write_results(Path(args.results), section)
+    print(section)
+    print(f"wrote {out} in {time.perf_counter() - start:.0f} s", flush=True)
+    return info
+
+
+if __name__ == "__main__":
+    main()
