@@ -21,8 +21,8 @@ Outputs in --out (default runs/attention_benchmark): attention_benchmark.json (e
 measurement), attention_benchmark.md (the report) and attention_benchmark.png (log-log time
 and memory against length). The report also replaces the section between the markers
 `<!-- attention-benchmark:start -->` and `<!-- attention-benchmark:end -->` of --results:
-benchmarks/RESULTS.md by default in full mode; --quick (what `make demo` runs) leaves it alone
-unless --results is given.
+benchmarks/RESULTS.md by default for a full run on the standard grid; --quick (what `make demo`
+runs), --lengths or --cells leave it alone unless --results is given.
 """
 
 from __future__ import annotations
@@ -1004,7 +1004,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--results",
         type=Path,
         default=None,
-        help="markdown file whose marked section is replaced (full mode: benchmarks/RESULTS.md)",
+        help="markdown file whose marked section is replaced (default: benchmarks/RESULTS.md for "
+        "a full run on the standard grid, none otherwise)",
     )
     p.add_argument("--lengths", type=str, default=None, help="comma-separated lengths")
     p.add_argument("--backward-lengths", type=str, default=None)
@@ -1072,7 +1073,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (args.out / "attention_benchmark.json").write_text(json.dumps(result, indent=1))
     (args.out / "attention_benchmark.md").write_text(section)
     plot(records, names, args.out / "attention_benchmark.png")
-    results_path = args.results or (None if args.quick else ROOT / "benchmarks" / "RESULTS.md")
+    # Only a full run on the standard grid replaces the committed figures by default.
+    standard = not args.quick and args.lengths is None and args.cells is None
+    results_path = args.results or (ROOT / "benchmarks" / "RESULTS.md" if standard else None)
     if results_path is not None:
         write_results(results_path, section)
     print(section)

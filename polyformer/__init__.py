@@ -2,6 +2,7 @@
 
 from polyformer import attention
 from polyformer.hub import from_pretrained, save_pretrained
+from polyformer.pipelines import pipeline
 
-__all__ = ["attention", "from_pretrained", "save_pretrained"]
+__all__ = ["attention", "from_pretrained", "pipeline", "save_pretrained"]
 __version__ = "0.1.0"

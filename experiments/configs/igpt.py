@@ -19,7 +19,7 @@ def config() -> RunConfig:
     # vocab_size and the start / end token are set by the trainer from the data (levels + 1).
     model = dataclasses.replace(
         GPT2Config.tiny(),
-        n_positions=64,
+        n_positions=65,  # generate() feeds the last sampled pixel at position 64
         n_embd=128,
         n_layer=4,
         n_head=4,
