@@ -22,6 +22,9 @@ _CHUNK_ABOVE_BYTES = 16 * 2**20
 _CHUNK_BYTES = 8 * 2**20
 # Fewer query rows per chunk than this make matmuls too thin to run at full speed.
 _MIN_CHUNK_ROWS = 64
+# Stands for -inf in masked scores (as in jax.nn.dot_product_attention): finite, so that
+# subtracting the row maximum never gives inf - inf, and exp of it minus any real score is 0.
+_MASKED_SCORE = -0.7 * float(np.finfo(np.float32).max)
 
 
 def dense_attention(
@@ -83,11 +86,30 @@ def _attend(qh, kh, vh, allowed, bias, scale, dropout_rate, rng) -> jax.Array:
     scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
-    weights = base.masked_softmax(scores, allowed)
+    weights = _softmax(scores, allowed, bias is None)
     weights = base.dropout(weights, dropout_rate, rng)
     return jnp.einsum(
         "bhqk,bhkd->bhqd", weights.astype(vh.dtype), vh, preferred_element_type=jnp.float32
     )
+
+
+def _softmax(scores: jax.Array, allowed: jax.Array | None, finite: bool) -> jax.Array:
+    """base.masked_softmax's result (float32; a row with no allowed key gives zeros and a zero
+    gradient), computed the cheaper way when every score is known `finite` (no bias).
+
+    Masked scores become a large finite negative instead of -inf: in a row with any allowed key
+    their exp underflows to exactly 0, as with -inf; a row with none comes out uniform and is
+    zeroed. This needs no isfinite guard and no floor on the denominator, and its backward pass
+    was about 1.4x faster than masked_softmax's (causal, L=512, 12 heads). A bias may hold -inf,
+    so with a bias the -inf path is kept.
+    """
+    if allowed is None or not finite:
+        return base.masked_softmax(scores, allowed)
+    masked = jnp.where(allowed, scores, _MASKED_SCORE)
+    # From the scores, not jnp.any(allowed): XLA would constant-fold that over a constant (causal)
+    # mask at compile time, slowly. A row keeps a real score above _MASKED_SCORE iff it has a key.
+    row_has_key = jnp.max(masked, axis=-1, keepdims=True) > _MASKED_SCORE
+    return jnp.where(row_has_key, jax.nn.softmax(masked, axis=-1), 0.0)
 
 
 def _attend_in_chunks(qh, kh, vh, allowed, bias, scale, dropout_rate, rng, rows: int):

@@ -318,28 +318,37 @@ class RandomBlocks(Pattern):
 
     def _block_mask(self, q_lo, q_hi, k_lo, k_hi, k_len):
         table = self.table(k_len)
-        n_blocks = table.shape[0]
-        # hits[a, c] counts kept (frame block < a, key block < c): a 2-D prefix sum, so any
-        # rectangle of atom blocks covered by a (query block, key block) pair is four lookups.
-        kept = np.zeros((n_blocks, n_blocks), np.int32)
-        kept[np.arange(n_blocks)[:, None], table] = 1
-        hits = np.zeros((n_blocks + 1, n_blocks + 1), np.int32)
-        hits[1:, 1:] = kept.cumsum(0).cumsum(1)
         b = self.block
-        r0, r1 = np.maximum(q_lo, 0) // b, q_hi // b + 1  # queries before the frame have none
-        c0, c1 = k_lo // b, k_hi // b + 1
-        r1 = np.maximum(r1, r0)
-        count = hits[r1, c1] - hits[r0, c1] - hits[r1, c0] + hits[r0, c0]
-        return count > 0
+        q_lo, q_hi, k_lo, k_hi = q_lo[:, 0], q_hi[:, 0], k_lo[0], k_hi[0]
+        # Every (query block, frame block it spans) pair; queries before the frame have none.
+        first = np.maximum(q_lo, 0) // b
+        spans = np.maximum(q_hi // b - first + 1, 0)
+        rows = np.repeat(np.arange(len(q_lo)), spans)
+        frame_blocks = np.repeat(first - np.cumsum(spans) + spans, spans) + np.arange(spans.sum())
+        # Each drawn key block covers key blocks [start, stop] of this block size: mark the range
+        # with +1 / -1 in a difference array, whose running sum along a row counts the cover.
+        drawn = table[frame_blocks]  # [pairs, n]
+        start = np.searchsorted(k_lo, drawn * b, side="right") - 1
+        stop = np.searchsorted(k_lo, np.minimum(drawn * b + b, k_len) - 1, side="right")
+        cover = np.zeros((len(q_lo), len(k_lo) + 1), np.int32)
+        np.add.at(cover, (rows[:, None], start), 1)
+        np.add.at(cover, (rows[:, None], stop), -1)
+        return cover.cumsum(axis=1)[:, :-1] > 0
 
 
 @functools.lru_cache(maxsize=64)
 def _random_table(seed: tuple[int, ...], n: int, block: int, k_len: int) -> np.ndarray:
     n_blocks = math.ceil(k_len / block)
+    n = min(n, n_blocks)
     rng = np.random.default_rng([*seed, n, block, k_len])
-    # A random permutation per row, cut to its first n entries: n distinct blocks.
-    choice = np.argsort(rng.random((n_blocks, n_blocks)), axis=1)[:, : min(n, n_blocks)]
-    table = np.sort(choice, axis=1)
+    # Floyd's sampling, vectorised over rows: n distinct, uniformly drawn blocks per row, in
+    # O(rows x n^2) time instead of a permutation of every block per row.
+    table = np.empty((n_blocks, n), np.int64)
+    for col, top in enumerate(range(n_blocks - n, n_blocks)):
+        draw = rng.integers(0, top + 1, n_blocks)
+        taken = (table[:, :col] == draw[:, None]).any(axis=1)
+        table[:, col] = np.where(taken, top, draw)
+    table.sort(axis=1)
     table.flags.writeable = False  # cached: shared by every caller
     return table
 

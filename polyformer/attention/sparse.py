@@ -7,8 +7,12 @@ made with numpy at trace time from `pattern.block_mask`, splits the query blocks
 * dense rows: query blocks that keep (nearly) every key block, such as the rows of global tokens,
   attend to all keys: cost rows x k_len;
 * sparse rows: the others; their kept key blocks are listed in a table `[rows, K]` (K = the most
-  blocks any of them keeps, shorter rows padded with masked entries), gathered with one take and
-  attended to as `[rows, block, K * block]` scores.
+  blocks any of them keeps, shorter rows padded with masked entries), gathered and attended to as
+  `[rows, block, K * block]` scores.
+
+Rows go through in chunks of about _CHUNK_SCORES scores (a `lax.map` with `jax.checkpoint`), so
+only one chunk's scores and gathered keys exist at a time, forward and backward. Short sequences,
+where every row keeps nearly every block, come out as all dense rows: plain dense attention.
 
 Inside the kept blocks the pattern's element predicate masks exactly, so the result equals dense
 attention with the pattern's mask. Time and memory grow with length x kept keys per query; no
@@ -27,15 +31,17 @@ import numpy as np
 
 from polyformer.attention import base, dense, patterns
 
-# A gathered key block costs more than one read in place (the take copies it); the split between
-# dense and sparse rows weighs table entries by this factor.
+# A gathered key block costs more than a key block read in place (the gather copies it), so the
+# split between dense and sparse rows weighs table entries by this factor (an estimate; it only
+# decides rows that keep most blocks, and BigBird's and Longformer's plans do not depend on it).
 _GATHER_COST = 1.25
-# Score elements computed per chunk of sparse rows (16 MiB of float32): bounds the memory of
-# gathered keys and scores independently of the length.
+# Score elements per chunk of rows (4 MiB of float32 scores): bounds the memory of gathered keys
+# and scores whatever the length. From 2^18 to 2^21 the BigBird timings at 4K and 16K tokens were
+# flat within noise on a 2-core CPU; 2^22 and up were slower (out of cache).
 _CHUNK_SCORES = 1 << 20
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Plan:
     """Which key blocks each query block computes, for one (q_len, k_len, block, causal).
 
@@ -73,11 +79,14 @@ def make_plan(pattern: patterns.Pattern, q_len: int, k_len: int, block: int, cau
     n_dense = int(np.argmin(cost))
     dense_rows = np.sort(order[:n_dense])
     sparse_rows = np.sort(order[n_dense:])
-    rows_kept = kept[sparse_rows]
-    width = max(1, int(counts[sparse_rows].max(initial=0)))
-    # A stable sort of "not kept" lists each row's kept blocks first, in ascending order.
-    table = np.argsort(~rows_kept, axis=1, kind="stable")[:, :width]
-    slot_valid = np.take_along_axis(rows_kept, table, axis=1)
+    row_counts = counts[sparse_rows]
+    width = max(1, int(row_counts.max(initial=0)))
+    # Each row's kept blocks in ascending order, left-aligned in its table row.
+    row, col = np.nonzero(kept[sparse_rows])
+    slot = np.arange(len(col)) - np.repeat(np.cumsum(row_counts) - row_counts, row_counts)
+    table = np.zeros((len(sparse_rows), width), np.int64)
+    table[row, slot] = col
+    slot_valid = np.arange(width) < row_counts[:, None]
     return Plan(dense_rows, sparse_rows, table, slot_valid)
 
 
@@ -150,7 +159,9 @@ class Sparse:
         b = self.block
         plan = make_plan(self.pattern, q_len, k_len, b, causal)
         rng_dense, rng_sparse = (None, None) if rng is None else jax.random.split(rng)
-        rows = functools.partial(self._rows, q, k, v, mask, causal=causal, scale=scale)
+        # Heads-major copies, made once: gathers then land in the layout the batched matmuls want.
+        qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [batch, heads, length, dim]
+        rows = functools.partial(self._rows, qh, kh, vh, mask, causal=causal, scale=scale)
         groups = []
         if len(plan.dense_rows):
             groups.append(rows(plan.dense_rows[:, None] * b + np.arange(b), None, rng_dense))
@@ -159,24 +170,26 @@ class Sparse:
             k_idx = np.where(plan.slot_valid[:, :, None], k_idx, k_len)
             k_idx = k_idx.reshape(len(plan.sparse_rows), -1)
             groups.append(rows(plan.sparse_rows[:, None] * b + np.arange(b), k_idx, rng_sparse))
-        out = jnp.concatenate(groups, axis=1) if len(groups) > 1 else groups[0]
+        out = jnp.concatenate(groups, axis=2) if len(groups) > 1 else groups[0]
         order = np.argsort(np.concatenate([plan.dense_rows, plan.sparse_rows]))
         if not np.array_equal(order, np.arange(len(order))):
-            out = jnp.take(out, order, axis=1)
-        return out.reshape(batch, -1, heads, out.shape[-1])[:, :q_len]
+            out = jnp.take(out, order, axis=2)
+        out = out.reshape(batch, heads, -1, out.shape[-1])[:, :, :q_len]
+        return jnp.swapaxes(out, 1, 2)
 
-    def _rows(self, q, k, v, mask, q_idx, k_idx, rng, *, causal: bool, scale: float):
+    def _rows(self, qh, kh, vh, mask, q_idx, k_idx, rng, *, causal: bool, scale: float):
         """Rows of query blocks q_idx `[rows, block]` against their keys k_idx `[rows, n_keys]`
-        (an index >= k_len is an empty slot), or against every key when k_idx is None:
-        `[batch, rows, block, heads, dim]` in q's dtype.
+        (an index >= k_len is an empty slot), or against every key when k_idx is None.
 
-        Heads-major copies of q, k, v are made once, so gathers land in the layout the batched
-        matmuls want. A `lax.map` over chunks of about _CHUNK_SCORES score elements keeps one
-        chunk's gathered keys and scores alive at a time, and `jax.checkpoint` recomputes them in
-        the backward pass instead of storing every chunk's (BigBird at 8K tokens, fwd+bwd: 441
-        MiB of temporaries without it, 80 MiB with it, and faster).
+        qh `[batch, heads, q_length, head_dim]`, kh/vh `[batch, heads, k_length, dim]`; returns
+        `[batch, heads, rows, block, dim]` in q's dtype. A `lax.map` over chunks of about
+        _CHUNK_SCORES score elements keeps one chunk's gathered keys and scores alive at a time,
+        and `jax.checkpoint` recomputes them in the backward pass instead of storing every
+        chunk's (BigBird at 8K tokens, fwd+bwd: 530 MiB of temporaries without it, 105 MiB with
+        it, and 30% less CPU time).
         """
-        (batch, q_len, heads, _), k_len = q.shape, k.shape[1]
+        batch, heads, q_len, _ = qh.shape
+        k_len = kh.shape[2]
         rows, block = q_idx.shape
         keys_per_row = k_len if k_idx is None else k_idx.shape[1]
         per_chunk = max(1, _CHUNK_SCORES // (batch * heads * block * keys_per_row))
@@ -187,7 +200,6 @@ class Sparse:
             k_idx = np.pad(k_idx, ((0, extra), (0, 0)), constant_values=k_len)
             k_idx = k_idx.reshape(n_chunks, per_chunk, keys_per_row)
         rngs = None if rng is None else jax.random.split(rng, n_chunks)
-        qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [batch, heads, length, dim]
 
         def chunk(xs):
             q_idx, k_idx, rng = xs
@@ -203,24 +215,25 @@ class Sparse:
                 f"bhrqd,{spec}d->bhrqk", queries, keys, preferred_element_type=jnp.float32
             )
             weights = base.masked_softmax(scores * scale, allowed)
-            weights = base.dropout(weights, self.dropout_rate, rng).astype(v.dtype)
+            weights = base.dropout(weights, self.dropout_rate, rng).astype(vh.dtype)
             out = jnp.einsum(
                 f"bhrqk,{spec}d->bhrqd", weights, values, preferred_element_type=jnp.float32
             )
-            return out.astype(q.dtype)  # [batch, heads, per_chunk, block, dim]
+            return out.astype(qh.dtype)  # [batch, heads, per_chunk, block, dim]
 
         xs = (q_idx, k_idx, rngs)
         if n_chunks == 1:  # a small problem: no loop, nothing to recompute
-            out = chunk(jax.tree.map(lambda x: x[0], xs))[None]
+            out = chunk(jax.tree.map(lambda x: x[0], xs))
         else:
-            out = jax.lax.map(jax.checkpoint(chunk), xs)
-        out = jnp.transpose(out, (1, 0, 3, 4, 2, 5))  # [batch, chunks, per_chunk, block, heads, d]
-        return out.reshape(batch, n_chunks * per_chunk, block, heads, -1)[:, :rows]
+            out = jax.lax.map(jax.checkpoint(chunk), xs)  # [chunks, batch, heads, per_chunk, ...]
+            out = jnp.moveaxis(out, 0, 2).reshape(batch, heads, n_chunks * per_chunk, block, -1)
+        return out[:, :, :rows]
 
     def _allowed(self, q_idx, k_idx, mask, causal: bool, q_len: int, k_len: int) -> jax.Array:
         """What query q_idx `[rows, n_queries]` may see of keys k_idx `[rows, n_keys]`: pattern,
         causal rule, key range and the caller's mask, as bool broadcastable to
-        `[batch, heads, rows, n_queries, n_keys]`. Indices past the ends are padding."""
+        `[batch, heads, rows, n_queries, n_keys]`. Indices past the ends are padding (the caller's
+        mask is read at clipped indices, and the key range rules those entries out)."""
         q_idx, k_idx = jnp.asarray(q_idx)[:, :, None], jnp.asarray(k_idx)[:, None, :]
         allowed = self.pattern.allows(q_idx, k_idx, q_len, k_len) & (k_idx < k_len)
         if causal:
