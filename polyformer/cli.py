@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--set",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set model.n_layer=4 --set attention=favor",

@@ -1,0 +1,57 @@
+import dataclasses
+
+import pytest
+
+from polyformer import cli
+from polyformer.training import config as C
+
+DEMO = "experiments/configs/gpt_stdlib_demo.py"
+
+
+def test_overrides_reach_nested_fields_with_their_types():
+    run = C.apply_overrides(
+        C.load(DEMO),
+        ["model.n_layer=2", "attention=favor", "optimizer.learning_rate=1e-3", "mesh.fsdp=2",
+         "model.pad_token_id=None", "out_dir=/tmp/x", "optimizer.grad_clip=None"],
+    )  # fmt: skip
+    assert run.model.n_layer == 2 and run.attention == "favor"
+    assert run.optimizer.learning_rate == 1e-3 and run.mesh.fsdp == 2
+    assert run.model.pad_token_id is None and run.optimizer.grad_clip is None
+    assert run.out_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("model.n_layers=3", "unknown config key 'model.n_layers'; valid keys: .*model.n_layer"),
+        ("model.n_layer=1.5", "expected int"),
+        ("steps=many", "not a valid value"),
+        ("attention=linear", "attention='linear' is not one of dense, favor"),
+        ("steps", "key=value"),
+        ("precision=float16", "precision must be"),
+    ],
+)
+def test_bad_overrides_are_errors_that_say_what_is_valid(assignment, message):
+    with pytest.raises(ValueError, match=message):
+        C.apply_overrides(C.load(DEMO), [assignment])
+
+
+def test_config_files_must_define_a_run_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config file"):
+        C.load(tmp_path / "missing.py")
+    (tmp_path / "bad.py").write_text("def config():\n    return 3\n")
+    with pytest.raises(ValueError, match="not RunConfig"):
+        C.load(tmp_path / "bad.py")
+
+
+def test_the_command_line_takes_several_assignments_after_one_set():
+    args = cli.parser().parse_args(
+        ["train", DEMO, "--set", "model.n_layer=4", "attention=favor", "--set", "steps=3"]
+    )
+    assert args.set == ["model.n_layer=4", "attention=favor", "steps=3"]
+
+
+def test_every_experiment_config_loads():
+    for path in ("experiments/configs/gpt_stdlib_demo.py", "experiments/configs/scaling_laws.py"):
+        run = C.load(path)
+        assert dataclasses.is_dataclass(run)
