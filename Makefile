@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEBS := espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast lint format debs clean
+.PHONY: demo bench-attention test test-fast lint format debs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ debs:
 	fi
 
 demo: $(STAMP)
+	$(VENV)/bin/polyformer train experiments/configs/gpt_stdlib_demo.py
+
+bench-attention: $(STAMP)
 	$(PY) experiments/attention_benchmark.py --quick
 
 lint: $(STAMP)
