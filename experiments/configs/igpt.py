@@ -1,7 +1,8 @@
 """iGPT on scikit-learn's 8x8 digits: a small GPT over 64 pixel tokens, run by experiments/igpt.py.
 
 python experiments/igpt.py --quick                   # a few minutes on 2 CPU cores
-python experiments/igpt.py --set steps=3000          # any field of this config, from the CLI
+python experiments/igpt.py                           # the full run: 3000 steps
+python experiments/igpt.py --set model.n_layer=4     # any field of this config, from the CLI
 
 Not for `polyformer train`: that reads text corpora through `data`. Here the data object is
 experiments/igpt.py's DigitsData, and of `data` only `seq_len` counts (64: one target per
@@ -20,8 +21,8 @@ def config() -> RunConfig:
     model = dataclasses.replace(
         GPT2Config.tiny(),
         n_positions=65,  # generate() feeds the last sampled pixel at position 64
-        n_embd=128,
-        n_layer=4,
+        n_embd=96,
+        n_layer=3,
         n_head=4,
         resid_pdrop=0.1,
         embd_pdrop=0.1,
@@ -31,7 +32,7 @@ def config() -> RunConfig:
         model=model,
         data=DataConfig(dataset="sklearn_digits", tokenizer="bytes", seq_len=64),
         optimizer=OptimizerConfig(learning_rate=2e-3, warmup_steps=50, weight_decay=0.1),
-        steps=1500,
+        steps=3000,
         batch_size=32,
         eval_every=250,
         eval_batches=5,  # 5 x 32 = 160 of the 180 held-out images; the report uses all 180
