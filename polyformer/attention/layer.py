@@ -11,6 +11,8 @@ from flax import nnx
 from polyformer.attention.base import AttentionKernel
 from polyformer.attention.dense import Dense
 
+LECUN_NORMAL = nnx.initializers.lecun_normal()
+
 
 def logical(initializer, axes: tuple[str, ...]):
     """Names the logical axes of a parameter; the training package maps them onto a device mesh
@@ -69,7 +71,7 @@ class MultiHeadAttention(nnx.Module):
         out_features: int | None = None,
         kernel: AttentionKernel | None = None,
         use_bias: bool = True,
-        kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+        kernel_init: nnx.Initializer = LECUN_NORMAL,
         out_kernel_init: nnx.Initializer | None = None,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
