@@ -12,10 +12,11 @@ Protocol (research/attention.md section 9): B=1, 4 heads, head_dim 64, float32, 
 inputs for every cell at a length. For each length, ascending: every JAX cell is jitted and
 compiled separately (compile time and `compiled.memory_analysis()` temp + output bytes, the
 static peak memory), cells predicted to exceed the memory cap or the time budget are skipped
-(and listed), then one warm-up call per cell (which also records the RSS high-water mark over
-the call, via /proc/self/clear_refs and VmHWM: the memory measure of torch rows), then k timed
-calls per cell, round-robin over the cells (cheap cells first) so that drift on a shared
-machine hits every kernel alike; the median is reported, the minimum kept as a noise check.
+(and listed), then a memory pass, one call per cell that records the RSS high-water mark over
+it (malloc_trim, /proc/self/clear_refs, VmHWM: the memory measure of torch rows), then one
+untimed warm-up call per cell, then k timed calls per cell, round-robin over the cells (cheap
+cells first) so that drift on a shared machine hits every kernel alike; the median is reported,
+the minimum kept as a noise check.
 
 Outputs in --out (default runs/attention_benchmark): attention_benchmark.json (every
 measurement), attention_benchmark.md (the report) and attention_benchmark.png (log-log time
@@ -100,7 +101,6 @@ class Cell:
     name: str
     factory: Callable[[], Built]
     framework: str = "jax"  # "jax" or "torch"
-    ours: bool = True
     backward: bool = False
     quadratic: bool = False
 
@@ -171,8 +171,8 @@ def cells(full: bool) -> list[Cell]:
         Cell(BAND, band),
         Cell(LONGFORMER, longformer),
         Cell(DENSE, _dense, quadratic=True),
-        Cell(TORCH, _torch_sdpa, framework="torch", ours=False, quadratic=True),
-        Cell(DPA, _dpa, ours=False, quadratic=True),
+        Cell(TORCH, _torch_sdpa, framework="torch", quadratic=True),
+        Cell(DPA, _dpa, quadratic=True),
     ]
     backward = [
         Cell(FAVOR + BWD, _favor(causal=False), backward=True),
@@ -183,7 +183,7 @@ def cells(full: bool) -> list[Cell]:
         backward += [
             Cell(BIGBIRD + BWD, bigbird, backward=True),
             Cell(BAND + BWD, band, backward=True),
-            Cell(DPA + BWD, _dpa, ours=False, backward=True, quadratic=True),
+            Cell(DPA + BWD, _dpa, backward=True, quadratic=True),
         ]
     return forward + backward
 
@@ -407,7 +407,7 @@ def run(config: Config, selected: Sequence[Cell], log=print) -> tuple[list[Recor
 
         active.sort(key=order)
         log(f"L={length}: {len(active)} cells, {time.perf_counter() - config.start:.0f} s elapsed")
-        running: list[tuple[Cell, Runner, Record, int]] = []
+        running: list = []  # (cell, runner, record), then with k appended
         for cell in active:
             record = Record(cell.name, length, memory_measure=cell.memory_measure)
             records.append(record)
@@ -438,9 +438,7 @@ def run(config: Config, selected: Sequence[Cell], log=print) -> tuple[list[Recor
                     dead[cell.name] = why + f" at L={length}"
                     continue
                 rss_before = _rss_reset()
-                t = time.perf_counter()
-                out = runner.call()
-                record.warmup_s = time.perf_counter() - t
+                out = runner.call()  # the first call: memory pass
                 hwm = _proc_status("VmHWM")
                 if rss_before is not None and hwm is not None:
                     record.rss_peak_bytes = max(0, hwm - rss_before)
@@ -452,8 +450,18 @@ def run(config: Config, selected: Sequence[Cell], log=print) -> tuple[list[Recor
                 dead[cell.name] = f"error at L={length}"
                 log(f"  error {cell.name} L={length}: {record.reason}")
                 continue
-            running.append((cell, runner, record, _k_for(record.warmup_s, config.k_max)))
+            running.append((cell, runner, record))
 
+        # One untimed warm-up call per cell after every memory pass: the malloc_trim of those
+        # passes hands freed buffers back to the kernel, and a cell's first call after it pays
+        # page faults that its steady state (buffers reused from the heap) does not.
+        timed = []
+        for cell, runner, record in running:
+            t = time.perf_counter()
+            runner.call()
+            record.warmup_s = time.perf_counter() - t
+            timed.append((cell, runner, record, _k_for(record.warmup_s, config.k_max)))
+        running = timed
         for rep in range(max((k for *_, k in running), default=0)):
             for _, runner, record, k in running:
                 if rep >= k:
@@ -696,8 +704,8 @@ def report(records: list[Record], info: dict, config: Config, command: str, name
         f"{config.budget_s:.0f} s, memory cap {config.mem_cap_bytes / 2**30:.0f} GiB).",
         "",
         f"Batch {BATCH}, {HEADS} heads, head_dim {HEAD_DIM}, float32, the same random inputs for "
-        "every cell. Each JAX cell is jitted and compiled separately; then one warm-up call and "
-        "the median of k timed calls (2 <= k <= "
+        "every cell. Each JAX cell is jitted and compiled separately; then one memory-pass call, "
+        "one warm-up call and the median of k timed calls (2 <= k <= "
         f"{config.k_max}) with block_until_ready, round-robin over the cells. Memory: "
         "`xla-static` = `compiled.memory_analysis()` temp + output bytes (JAX rows); `rss-hwm` = "
         "RSS high-water mark over one call, reset through /proc/self/clear_refs (torch rows).",
@@ -728,6 +736,19 @@ def report(records: list[Record], info: dict, config: Config, command: str, name
         "",
     ]
     lines += _grid_table(table, fwd, lengths, mem_cell)
+
+    def rss_cell(name, n):
+        r = table.ok(name, n)
+        return "" if r is None or r.rss_peak_bytes is None else f"{r.rss_peak_bytes / MIB:.1f}"
+
+    lines += [
+        "",
+        "Cross-check, every row by the same measure: RSS high-water mark over one call (MiB; "
+        "free heap pages are trimmed first, so allocations show). XLA's static figure leaves out "
+        "buffers that a fused library call (XLA:CPU's YNNPACK fusions) allocates by itself.",
+        "",
+    ]
+    lines += _grid_table(table, names, lengths, rss_cell)
     if bwd:
         bl = config.backward_lengths
         lines += [
@@ -873,21 +894,23 @@ def plot(records: list[Record], names, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     table = Table(records)
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5.5))
     lengths = sorted({r.length for r in records})
+    kernels = list(dict.fromkeys(n.removesuffix(BWD) for n in names))
+    colors = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(kernels)}
     for name in names:
         pts = [(n, table.time(name, n), table.mem(name, n)) for n in lengths]
         pts = [p for p in pts if p[1] is not None]
         if not pts:
             continue
-        style = "--" if name.endswith(BWD) else "-"
-        if name in (DPA, TORCH, DPA + BWD):
-            style = ":"
-        xs = [p[0] for p in pts]
-        ax_t.plot(xs, [p[1] for p in pts], style, marker="o", label=name)
+        base = name.removesuffix(BWD)
+        # forward solid, forward + backward dashed, anchors dotted; one colour per kernel
+        style = "--" if name.endswith(BWD) else ":" if base in (DPA, TORCH) else "-"
+        kw = dict(color=colors[base], marker="o" if style != "--" else "s", label=name)
+        ax_t.plot([p[0] for p in pts], [p[1] for p in pts], style, **kw)
         mem = [(p[0], p[2]) for p in pts if p[2]]
         if mem:
-            ax_m.plot([m[0] for m in mem], [m[1] / MIB for m in mem], style, marker="o", label=name)
+            ax_m.plot([m[0] for m in mem], [m[1] / MIB for m in mem], style, **kw)
     for ax, label in ((ax_t, "time per call (s)"), (ax_m, "peak memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -896,7 +919,7 @@ def plot(records: list[Record], names, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_t.set_title("Attention time (B=1, 4 heads, d=64, fp32, CPU)")
     ax_m.set_title("Peak memory (xla-static for JAX, rss-hwm for torch)")
-    ax_m.legend(fontsize=7, loc="upper left")
+    ax_t.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -16,10 +16,11 @@ from polyformer.attention import base
 # chunks, and the size each chunk aims for. See benchmarks/RESULTS.md ("Dense attention on CPU"):
 # XLA materialises the whole [batch, heads, q, k] score matrix as a fresh buffer on every call,
 # and on CPU first-touch page faults plus a transposed copy of the probabilities cost more than
-# the matmuls. Chunks of a few MiB stay in cache and reuse one buffer. The values were measured
-# on a 2-core AMD EPYC (1 MiB L2 per core, 32 MiB L3).
-_CHUNK_ABOVE_BYTES = 16 * 2**20
-_CHUNK_BYTES = 8 * 2**20
+# the matmuls. Chunks of a few MiB stay in cache and reuse one buffer; the backward pass gains
+# most from small chunks (at L=4096, 4 heads: 64-row chunks took half the time of 128-row ones).
+# Measured on a 2-core AMD EPYC (Zen 4: 1 MiB L2 per core, 32 MiB L3).
+_CHUNK_ABOVE_BYTES = 4 * 2**20
+_CHUNK_BYTES = 4 * 2**20
 # Fewer query rows per chunk than this make matmuls too thin to run at full speed.
 _MIN_CHUNK_ROWS = 64
 # Stands for -inf in masked scores (as in jax.nn.dot_product_attention): finite, so that
@@ -56,23 +57,46 @@ def dense_attention(
     qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
     allowed = _as_4d(allowed)
     bias = _as_4d(bias)
-    rows = _chunk_rows(batch * heads, q_len, k_len)
-    if rows is None:
+    chunks = _chunking(batch, heads, q_len, k_len)
+    if chunks is None:
         out = _attend(qh, kh, vh, allowed, bias, scale, dropout_rate, rng)
     else:
-        out = _attend_in_chunks(qh, kh, vh, allowed, bias, scale, dropout_rate, rng, rows)
+        out = _attend_in_chunks(qh, kh, vh, allowed, bias, scale, dropout_rate, rng, chunks)
     return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
-def _chunk_rows(groups: int, q_len: int, k_len: int) -> int | None:
-    """Query rows per chunk for `groups` (batch x heads) score matrices `[q_len, k_len]`, or None
-    when the whole matrix is small enough to compute at once."""
-    row_bytes = groups * k_len * 4
-    if row_bytes * q_len <= _CHUNK_ABOVE_BYTES or q_len < 2 * _MIN_CHUNK_ROWS:
+@dataclasses.dataclass(frozen=True)
+class _Chunks:
+    """One chunk: `batch` batch entries x `heads` heads x `rows` query rows, against all keys."""
+
+    batch: int
+    heads: int
+    rows: int
+
+
+def _chunking(batch: int, heads: int, q_len: int, k_len: int) -> _Chunks | None:
+    """How to split `[batch, heads, q_len, k_len]` float32 scores into chunks of about
+    _CHUNK_BYTES, or None when the whole matrix is small enough to compute at once.
+
+    Rows are split only when one head's `[q_len, k_len]` is bigger than a chunk; otherwise a
+    chunk takes whole heads, then whole batch entries (divisors, so that every chunk is alike).
+    """
+    if batch * heads * q_len * k_len * 4 <= _CHUNK_ABOVE_BYTES:
         return None
-    rows = max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // row_bytes)
-    rows = rows // _MIN_CHUNK_ROWS * _MIN_CHUNK_ROWS
-    return None if rows * 2 > q_len else rows
+    row_bytes = k_len * 4
+    rows = _CHUNK_BYTES // row_bytes
+    if rows < q_len:
+        rows = max(_MIN_CHUNK_ROWS, rows // _MIN_CHUNK_ROWS * _MIN_CHUNK_ROWS)
+        return _Chunks(1, 1, min(rows, q_len))
+    head_bytes = q_len * row_bytes
+    per_chunk = _largest_divisor(heads, _CHUNK_BYTES // head_bytes)
+    if per_chunk < heads:
+        return _Chunks(1, per_chunk, q_len)
+    return _Chunks(_largest_divisor(batch, _CHUNK_BYTES // (heads * head_bytes)), heads, q_len)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(limit, 1))
 
 
 def _as_4d(x: jax.Array | None) -> jax.Array | None:
@@ -112,41 +136,64 @@ def _softmax(scores: jax.Array, allowed: jax.Array | None, finite: bool) -> jax.
     return jnp.where(row_has_key, jax.nn.softmax(masked, axis=-1), 0.0)
 
 
-def _attend_in_chunks(qh, kh, vh, allowed, bias, scale, dropout_rate, rng, rows: int):
-    """`_attend` over chunks of `rows` query rows (a last, shorter chunk takes the remainder)."""
-    q_len = qh.shape[2]
-    n_chunks = q_len // rows
+def _attend_in_chunks(qh, kh, vh, allowed, bias, scale, dropout_rate, rng, c: _Chunks):
+    """`_attend` over chunks of `c.batch` batch entries x `c.heads` heads x `c.rows` query rows
+    (a last, shorter chunk of rows takes the remainder), one `lax.map` step each."""
+    batch, heads, q_len, _ = qh.shape
+    n_batch, n_heads, n_rows = batch // c.batch, heads // c.heads, q_len // c.rows
+    tail = q_len - n_rows * c.rows
 
-    def chunk(start, size, index):
-        def rows_of(x):  # the chunk's query rows of a mask or bias (its axis 2 may broadcast)
-            if x is None or x.shape[2] == 1:
-                return x
-            return jax.lax.dynamic_slice_in_dim(x, start, size, axis=2)
+    def chunk(index, b, h, start, size):
+        def block(x, rows: bool, broadcasts: bool = False):
+            """The chunk's part of `[batch, heads, q or k, dim]` x (of its query rows if `rows`);
+            for a mask or bias (`broadcasts`), an axis of size 1 is kept whole."""
+            spans = [
+                (b * c.batch, c.batch),
+                (h * c.heads, c.heads),
+                (start, size) if rows else (0, x.shape[2]),
+                (0, x.shape[3]),
+            ]
+            if broadcasts:
+                spans = [(0, 1) if n == 1 else span for n, span in zip(x.shape, spans, strict=True)]
+            starts, sizes = zip(*spans, strict=True)
+            return jax.lax.dynamic_slice(x, starts, sizes)
 
+        q, k, v = block(qh, rows=True), block(kh, rows=False), block(vh, rows=False)
+        mask = None if allowed is None else block(allowed, rows=True, broadcasts=True)
+        add = None if bias is None else block(bias, rows=True, broadcasts=True)
         key = None if rng is None else jax.random.fold_in(rng, index)
-        q_rows = jax.lax.dynamic_slice_in_dim(qh, start, size, axis=2)
-        return _attend(q_rows, kh, vh, rows_of(allowed), rows_of(bias), scale, dropout_rate, key)
+        return _attend(q, k, v, mask, add, scale, dropout_rate, key)
+
+    def merge(out, rows_per_chunk, row_blocks):  # [chunks, b, h, rows, dim] -> [b, h, q, dim]
+        out = out.reshape(n_batch, n_heads, row_blocks, c.batch, c.heads, rows_per_chunk, -1)
+        out = out.transpose(0, 3, 1, 4, 2, 5, 6)
+        return out.reshape(batch, heads, row_blocks * rows_per_chunk, -1)
+
+    def main(i):
+        b, h, r = i // (n_heads * n_rows), i // n_rows % n_heads, i % n_rows
+        return chunk(i, b, h, r * c.rows, c.rows)
+
+    def last(j):
+        return chunk(n_batch * n_heads * n_rows + j, j // n_heads, j % n_heads, q_len - tail, tail)
 
     # Without the checkpoint, the backward pass would keep every chunk's probabilities: the
     # full matrix again. With it, each chunk's scores are recomputed from q, k, v.
-    body = jax.checkpoint(lambda i: chunk(i * rows, rows, i))
-    out = jax.lax.map(body, jnp.arange(n_chunks))  # [chunks, batch, heads, rows, dim]
-    out = jnp.moveaxis(out, 0, 2)
-    out = out.reshape(*out.shape[:2], n_chunks * rows, out.shape[-1])
-    if n_chunks * rows < q_len:
-        tail = jax.checkpoint(lambda: chunk(n_chunks * rows, q_len - n_chunks * rows, n_chunks))
-        out = jnp.concatenate([out, tail()], axis=2)
+    out = jax.lax.map(jax.checkpoint(main), jnp.arange(n_batch * n_heads * n_rows))
+    out = merge(out, c.rows, n_rows)
+    if tail:
+        rest = merge(jax.lax.map(jax.checkpoint(last), jnp.arange(n_batch * n_heads)), tail, 1)
+        out = jnp.concatenate([out, rest], axis=2)
     return out
 
 
-def combine_masks(
-    mask: jax.Array | None, causal: bool, q_len: int, k_len: int
-) -> jax.Array | None:
+def combine_masks(mask: jax.Array | None, causal: bool, q_len: int, k_len: int) -> jax.Array | None:
     """Key-padding / full mask and the causal rule as one mask broadcastable to
     `[batch, heads, q_length, k_length]`, or None when everything is allowed."""
     allowed = base.expand_mask(mask, q_len)
     if causal:
-        rule = base.causal_allowed(np.arange(q_len)[:, None], np.arange(k_len)[None, :], q_len, k_len)
+        rule = base.causal_allowed(
+            np.arange(q_len)[:, None], np.arange(k_len)[None, :], q_len, k_len
+        )
         allowed = jnp.asarray(rule) if allowed is None else allowed & rule
     return allowed
 
@@ -169,7 +216,9 @@ class Dense:
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if self.implementation not in ("xla", "cudnn"):
-            raise ValueError(f"implementation must be 'xla' or 'cudnn', got {self.implementation!r}")
+            raise ValueError(
+                f"implementation must be 'xla' or 'cudnn', got {self.implementation!r}"
+            )
 
     def __call__(
         self,
@@ -262,7 +311,8 @@ def check_decode_inputs(q, k, v, mask, cache_heads: int, cache_head_dim: int) ->
     base.check_inputs(q, k, v)
     if q.shape[1] != k.shape[1]:
         raise ValueError(
-            f"decoding takes as many new keys as queries, got q {tuple(q.shape)}, k {tuple(k.shape)}"
+            "decoding takes as many new keys as queries, got q "
+            f"{tuple(q.shape)}, k {tuple(k.shape)}"
         )
     if q.shape[2:] != (cache_heads, cache_head_dim):
         raise ValueError(
