@@ -13,6 +13,8 @@ directory and read back with polyformer.from_pretrained. Float32 throughout.
     parameters) + 4 n_layer T^2 d (the scores and the weighted values, causal masking not
     subtracted) + 2 T d vocab (the tied head), set against the float32 matmul throughput that
     this run measures itself (a 2048^3 jnp matmul, best of three calls, once per round).
+    transformers is called with use_cache=False: it would otherwise also return the keys and
+    values of every layer, which ours does not compute.
 (b) Greedy generation: 128 new tokens after a 32-token prompt, `polyformer.models.gpt.generate`
     against `model.generate(do_sample=False, max_new_tokens=128, min_new_tokens=128)`, the end of
     sequence disabled on both sides so that both run 128 steps; the tokens must be equal.
@@ -247,7 +249,7 @@ def bench_forward(hf, ours, rounds: int, cores: int, peak_probe, log=print) -> d
     ours_logits = np.asarray(compiled(state, x))
     ids_t = torch.as_tensor(ids)
     with torch.no_grad():
-        hf_logits = hf(ids_t).logits.numpy()
+        hf_logits = hf(ids_t, use_cache=False).logits.numpy()
     max_diff = float(np.abs(ours_logits - hf_logits).max())
     log(f"forward parity: max |ours - transformers| = {max_diff:.2e}")
 
@@ -255,7 +257,7 @@ def bench_forward(hf, ours, rounds: int, cores: int, peak_probe, log=print) -> d
         def call():
             torch.set_num_threads(threads)
             with torch.no_grad():
-                hf(ids_t)
+                hf(ids_t, use_cache=False)
 
         return call
 
