@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -57,6 +58,9 @@ def _train(args: argparse.Namespace) -> None:
         rng=run.seed,
     )
     sample = tokenizer.decode(tokens[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    kept = [s for s in args.set if not s.replace(" ", "").startswith("steps=")]
+    # As the user can type it: `make demo` runs the command from .venv/bin, not from PATH.
+    command = "polyformer" if shutil.which("polyformer") else sys.argv[0]
     eval_text = "n/a" if result.eval_loss is None else f"{result.eval_loss:.3f}"
     print(
         f"""
@@ -69,9 +73,9 @@ step {result.final_step}: train loss {result.train_loss:.3f}, eval loss {eval_te
 metrics:      {result.metrics_path} (and TensorBoard files in {result.out_dir / "tensorboard"})
 loss plot:    {result.plot_path}
 checkpoints:  {job.checkpointer.directory}
-model:        {exported} (a Hugging Face checkpoint: polyformer generate {exported} "def ")
-continue:     polyformer train {args.config} """
-        + " ".join(f"--set {s}" for s in [*args.set, f"steps={2 * result.final_step}"])
+model:        {exported} (a Hugging Face checkpoint: {command} generate {exported} "def ")
+continue:     {command} train {args.config} """
+        + " ".join(f"--set {s}" for s in [*kept, f"steps={2 * result.final_step}"])
     )
 
 
