@@ -20,17 +20,18 @@ def logical(initializer, axes: tuple[str, ...]):
     return nnx.with_partitioning(initializer, axes, eager_sharding=False)
 
 
-def _linear(
+def linear(
     in_features: int,
     out_features: int,
     axes: tuple[str, str],
     *,
-    kernel_init,
-    use_bias,
-    dtype,
-    param_dtype,
-    rngs,
+    kernel_init: nnx.Initializer,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
 ) -> nnx.Linear:
+    """An nnx.Linear whose weight `[in, out]` and bias `[out]` carry the logical axes `axes`."""
     return nnx.Linear(
         in_features,
         out_features,
@@ -91,10 +92,10 @@ class MultiHeadAttention(nnx.Module):
         inner = num_heads * head_dim
         opts = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         qkv = dict(opts, kernel_init=kernel_init)
-        self.query = _linear(in_features, inner, ("embed", "heads"), **qkv)
-        self.key = _linear(in_features, inner, ("embed", "heads"), **qkv)
-        self.value = _linear(in_features, inner, ("embed", "heads"), **qkv)
-        self.out = _linear(
+        self.query = linear(in_features, inner, ("embed", "heads"), **qkv)
+        self.key = linear(in_features, inner, ("embed", "heads"), **qkv)
+        self.value = linear(in_features, inner, ("embed", "heads"), **qkv)
+        self.out = linear(
             inner,
             out_features or in_features,
             ("heads", "embed"),

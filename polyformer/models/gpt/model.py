@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
-from polyformer.attention.layer import logical
+from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.gpt.config import GPT2Config
 
@@ -74,20 +74,6 @@ def _layer_norm(width: int, epsilon: float, dtype: Any, param_dtype: Any, rngs: 
     )
 
 
-def _linear(
-    width_in: int, width_out: int, axes: tuple[str, str], std: float, dtype, param_dtype, rngs
-) -> nnx.Linear:
-    return nnx.Linear(
-        width_in,
-        width_out,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.normal(std), axes),
-        bias_init=logical(nnx.initializers.zeros_init(), (axes[1],)),
-        rngs=rngs,
-    )
-
-
 class GPT2MLP(nnx.Module):
     """c_fc -> activation -> c_proj -> dropout, on x `[batch, length, n_embd]`."""
 
@@ -104,9 +90,20 @@ class GPT2MLP(nnx.Module):
         param_dtype: Any,
         rngs: nnx.Rngs,
     ):
-        self.c_fc = _linear(n_embd, inner_dim, ("embed", "mlp"), init_std, dtype, param_dtype, rngs)
-        self.c_proj = _linear(
-            inner_dim, n_embd, ("mlp", "embed"), proj_init_std, dtype, param_dtype, rngs
+        dtypes = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.c_fc = linear(
+            n_embd,
+            inner_dim,
+            ("embed", "mlp"),
+            kernel_init=nnx.initializers.normal(init_std),
+            **dtypes,
+        )
+        self.c_proj = linear(
+            inner_dim,
+            n_embd,
+            ("mlp", "embed"),
+            kernel_init=nnx.initializers.normal(proj_init_std),
+            **dtypes,
         )
         self.act = ACTIVATIONS[activation]
         self.dropout = nnx.Dropout(dropout)
