@@ -62,7 +62,7 @@ from flax import nnx
 from polyformer.models.gpt import GPT2LMHeadModel
 from polyformer.models.gpt.generate import generate
 from polyformer.training import config as run_config
-from polyformer.training.data import batch_iterator
+from polyformer.training.data import ArrayData
 from polyformer.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,11 +112,10 @@ def split_indices(n: int, fraction: float = HELDOUT_FRACTION, seed: int = SPLIT_
     return np.sort(order[held:]), np.sort(order[:held])
 
 
-def _rows(sequences: np.ndarray, rows: slice, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Sequences `indices[rows]` -> inputs (start token, pixels 0..62) and targets (pixels
-    0..63), int32 `[rows, 64]`."""
-    chosen = sequences[np.asarray(indices)[rows]]
-    return {"inputs": chosen[:, :-1], "targets": chosen[:, 1:]}
+def _pairs(sequences: np.ndarray) -> dict[str, np.ndarray]:
+    """Sequences -> inputs (start token, pixels 0..62) and targets (pixels 0..63), int32
+    `[n, 64]`."""
+    return {"inputs": sequences[:, :-1], "targets": sequences[:, 1:]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,37 +143,42 @@ class DigitsData:
         """The start token; it never ends a sequence (every image is 64 pixels long)."""
         return self.levels
 
+    @functools.cached_property
+    def _arrays(self) -> ArrayData:
+        start = self.end_of_text_id
+        return ArrayData(
+            _pairs(self.train),
+            _pairs(self.heldout),
+            tokens_per_example=PIXELS,
+            model_overrides={
+                "vocab_size": self.vocab_size,
+                "bos_token_id": start,
+                "eos_token_id": start,
+            },
+        )
+
+    @property
+    def model_overrides(self) -> dict[str, int]:
+        return self._arrays.model_overrides
+
+    @property
+    def tokens_per_example(self) -> int:
+        return PIXELS
+
     def train_iterator(
         self, batch_size: int, seed: int, shard_index: int, shard_count: int
     ) -> grain.DatasetIterator:
         """This host's `[batch_size, 64]` rows of global batches of `batch_size * shard_count`
-        training images, shuffled anew every epoch, forever. `get_state()` / `set_state()` save
-        and restore its position (see polyformer.training.data.lm)."""
-        global_batch = batch_size * shard_count
-        if global_batch > len(self.train):
-            raise ValueError(f"a batch of {global_batch} exceeds {len(self.train)} images")
-        dataset = (
-            grain.MapDataset.range(len(self.train))
-            .shuffle(seed)  # reseeded per epoch by the repeat
-            .repeat(None)
-            .batch(global_batch, drop_remainder=True)
-        )
-        mine = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
-        return batch_iterator(dataset.map(functools.partial(_rows, self.train, mine)))
+        training images, shuffled anew every epoch, forever (see ArrayData)."""
+        return self._arrays.train_iterator(batch_size, seed, shard_index, shard_count)
 
     def eval_batches(self, batch_size: int, count: int) -> list[dict[str, np.ndarray]]:
         """The first `count` full global batches of held-out images in order, this process's
         `[batch_size, 64]` share of each: the same every call."""
-        processes = jax.process_count()
-        global_batch = batch_size * processes
-        available = len(self.heldout) // global_batch
-        if available == 0:
-            raise ValueError(f"{len(self.heldout)} held-out images do not fill a batch")
-        mine = slice(jax.process_index() * batch_size, (jax.process_index() + 1) * batch_size)
-        return [
-            _rows(self.heldout, mine, np.arange(b * global_batch, (b + 1) * global_batch))
-            for b in range(min(count, available))
-        ]
+        return self._arrays.eval_batches(batch_size, count)
+
+    def save(self, directory: str | Path) -> None:
+        """Nothing to write: the token ids are the pixel levels themselves."""
 
 
 def load_digits_data(levels: int) -> DigitsData:

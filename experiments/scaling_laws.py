@@ -801,7 +801,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return write_outputs(result, args, print)
 
     from polyformer.training import config as run_config
-    from polyformer.training import trainer
 
     ladder = Ladder.full() if args.full else Ladder.quick()
     base = run_config.load(BASE_CONFIG)
@@ -820,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
 
-    data = trainer.load_data(configs[0])
+    data = configs[0].data.load()
     records = [
         train_rung(c, data, s, args.fresh, log) for s, c in zip(ladder.sizes, configs, strict=True)
     ]

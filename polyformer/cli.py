@@ -28,7 +28,6 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from polyformer.models import gpt
     from polyformer.training import config, trainer
 
     if args.distributed:
@@ -38,16 +37,37 @@ def _train(args: argparse.Namespace) -> None:
         # pods, SLURM, Open MPI and Kubernetes clusters.
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     run = config.apply_overrides(config.load(args.config), args.set)
-    data = trainer.load_data(run)
-    job = trainer.Trainer(run, data)
+    job = trainer.Trainer(run, run.data.load())
     resumed = job.checkpointer.latest_step()
     if resumed:
         print(f"resuming from the checkpoint of step {resumed} in {job.checkpointer.directory}")
     result = job.run()
-    exported = trainer.export(job, data, result.out_dir / "model")
+    exported = trainer.export(job, result.out_dir / "model")
+    kept = [s for s in args.set if not s.replace(" ", "").startswith("steps=")]
+    # As the user can type it: `make demo` runs the command from .venv/bin, not from PATH.
+    command = "polyformer" if shutil.which("polyformer") else sys.argv[0]
+    eval_text = "n/a" if result.eval_loss is None else f"{result.eval_loss:.3f}"
+    print(f"\nstep {result.final_step}: train loss {result.train_loss:.3f}, eval loss {eval_text}")
+    if run.model.model_type == "gpt2" and (exported / "tokenizer.json").is_file():
+        print(f"\n--- sample from the trained model ---\n{_sample(job, exported, args)}")
+        print("--- end of sample ---")
+    print(
+        f"""
+metrics:      {result.metrics_path} (and TensorBoard files in {result.out_dir / "tensorboard"})
+loss plot:    {result.plot_path}
+checkpoints:  {job.checkpointer.directory}
+model:        {exported} (a Hugging Face checkpoint; pf.from_pretrained and transformers read it)
+continue:     {command} train {args.config} """
+        + " ".join(f"--set {s}" for s in [*kept, f"steps={2 * result.final_step}"])
+    )
+
+
+def _sample(job, exported, args: argparse.Namespace) -> str:
+    """The prompt and a sampled continuation from a trained GPT."""
+    from polyformer.models import gpt
+
     tokenizer = gpt.GPT2Tokenizer.from_pretrained(exported)
-    prompt = args.prompt
-    batch = tokenizer([prompt])
+    batch = tokenizer([args.prompt])
     tokens = gpt.generate(
         job.model(),
         batch["input_ids"],
@@ -55,28 +75,10 @@ def _train(args: argparse.Namespace) -> None:
         max_new_tokens=args.sample_tokens,
         do_sample=True,
         top_k=40,
-        rng=run.seed,
+        rng=job.config.seed,
     )
-    sample = tokenizer.decode(tokens[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    kept = [s for s in args.set if not s.replace(" ", "").startswith("steps=")]
-    # As the user can type it: `make demo` runs the command from .venv/bin, not from PATH.
-    command = "polyformer" if shutil.which("polyformer") else sys.argv[0]
-    eval_text = "n/a" if result.eval_loss is None else f"{result.eval_loss:.3f}"
-    print(
-        f"""
-step {result.final_step}: train loss {result.train_loss:.3f}, eval loss {eval_text}
-
---- sample from the trained model ---
-{prompt}{sample}
---- end of sample ---
-
-metrics:      {result.metrics_path} (and TensorBoard files in {result.out_dir / "tensorboard"})
-loss plot:    {result.plot_path}
-checkpoints:  {job.checkpointer.directory}
-model:        {exported} (a Hugging Face checkpoint: {command} generate {exported} "def ")
-continue:     {command} train {args.config} """
-        + " ".join(f"--set {s}" for s in [*kept, f"steps={2 * result.final_step}"])
-    )
+    prompt_length = batch["input_ids"].shape[1]
+    return args.prompt + tokenizer.decode(tokens[0, prompt_length:], skip_special_tokens=True)
 
 
 def parser() -> argparse.ArgumentParser:

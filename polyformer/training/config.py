@@ -40,16 +40,35 @@ class DataConfig:
     vocab_size: int = 4096
     seq_len: int = 128
 
+    def load(self):
+        """The corpus (built, tokenised and cached on first use) as `LMData`."""
+        from polyformer.training import data
+
+        corpus = data.prepare_lm_corpus(
+            self.dataset,
+            vocab_size=self.vocab_size if self.tokenizer == "bpe" else None,
+            text_key=self.text_feature,
+            data_dir=self.data_dir,
+        )
+        return data.LMData(corpus, self.seq_len)
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run needs; `model` is the GPT-2 config (HF field names)."""
+    """Everything a training run needs.
 
-    model: GPT2Config = GPT2Config.tiny()
+    `model` is the config of any model family `polyformer.hub.FAMILIES` knows (HF field names;
+    the model trained is the class the family builds from it). `data` is a data config whose
+    `load()` returns what `trainer.Trainer` reads (see its docstring): `DataConfig` for causal-LM
+    text, `polyformer.training.data.ArrayData` behind the vision, speech and table configs.
+    `objective` names the loss in `objectives.OBJECTIVES`.
+    """
+
+    model: Any = GPT2Config.tiny()
     attention: str = "dense"
     precision: str = "float32"  # or "bfloat16": bfloat16 compute, float32 master weights
     optimizer: OptimizerConfig = OptimizerConfig()
-    data: DataConfig = DataConfig()
+    data: Any = DataConfig()
     mesh: MeshConfig = MeshConfig()
     objective: str = "causal_lm"
     steps: int = 1000
@@ -67,6 +86,11 @@ class RunConfig:
             raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION)}")
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
+        for name in ("model", "data"):
+            if not dataclasses.is_dataclass(getattr(self, name)):
+                raise ValueError(f"{name} must be a config dataclass, got {getattr(self, name)!r}")
+        if not hasattr(self.data, "load"):
+            raise ValueError(f"data={type(self.data).__name__} has no load() method")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(
                 f"steps and batch_size must be positive: {self.steps}, {self.batch_size}"

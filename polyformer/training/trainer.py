@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from polyformer.models.gpt import GPT2LMHeadModel
+from polyformer import hub
 from polyformer.training import checkpoint, metrics, objectives, sharding
 from polyformer.training.config import ATTENTION, RunConfig
 from polyformer.training.optim import make_optimizer, schedule
@@ -39,19 +39,19 @@ class TrainResult:
     plot_path: Path | None
 
 
-def model_config(config: RunConfig, vocab_size: int, end_of_text: int | None = None):
-    """The run's GPT-2 config: its vocabulary, attention kernel and precision."""
+def model_config(config: RunConfig, overrides: dict[str, Any]) -> Any:
+    """The run's model config: what the data decides (`overrides`: vocabulary, labels), the
+    attention kernel and the precision."""
     compute = jnp.bfloat16 if config.precision == "bfloat16" else jnp.float32
-    if config.data.seq_len > config.model.n_positions:
+    fields = {f.name for f in dataclasses.fields(config.model)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
         raise ValueError(
-            f"data.seq_len={config.data.seq_len} exceeds model.n_positions="
-            f"{config.model.n_positions}"
+            f"the data sets {unknown}, which {type(config.model).__name__} does not have"
         )
     return dataclasses.replace(
         config.model,
-        vocab_size=vocab_size,
-        bos_token_id=end_of_text,
-        eos_token_id=end_of_text,
+        **overrides,
         attention=ATTENTION[config.attention],
         dtype=compute,
         param_dtype=jnp.float32,
@@ -82,21 +82,38 @@ def state_shardings(abstract: TrainState, param_shardings: Any, mesh) -> Any:
 
 
 def non_embedding_params(params: nnx.State) -> int:
+    """Parameters less the lookup tables (`nnx.Embed`'s `embedding`), which cost no FLOPs, as
+    Kaplan et al. count N."""
     total = sum(x.size for x in jax.tree.leaves(params))
-    embeddings = sum(
+    tables = sum(
         leaf.size
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-        if _path_key(path)[0] in ("wte", "wpe")
+        if "embedding" in _path_key(path)[-2:]
     )
-    return total - embeddings
+    return total - tables
+
+
+def _layers_and_width(config: Any) -> tuple[int, int]:
+    """(layers, width) of a config with GPT-2's or BERT's field names; (0, 0) for others, whose
+    attention FLOPs the MFU then leaves out."""
+    for layers, width in (("n_layer", "n_embd"), ("num_hidden_layers", "hidden_size")):
+        if hasattr(config, layers) and hasattr(config, width):
+            return getattr(config, layers), getattr(config, width)
+    return 0, 0
 
 
 class Trainer:
-    """Builds everything a run needs from a RunConfig and a data source, then `run()`s it.
+    """Builds everything a run needs from a RunConfig and its data, then `run()`s it.
 
-    `data` must provide `vocab_size`, `end_of_text_id`, `eval_batches(batch_size, count)` and
-    `train_iterator(batch_size, seed, shard_index, shard_count)`: an iterator of numpy batches
-    {"inputs", "targets"} `[batch, seq_len]` with `get_state() -> dict` and `set_state(dict)`.
+    `data` (what `config.data.load()` returns) provides:
+      train_iterator(batch_size, seed, shard_index, shard_count): an iterator of this host's
+        numpy batches (dicts of `[batch, ...]` arrays, the keys the objective reads) with
+        `get_state() -> dict` and `set_state(dict)`;
+      eval_batches(batch_size, count): a list of such batches, the same at every call;
+      model_overrides: model config fields the data decides (vocab_size, num_labels, ...);
+      tokens_per_example: what one example counts for in the throughput;
+      save(directory): writes its tokenizer or processor beside an exported model.
+    The model is the class `hub.FAMILIES[config.model.model_type]` builds.
     """
 
     def __init__(self, config: RunConfig, data: Any):
@@ -109,12 +126,13 @@ class Trainer:
             raise ValueError(
                 f"batch_size={config.batch_size} does not split over {jax.process_count()} hosts"
             )
-        self.model_config = model_config(config, data.vocab_size, data.end_of_text_id)
+        self.model_config = model_config(config, dict(data.model_overrides))
+        family = hub.FAMILIES[self.model_config.model_type]
         self.optimizer = make_optimizer(config.optimizer, config.steps)
         self.learning_rate = schedule(config.optimizer, config.steps)
 
         def build():
-            return GPT2LMHeadModel(self.model_config, rngs=nnx.Rngs(config.seed))
+            return family.build(self.model_config, rngs=nnx.Rngs(config.seed))
 
         abstract_model = nnx.eval_shape(build)
         abstract_model.train()
@@ -155,11 +173,9 @@ class Trainer:
             keep=config.keep_checkpoints,
             every=config.checkpoint_every,
         )
+        layers, width = _layers_and_width(self.model_config)
         self.flops_per_token = metrics.transformer_train_flops_per_token(
-            non_embedding_params(abstract_params),
-            self.model_config.n_layer,
-            config.data.seq_len,
-            self.model_config.n_embd,
+            non_embedding_params(abstract_params), layers, data.tokens_per_example, width
         )
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -187,7 +203,8 @@ class Trainer:
         for local in batches:
             for k, v in jax.device_get(self.eval_step(params, self.global_batch(local))).items():
                 totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
-        totals["perplexity"] = math.exp(min(totals["loss"], 50.0))
+        if c.objective == "causal_lm":
+            totals["perplexity"] = math.exp(min(totals["loss"], 50.0))
         return totals
 
     def run(self, *, progress: bool = True) -> TrainResult:
@@ -196,7 +213,7 @@ class Trainer:
         start = int(jax.device_get(state.step))
         writer = metrics.MetricsWriter(self.out_dir) if jax.process_index() == 0 else None
         peak, _ = metrics.peak_flops_per_device()
-        tokens_per_step = c.batch_size * c.data.seq_len
+        tokens_per_step = c.batch_size * self.data.tokens_per_example
         bar = tqdm(
             total=c.steps, initial=start, unit="step", disable=not progress or jax.process_index()
         )
@@ -245,32 +262,16 @@ class Trainer:
             self.out_dir, c.steps, train_loss, eval_loss, self.out_dir / "metrics.jsonl", plot
         )
 
-    def model(self) -> GPT2LMHeadModel:
+    def model(self) -> nnx.Module:
         """The trained model (after `run`), in evaluation mode, gathered onto this host."""
         params = multihost_utils.process_allgather(self.state.params, tiled=True)
         return nnx.merge(self.eval_graphdef, params)
 
 
-def load_data(config: RunConfig):
-    """The run's corpus (built, tokenised and cached on first use) as LMData."""
-    from polyformer.training import data
-
-    corpus = data.prepare_lm_corpus(
-        config.data.dataset,
-        vocab_size=config.data.vocab_size if config.data.tokenizer == "bpe" else None,
-        text_key=config.data.text_feature,
-        data_dir=config.data.data_dir,
-    )
-    return data.LMData(corpus, config.data.seq_len)
-
-
-def export(trainer: Trainer, data: Any, directory: str | Path) -> Path:
-    """The trained model and its tokenizer as a Hugging Face checkpoint directory, which
-    `polyformer generate`, `pf.from_pretrained` and transformers all read."""
-    from polyformer import hub
-    from polyformer.training.data import save_tokenizer
-
+def export(trainer: Trainer, directory: str | Path) -> Path:
+    """The trained model with its tokenizer or processor files as a Hugging Face checkpoint
+    directory, which polyformer's pipelines, `pf.from_pretrained` and transformers all read."""
     directory = Path(directory)
     hub.save_pretrained(trainer.model(), directory)
-    save_tokenizer(data.corpus.tokenizer, directory)
+    trainer.data.save(directory)
     return directory

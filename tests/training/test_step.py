@@ -45,7 +45,7 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 
 def test_bfloat16_compute_keeps_float32_master_weights():
     run = RunConfig(model=CONFIG, precision="bfloat16", data=DataConfig(seq_len=16))
-    model_config = trainer.model_config(run, CONFIG.vocab_size)
+    model_config = trainer.model_config(run, {})
     model = GPT2LMHeadModel(model_config, rngs=nnx.Rngs(0))
     out = model(batch()["inputs"], output_hidden_states=True)
     assert all(h.dtype == jnp.bfloat16 for h in out.hidden_states)

@@ -1,4 +1,5 @@
-"""Input pipelines: TFDS text -> tokenizer -> cached token ids -> sharded, resumable LM batches.
+"""Input pipelines: TFDS text -> tokenizer -> cached token ids -> sharded, resumable LM batches;
+in-memory arrays (ArrayData) for the small vision, speech and table sets.
 
 corpus = prepare_lm_corpus("python_stdlib", vocab_size=4096)   # built and cached once
 train = lm_dataset(corpus.tokens["train"], seq_len=256, global_batch=32, seed=0)
@@ -6,6 +7,7 @@ batches = batch_iterator(train)          # next(batches)["inputs"]: [32 // hosts
 state = batches.get_state()              # {"next_index": step}; set_state(state) resumes
 """
 
+from polyformer.training.data.arrays import ArrayData, array_dataset
 from polyformer.training.data.corpus import LMCorpus, prepare_lm_corpus, token_ids
 from polyformer.training.data.lm import LMData, batch_iterator, lm_dataset, num_windows
 from polyformer.training.data.sources import data_source, texts
@@ -20,8 +22,10 @@ from polyformer.training.data.tokenizer import (
 
 __all__ = [
     "END_OF_TEXT",
+    "ArrayData",
     "LMCorpus",
     "LMData",
+    "array_dataset",
     "batch_iterator",
     "byte_tokenizer",
     "data_source",

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import grain
 import jax
 import numpy as np
 
 from polyformer.training.data.corpus import LMCorpus
+from polyformer.training.data.tokenizer import save_tokenizer
 
 
 def num_windows(num_tokens: int, seq_len: int) -> int:
@@ -106,6 +108,20 @@ class LMData:
     @property
     def end_of_text_id(self) -> int:
         return self.corpus.end_of_text_id
+
+    @property
+    def model_overrides(self) -> dict[str, int]:
+        """The model config's vocabulary and end-of-text ids come from the corpus's tokenizer."""
+        end = self.end_of_text_id
+        return {"vocab_size": self.vocab_size, "bos_token_id": end, "eos_token_id": end}
+
+    @property
+    def tokens_per_example(self) -> int:
+        return self.seq_len
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes the tokenizer files beside an exported model."""
+        save_tokenizer(self.corpus.tokenizer, directory)
 
     def train_iterator(
         self, batch_size: int, seed: int, shard_index: int, shard_count: int
