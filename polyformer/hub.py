@@ -23,7 +23,7 @@ from flax import nnx
 from safetensors import SafetensorError
 
 from polyformer.attention import AttentionKernel
-from polyformer.models import convert, gpt
+from polyformer.models import clip, convert, gpt, tapas, vit, wav2vec2
 from polyformer.models.convert import CheckpointError, CheckpointMismatchError
 
 CONFIG = "config.json"
@@ -49,6 +49,10 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(gpt.GPT2Config, gpt.GPT2LMHeadModel, gpt.convert.table),
+    "vit": Family(vit.ViTConfig, vit.build, vit.convert.table),
+    "clip": Family(clip.CLIPConfig, clip.CLIPModel, clip.convert.table),
+    "wav2vec2": Family(wav2vec2.Wav2Vec2Config, wav2vec2.build, wav2vec2.convert.table),
+    "tapas": Family(tapas.TapasConfig, tapas.build, tapas.convert.table),
 }
 
 

@@ -9,6 +9,10 @@ from typing import Any
 
 from polyformer import hub
 from polyformer.models import gpt
+from polyformer.models.clip.pipeline import ZeroShotImageClassificationPipeline
+from polyformer.models.tapas.pipeline import TableQuestionAnsweringPipeline
+from polyformer.models.vit.pipeline import ImageClassificationPipeline
+from polyformer.models.wav2vec2.pipeline import AutomaticSpeechRecognitionPipeline
 
 
 @dataclasses.dataclass
@@ -54,6 +58,10 @@ def _text_generation(path: str | os.PathLike, **load_kwargs) -> TextGenerationPi
 
 TASKS: dict[str, Callable[..., Any]] = {
     "text-generation": _text_generation,
+    "image-classification": ImageClassificationPipeline.from_pretrained,
+    "zero-shot-image-classification": ZeroShotImageClassificationPipeline.from_pretrained,
+    "table-question-answering": TableQuestionAnsweringPipeline.from_pretrained,
+    "automatic-speech-recognition": AutomaticSpeechRecognitionPipeline.from_pretrained,
 }
 
 

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 import polyformer as pf
 from polyformer import attention as A
 from polyformer.hub import CheckpointError, CheckpointMismatchError
-from polyformer.models import gpt
+from polyformer.models import gpt, vit
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,15 @@ def test_a_pickle_that_would_run_code_is_refused(saved, tmp_path):
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         pf.from_pretrained(bad)
     assert not marker.exists()
+
+
+def test_a_model_holding_numpy_parameters_saves_its_transposes_correctly(tmp_path):
+    # A trained model gathered onto the host holds numpy arrays; `.T` of one is a strided view,
+    # which safetensors once wrote in its untransposed memory order (ViT's linears transpose).
+    model = vit.build(vit.ViTConfig.tiny(), rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    on_host = nnx.merge(graphdef, jax.tree.map(np.asarray, params), rest)
+    pf.save_pretrained(on_host, tmp_path)
+    want, got = flat_params(model), flat_params(pf.from_pretrained(tmp_path))
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=str(key))

@@ -8,10 +8,12 @@ which TFDS writes and reads without TensorFlow.
 import os
 from pathlib import Path
 
+from polyformer.datasets.digits import DigitsConfig, SklearnDigits
 from polyformer.datasets.python_stdlib import PythonStdlib, StdlibConfig
+from polyformer.datasets.spoken_digits import SpokenDigits, SpokenDigitsConfig
 
 # The builders whose data are made on this machine, so preparing them never needs the network.
-EMBEDDED = (PythonStdlib,)
+EMBEDDED = (PythonStdlib, SklearnDigits, SpokenDigits)
 
 
 def default_data_dir() -> Path:
@@ -21,4 +23,13 @@ def default_data_dir() -> Path:
     return Path.home() / ".cache" / "polyformer" / "tensorflow_datasets"
 
 
-__all__ = ["EMBEDDED", "PythonStdlib", "StdlibConfig", "default_data_dir"]
+__all__ = [
+    "EMBEDDED",
+    "DigitsConfig",
+    "PythonStdlib",
+    "SpokenDigits",
+    "SpokenDigitsConfig",
+    "SklearnDigits",
+    "StdlibConfig",
+    "default_data_dir",
+]

@@ -93,12 +93,15 @@ class Table:
         causal masks `attn.bias`), dropped by name on load and never written.
       tied: (name, source) pairs: a checkpoint may repeat tensor `source` under `name` (a tied
         output embedding); accepted when equal to the source, never written.
+      aliases: (old, name) pairs: older checkpoints store tensor `name` under `old` (e.g.
+        Wav2Vec2's `weight_g` for `parametrizations.weight.original0`); read, never written.
     """
 
     entries: tuple[Entry, ...]
     optional_prefix: str = ""
     ignored: frozenset[str] = frozenset()
     tied: tuple[tuple[str, str], ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def check_covers(self, paths: set[Path]) -> None:
         """Raises ValueError unless the table fills exactly `paths` (a bug in a table, not in a
@@ -113,12 +116,16 @@ class Table:
 
 
 def _canonical_names(table: Table, names: list[str], unexpected: list[str]) -> dict[str, str]:
-    """Checkpoint name -> table name, adding the optional prefix where the checkpoint lacks it;
-    names that match nothing (or that collide after the prefix is added) go to `unexpected`."""
+    """Checkpoint name -> table name, adding the optional prefix where the checkpoint lacks it and
+    renaming aliases; names that match nothing (or that collide after the prefix is added or an
+    alias renamed) go to `unexpected`."""
+    aliases = dict(table.aliases)
     known = {entry.hf for entry in table.entries} | table.ignored | {n for n, _ in table.tied}
+    known |= set(aliases)
     canonical = {}
     for name in names:
         full = name if name in known else table.optional_prefix + name
+        full = aliases.get(full, full)
         if full not in known or full in canonical.values():
             unexpected.append(name)
         else:
@@ -171,4 +178,9 @@ def load(
 def save(table: Table, params: Mapping[Path, jax.Array]) -> dict[str, jax.Array]:
     """Our parameters (state path -> array) -> HF tensors, named as `table.entries` names them."""
     table.check_covers(set(params))
-    return {entry.hf: entry.to_hf(*(params[p] for p in entry.ours)) for entry in table.entries}
+    # jnp.asarray: a numpy parameter (a gathered trained model holds them) would go through
+    # `.T` as a strided view, which safetensors.flax writes in its untransposed memory order.
+    return {
+        entry.hf: entry.to_hf(*(jnp.asarray(params[p]) for p in entry.ours))
+        for entry in table.entries
+    }

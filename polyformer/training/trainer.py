@@ -93,13 +93,25 @@ def non_embedding_params(params: nnx.State) -> int:
     return total - tables
 
 
-def _layers_and_width(config: Any) -> tuple[int, int]:
-    """(layers, width) of a config with GPT-2's or BERT's field names; (0, 0) for others, whose
-    attention FLOPs the MFU then leaves out."""
-    for layers, width in (("n_layer", "n_embd"), ("num_hidden_layers", "hidden_size")):
-        if hasattr(config, layers) and hasattr(config, width):
-            return getattr(config, layers), getattr(config, width)
-    return 0, 0
+def flops_per_example(graphdef: nnx.GraphDef, params: Any, loss_fn, example: dict) -> float:
+    """FLOPs of the forward and backward pass of one example, as XLA counts them in the lowered
+    (not compiled) gradient computation: any model, whatever its towers, convolutions or
+    attention kernel, and recomputation under `jax.checkpoint` included. 0 where the backend
+    has no cost model (the MFU then reads 0).
+
+    `params` may be abstract; `example`: a batch whose first row is taken.
+    """
+
+    def loss(params, batch):
+        model = nnx.merge(graphdef, params)
+        return loss_fn(model, batch, nnx.Rngs(dropout=jax.random.key(0)))[0]
+
+    one = {
+        k: jax.ShapeDtypeStruct((1, *np.shape(v)[1:]), np.asarray(v).dtype)
+        for k, v in example.items()
+    }
+    cost = jax.jit(jax.grad(loss)).lower(params, one).cost_analysis()
+    return float((cost or {}).get("flops", 0.0))
 
 
 class Trainer:
@@ -173,9 +185,8 @@ class Trainer:
             keep=config.keep_checkpoints,
             every=config.checkpoint_every,
         )
-        layers, width = _layers_and_width(self.model_config)
-        self.flops_per_token = metrics.transformer_train_flops_per_token(
-            non_embedding_params(abstract_params), layers, data.tokens_per_example, width
+        self.flops_per_example = flops_per_example(
+            self.graphdef, abstract_params, loss_fn, data.eval_batches(1, 1)[0]
         )
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -213,7 +224,6 @@ class Trainer:
         start = int(jax.device_get(state.step))
         writer = metrics.MetricsWriter(self.out_dir) if jax.process_index() == 0 else None
         peak, _ = metrics.peak_flops_per_device()
-        tokens_per_step = c.batch_size * self.data.tokens_per_example
         bar = tqdm(
             total=c.steps, initial=start, unit="step", disable=not progress or jax.process_index()
         )
@@ -234,11 +244,13 @@ class Trainer:
             done = step + 1
             if done % c.log_every == 0 or done == c.steps:
                 elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_steps * tokens_per_step / elapsed
+                examples_per_s = window_steps * c.batch_size / elapsed
+                tokens_per_s = examples_per_s * self.data.tokens_per_example
+                flops_per_s = examples_per_s * self.flops_per_example
                 step_metrics.update(
                     learning_rate=float(self.learning_rate(step)),
                     tokens_per_s=tokens_per_s,
-                    mfu=tokens_per_s * self.flops_per_token / (peak * jax.device_count()),
+                    mfu=flops_per_s / (peak * jax.device_count()),
                 )
                 if writer:
                     writer.write(done, "train", step_metrics)

@@ -1,0 +1,260 @@
+"""TAPAS-base (WTQ heads) on CPU: our jitted forward pass against transformers'.
+
+    python benchmarks/tapas_benchmark.py [--quick] [--repeats N] [--results PATH] [--json PATH]
+
+Both models hold the same weights: transformers' TapasForQuestionAnswering built with
+torch.manual_seed(0) at google/tapas-base-finetuned-wtq's configuration (12 layers, 768 wide,
+aggregation head, temperature 0.0352513, one-column selection), its cell-selection weights set
+random (the WTQ config initialises them to zero), written with save_pretrained and read back with
+polyformer.from_pretrained. Float32 throughout.
+
+Forward: batch 1, 512 tokens laid out as TapasTokenizer lays them out: `[CLS]`, a 20-token
+question, `[SEP]`, then a table of 8 columns and 60 data rows below a header, one token per cell
+(so 490 table tokens: per-cell position ids, 488 cells to average, 8 columns to choose from).
+Everything the model returns is computed: encoder, pooler, cell logits averaged per cell, column
+logits, the selected column's mask, aggregation logits. Ours is `jax.jit` of the model's call
+(compile time measured apart); transformers' runs under torch.no_grad in eval mode, at
+torch.set_num_threads(cores) (the protocol) and at 1 thread. Target: our time <= 0.8x theirs.
+
+Protocol (gpt_benchmark.py's): warm-up calls, then rounds, each running every contestant once in
+an order rotating by one; medians of wall-clock and process CPU time; load averages recorded.
+Outputs: --json (default benchmarks/tapas_benchmark.json) and the section between the
+`tapas-benchmark` markers of --results (default benchmarks/RESULTS.md; --quick writes neither
+unless they are given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from gpt_benchmark import (
+    command_line,
+    fmt_load,
+    load_note,
+    machine_info,
+    run_rounds,
+    summarise,
+    torch_thread_counts,
+    write_section,
+)
+
+import polyformer as pf
+from polyformer.models.tapas import TapasConfig
+
+HERE = Path(__file__).resolve().parent
+MARK_START = "<!-- tapas-benchmark:start -->"
+MARK_END = "<!-- tapas-benchmark:end -->"
+SEQ_LEN, QUESTION, COLUMNS, ROWS = 512, 20, 8, 60
+TARGET = 0.8
+
+
+def build_models(log=print):
+    """(transformers' model, ours) with the same random weights, both in evaluation mode."""
+    import torch
+    import transformers
+
+    hf_config = TapasConfig.base_wtq().to_hf()
+    torch.manual_seed(0)
+    hf = transformers.TapasForQuestionAnswering(transformers.TapasConfig(**hf_config)).eval()
+    with torch.no_grad():
+        hf.output_weights.normal_(0, 0.02)
+        hf.column_output_weights.normal_(0, 0.02)
+    with tempfile.TemporaryDirectory() as directory:
+        hf.save_pretrained(directory)
+        ours = pf.from_pretrained(directory)
+    log(f"built tapas-base (WTQ): transformers attention {hf.config._attn_implementation!r}")
+    return hf, ours
+
+
+def table_inputs(vocab_size: int) -> dict[str, np.ndarray]:
+    """input_ids, attention_mask `[1, 512]` and token_type_ids `[1, 512, 7]` (module docstring)."""
+    rng = np.random.default_rng(0)
+    types = np.zeros((1, SEQ_LEN, 7), np.int64)
+    start = QUESTION + 2
+    for row in range(ROWS + 1):
+        for column in range(1, COLUMNS + 1):
+            i = start + row * COLUMNS + column - 1
+            types[0, i, :3] = 1, column, row
+            if row:
+                types[0, i, 4] = rng.integers(1, ROWS + 1)  # column rank
+                types[0, i, 5] = ROWS + 1 - types[0, i, 4]
+                types[0, i, 6] = rng.integers(0, 8)
+    used = start + (ROWS + 1) * COLUMNS
+    if used > SEQ_LEN:
+        raise ValueError(f"the table needs {used} tokens, more than {SEQ_LEN}")
+    ids = rng.integers(1000, vocab_size, (1, SEQ_LEN))
+    mask = (np.arange(SEQ_LEN) < used)[None].astype(np.int64)
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types}
+
+
+def bench_forward(hf, ours, rounds: int, cores: int, log=print) -> dict:
+    import torch
+
+    x = table_inputs(ours.config.vocab_size)
+    graphdef, state = nnx.split(ours)
+
+    def forward(state, input_ids, attention_mask, token_type_ids):
+        out = nnx.merge(graphdef, state)(input_ids, attention_mask, token_type_ids)
+        return out.logits, out.logits_aggregation
+
+    args = [jnp.asarray(x[k], jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")]
+    start = time.perf_counter()
+    compiled = jax.jit(forward).lower(state, *args).compile()
+    compile_s = time.perf_counter() - start
+    log(f"forward compiled in {compile_s:.1f}s")
+
+    torch_inputs = {k: torch.as_tensor(v) for k, v in x.items()}
+    ours_logits, ours_aggregation = (np.asarray(a) for a in compiled(state, *args))
+    with torch.no_grad():
+        want = hf(**torch_inputs)
+    hf_logits, hf_aggregation = want.logits.numpy(), want.logits_aggregation.numpy()
+    real = x["attention_mask"].astype(bool)
+    ruled_out = hf_logits < -5000
+    kept = real & ~ruled_out
+    parity = {
+        "same_ruled_out_tokens": bool(np.array_equal((ours_logits < -5000)[real], ruled_out[real])),
+        "kept_tokens": int(kept.sum()),
+        "max_abs_diff_kept_logits": float(np.abs(ours_logits - hf_logits)[kept].max()),
+        "max_rel_diff_ruled_out_logits": float(
+            (np.abs(ours_logits - hf_logits) / np.abs(hf_logits))[real & ruled_out].max()
+        ),
+        "max_abs_diff_aggregation_logits": float(np.abs(ours_aggregation - hf_aggregation).max()),
+    }
+    log(f"parity: {parity}")
+
+    def hf_forward(threads):
+        def call():
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                hf(**torch_inputs)
+
+        return call
+
+    def ours_forward():
+        jax.block_until_ready(compiled(state, *args))
+
+    contestants = {"ours": ours_forward}
+    for n in torch_thread_counts(cores):
+        contestants[f"transformers ({n} thread{'s' * (n > 1)})"] = hf_forward(n)
+    for fn in contestants.values():  # warm-up
+        fn()
+    samples = run_rounds(contestants, rounds, log)
+    loads = samples.pop("load_1min")
+    return {"round_loads": loads, "compile_s": compile_s, "parity": parity, "samples": samples}
+
+
+def report(info: dict, fwd: dict, rounds: int) -> str:
+    s = fwd["summary"]
+    p = fwd["parity"]
+    v = info["versions"]
+    lines = [
+        MARK_START,
+        "## TAPAS-base (WTQ) on CPU: forward pass against transformers",
+        "",
+        f"Command: `{info['command']}`  ",
+        f"Machine: {info['cpu']}, {info['cores']} cores; python {v['python']}, jax "
+        f"{v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, torch {v['torch']}, transformers "
+        f"{v['transformers']}, numpy {v['numpy']}.  ",
+        f"Date: {info['date']}. " + load_note(info, fwd["round_loads"]) + "  ",
+        f"Run time: {info['run_time_s']:.0f} s. {rounds} rounds (every contestant once per round, "
+        "in an order rotating by one); medians. CPU = process CPU time (user + system, all "
+        "threads) per call; cores used = CPU / wall.",
+        "",
+        "google/tapas-base-finetuned-wtq's configuration, random weights (transformers' init "
+        "under torch.manual_seed(0), cell-selection weights normal(0.02)), the same weights in "
+        "both (save_pretrained, then polyformer.from_pretrained), float32. transformers: eval, "
+        f"torch.no_grad, attention `{info['hf_attention']}`, at torch.set_num_threads(cores) and "
+        "at 1 thread. Input: batch 1, 512 tokens: a 20-token question and a table of 8 columns "
+        "x 60 rows plus header, one token per cell; outputs `logits` (cell averages, column "
+        "selection) and `logits_aggregation`.",
+        "",
+        "### Forward, batch 1, 512 tokens",
+        "",
+        "| | wall (s) | CPU (s) | cores used | ours / this, wall | ours / this, CPU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in s["median_s"].items():
+        r = s["ratios"].get(name)
+        cells = ("", "") if r is None else (f"{r['wall']:.2f}", f"{r['cpu']:.2f}")
+        lines.append(
+            f"| {name} | {m['wall']:.3f} | {m['cpu']:.3f} | {m['cpu'] / m['wall']:.2f} | "
+            f"{cells[0]} | {cells[1]} |"
+        )
+    lines += [
+        "",
+        f"Our compile time: {fwd['compile_s']:.1f} s (once). Parity on these inputs: the same "
+        "tokens ruled out (logit about -10000): "
+        f"{'yes' if p['same_ruled_out_tokens'] else '**NO**'}"
+        f"; the {p['kept_tokens']} other tokens' logits within {p['max_abs_diff_kept_logits']:.1e}"
+        f" absolute; ruled-out ones within {p['max_rel_diff_ruled_out_logits']:.1e} relative; "
+        f"aggregation logits within {p['max_abs_diff_aggregation_logits']:.1e}.",
+        "",
+        "### Target",
+        "",
+        "Ours / transformers, median wall-clock times of the same rounds (in brackets the "
+        "median of the per-round ratios, then the ratio of CPU times).",
+        "",
+        "| Target | Against | Measured | Verdict |",
+        "|---|---|---|---|",
+    ]
+    for name, r in s["ratios"].items():
+        fastest = " (the faster here)" if name == s["fastest_anchor"] else ""
+        lines.append(
+            f"| forward time <= {TARGET}x transformers' | {name}{fastest} | {r['wall']:.2f}x "
+            f"({r['paired_wall']:.2f}x; CPU {r['cpu']:.2f}x) | "
+            f"{'met' if s['met'][name] else '**not met**'} |"
+        )
+    lines += ["", MARK_END]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer rounds")
+    parser.add_argument("--repeats", type=int, help="rounds (default 9, quick 2)")
+    parser.add_argument("--results", type=Path, help="RESULTS.md to update")
+    parser.add_argument("--json", type=Path, help="where the measurements go")
+    args = parser.parse_args(argv)
+    rounds = args.repeats or (2 if args.quick else 9)
+    results = args.results or (None if args.quick else HERE / "RESULTS.md")
+    json_path = args.json or (None if args.quick else HERE / "tapas_benchmark.json")
+
+    import torch
+
+    info = machine_info()
+    info["command"] = command_line()
+    cores = info["cores"]
+    torch.set_num_threads(cores)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log(f"{info['cpu']}, {cores} cores, load {fmt_load(info['load_average_start'])}")
+    start = time.perf_counter()
+    hf, ours = build_models(log)
+    info["hf_attention"] = hf.config._attn_implementation
+    fwd = bench_forward(hf, ours, rounds, cores, log)
+    fwd["summary"] = summarise(fwd, TARGET)
+    info["load_average_end"] = os.getloadavg()
+    info["run_time_s"] = time.perf_counter() - start
+
+    section = report(info, fwd, rounds)
+    print(section)
+    out = {"machine": info, "forward": fwd}
+    if json_path:
+        json_path.write_text(json.dumps(out, indent=2) + "\n")
+        log(f"wrote {json_path}")
+    if results:
+        write_section(results, MARK_START, MARK_END, section)
+        log(f"updated {results}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

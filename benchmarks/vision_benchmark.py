@@ -1,0 +1,258 @@
+"""ViT-B/16 and CLIP ViT-B/32 on CPU: our jitted forward pass against transformers'.
+
+    python benchmarks/vision_benchmark.py [--quick] [--repeats N] [--results PATH] [--json PATH]
+
+Both sides hold the same weights: transformers' model built with torch.manual_seed(0) at the
+official configuration (google/vit-base-patch16-224, openai/clip-vit-base-patch32), written with
+save_pretrained to a temporary directory and read back with polyformer.from_pretrained.
+Float32 throughout.
+
+(a) ViTForImageClassification forward, 8 images of 224x224 (logits compared).
+(b) CLIPModel forward, 8 images of 224x224 and 3 texts of 7, 9 and 12 tokens padded to 12 with
+    an attention mask, as CLIPProcessor(padding=True) gives them (logits_per_image compared).
+Target for each: our time <= 0.8x transformers'.
+
+Ours is `jax.jit` of the model's call (compile time measured apart, through
+`.lower().compile()`); transformers' runs under torch.no_grad in eval mode, at
+torch.set_num_threads(cores) (the protocol) and at 1 thread (often faster on a loaded machine);
+each target gets a verdict against both. Protocol as in gpt_benchmark.py: warm-up calls, then
+rounds in which every contestant runs once, in an order rotating by one; medians of wall-clock
+time with process CPU time alongside, and the load average. Outputs: --json (default
+benchmarks/vision_benchmark.json) and the section between the vision-benchmark markers of
+--results (default benchmarks/RESULTS.md; --quick writes neither unless they are given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# Run as a script, this directory is on sys.path: the measuring and reporting helpers are shared.
+from gpt_benchmark import (
+    command_line,
+    fmt_load,
+    load_note,
+    machine_info,
+    run_rounds,
+    summarise,
+    torch_thread_counts,
+    write_section,
+)
+
+import polyformer as pf
+
+HERE = Path(__file__).resolve().parent
+MARK_START = "<!-- vision-benchmark:start -->"
+MARK_END = "<!-- vision-benchmark:end -->"
+TARGET = 0.8
+IMAGES, TEXT_LENGTHS = 8, (7, 9, 12)
+
+
+def _checkpoint(hf_model):
+    """Ours, loaded from hf_model's save_pretrained."""
+    with tempfile.TemporaryDirectory() as directory:
+        hf_model.save_pretrained(directory)
+        return pf.from_pretrained(directory)
+
+
+def vit_case():
+    """(name, transformers' ViT-B/16, ours, our inputs, transformers' inputs, output name)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(num_labels=1000)  # google/vit-base-patch16-224's sizes
+    hf = transformers.ViTForImageClassification(config).eval()
+    pixels = np.random.default_rng(0).uniform(-1, 1, (IMAGES, 3, 224, 224)).astype(np.float32)
+    ours_inputs = {"pixel_values": jnp.asarray(pixels)}
+    return "ViT-B/16", hf, _checkpoint(hf), ours_inputs, {"pixel_values": torch.as_tensor(pixels)}
+
+
+def clip_case():
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(  # openai/clip-vit-base-patch32's sizes and token ids
+        text_config=dict(bos_token_id=0, eos_token_id=2, pad_token_id=1),
+        vision_config=dict(patch_size=32),
+    )
+    hf = transformers.CLIPModel(config).eval()
+    rng = np.random.default_rng(0)
+    width = max(TEXT_LENGTHS)
+    input_ids = np.ones((len(TEXT_LENGTHS), width), np.int64)  # pad id 1
+    mask = np.zeros_like(input_ids)
+    for row, n in enumerate(TEXT_LENGTHS):
+        input_ids[row, :n] = [49406, *rng.integers(300, 49000, n - 2), 49407]
+        mask[row, :n] = 1
+    pixels = rng.uniform(-1, 1, (IMAGES, 3, 224, 224)).astype(np.float32)
+    inputs = {"input_ids": input_ids, "pixel_values": pixels, "attention_mask": mask}
+    ours_inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    hf_inputs = {k: torch.as_tensor(v) for k, v in inputs.items()}
+    return "CLIP ViT-B/32", hf, _checkpoint(hf), ours_inputs, hf_inputs
+
+
+def output(out, name: str):
+    return out.logits if name == "ViT-B/16" else out.logits_per_image
+
+
+def bench(case, rounds: int, cores: int, log=print) -> dict:
+    import torch
+
+    name, hf, ours, ours_inputs, hf_inputs = case
+    graphdef, state = nnx.split(ours)
+
+    def forward(state, inputs):
+        return output(nnx.merge(graphdef, state)(**inputs), name)
+
+    start = time.perf_counter()
+    compiled = jax.jit(forward).lower(state, ours_inputs).compile()
+    compile_s = time.perf_counter() - start
+    log(f"{name}: compiled in {compile_s:.1f}s")
+    with torch.no_grad():
+        want = output(hf(**hf_inputs), name).numpy()
+    max_diff = float(np.abs(np.asarray(compiled(state, ours_inputs)) - want).max())
+    log(f"{name}: parity max |ours - transformers| = {max_diff:.2e}")
+
+    def hf_forward(threads):
+        def call():
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                hf(**hf_inputs)
+
+        return call
+
+    contestants = {"ours": lambda: compiled(state, ours_inputs).block_until_ready()}
+    for n in torch_thread_counts(cores):
+        contestants[f"transformers ({n} thread{'s' * (n > 1)})"] = hf_forward(n)
+    for fn in contestants.values():  # warm-up
+        fn()
+    samples = run_rounds(contestants, rounds, log)
+    loads = samples.pop("load_1min")
+    result = {
+        "round_loads": loads,
+        "compile_s": compile_s,
+        "max_abs_output_diff": max_diff,
+        "hf_attention": hf.config._attn_implementation,
+        "samples": samples,
+    }
+    result["summary"] = summarise(result, TARGET)
+    return result
+
+
+def report(info: dict, results: dict[str, dict], rounds: int) -> str:
+    v = info["versions"]
+    loads = [x for r in results.values() for x in r["round_loads"]]
+    lines = [
+        MARK_START,
+        "## ViT-B/16 and CLIP ViT-B/32 on CPU: forward pass against transformers",
+        "",
+        f"Command: `{info['command']}`  ",
+        f"Machine: {info['cpu']}, {info['cores']} cores; python {v['python']}, jax "
+        f"{v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, torch {v['torch']}, transformers "
+        f"{v['transformers']}, numpy {v['numpy']}.  ",
+        f"Date: {info['date']}. " + load_note(info, loads) + "  ",
+        f"Run time: {info['run_time_s']:.0f} s. {rounds} rounds (every contestant once per round, "
+        "in an order rotating by one); medians. CPU = process CPU time (user + system, all "
+        "threads) per call; cores used = CPU / wall.",
+        "",
+        "Official configurations (google/vit-base-patch16-224, openai/clip-vit-base-patch32), "
+        "random weights (transformers' init under torch.manual_seed(0)), the same weights in "
+        "both (save_pretrained, then polyformer.from_pretrained), float32. transformers: eval, "
+        "torch.no_grad, at torch.set_num_threads(cores) and at 1 thread. ViT: "
+        f"ViTForImageClassification, {IMAGES} images 224x224. CLIP: CLIPModel, {IMAGES} images "
+        f"224x224 and {len(TEXT_LENGTHS)} texts of {', '.join(map(str, TEXT_LENGTHS))} tokens "
+        "padded to the longest with an attention mask.",
+        "",
+        "| Model | | wall (s) | CPU (s) | cores used | ours / this, wall | ours / this, CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, r in results.items():
+        s = r["summary"]
+        for name, m in s["median_s"].items():
+            ratio = s["ratios"].get(name)
+            cells = ("", "") if ratio is None else (f"{ratio['wall']:.2f}", f"{ratio['cpu']:.2f}")
+            lines.append(
+                f"| {model} | {name} | {m['wall']:.3f} | {m['cpu']:.3f} | "
+                f"{m['cpu'] / m['wall']:.2f} | {cells[0]} | {cells[1]} |"
+            )
+    lines += [""]
+    for model, r in results.items():
+        lines.append(
+            f"{model}: our compile time {r['compile_s']:.1f} s (once); parity max |difference| "
+            f"{r['max_abs_output_diff']:.1e}; transformers attention `{r['hf_attention']}`.  "
+        )
+    lines += [
+        "",
+        "### Targets",
+        "",
+        "Ours / transformers, median wall-clock times of the same rounds (in brackets the "
+        "median of the per-round ratios, then the ratio of CPU times).",
+        "",
+        "| Target | Against | Measured | Verdict |",
+        "|---|---|---|---|",
+    ]
+    for model, r in results.items():
+        s = r["summary"]
+        for name, ratio in s["ratios"].items():
+            fastest = " (the faster here)" if name == s["fastest_anchor"] else ""
+            lines.append(
+                f"| {model} forward <= {TARGET}x transformers' | {name}{fastest} | "
+                f"{ratio['wall']:.2f}x ({ratio['paired_wall']:.2f}x; CPU {ratio['cpu']:.2f}x) | "
+                f"{'met' if s['met'][name] else '**not met**'} |"
+            )
+    lines += ["", MARK_END]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer rounds")
+    parser.add_argument("--repeats", type=int, help="rounds per model (default 7, quick 2)")
+    parser.add_argument("--results", type=Path, help="RESULTS.md to update")
+    parser.add_argument("--json", type=Path, help="where the measurements go")
+    args = parser.parse_args(argv)
+    rounds = args.repeats or (2 if args.quick else 7)
+    results_path = args.results or (None if args.quick else HERE / "RESULTS.md")
+    json_path = args.json or (None if args.quick else HERE / "vision_benchmark.json")
+
+    import torch
+
+    info = machine_info()
+    info["command"] = command_line()
+    cores = info["cores"]
+    torch.set_num_threads(cores)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log(f"{info['cpu']}, {cores} cores, load {fmt_load(info['load_average_start'])}")
+    start = time.perf_counter()
+    results = {}
+    for make in (vit_case, clip_case):
+        case = make()
+        results[case[0]] = bench(case, rounds, cores, log)
+        del case  # free one model pair before building the next
+    info["load_average_end"] = os.getloadavg()
+    info["run_time_s"] = time.perf_counter() - start
+
+    section = report(info, results, rounds)
+    print(section)
+    out = {"machine": info, "results": results}
+    if json_path:
+        json_path.write_text(json.dumps(out, indent=2) + "\n")
+        log(f"wrote {json_path}")
+    if results_path:
+        write_section(results_path, MARK_START, MARK_END, section)
+        log(f"updated {results_path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The "zero-shot-image-classification" pipeline: images and label texts -> CLIP's probability of
+each label."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from polyformer import hub
+from polyformer.models.clip.model import CLIPModel
+from polyformer.models.clip.processing import CLIPImageProcessor
+from polyformer.models.clip.tokenizer import CLIPTokenizer
+from polyformer.models.vit.pipeline import pipeline_images, rank
+from polyformer.models.vit.processing import Image
+
+HYPOTHESIS_TEMPLATE = "This is a photo of {}."  # transformers' default
+
+
+@nnx.jit
+def _logits_per_image(
+    model: CLIPModel, input_ids: jax.Array, pixel_values: jax.Array, attention_mask: jax.Array
+) -> jax.Array:
+    return model(input_ids, pixel_values, attention_mask).logits_per_image
+
+
+@dataclasses.dataclass
+class ZeroShotImageClassificationPipeline:
+    """Scores candidate labels for images with CLIP, as transformers' pipeline does.
+
+    `pipe(image, candidate_labels=["cat", "dog"])` returns `[{"label": ..., "score": ...}, ...]`
+    for every label, best first: the softmax over the labels of CLIP's `logits_per_image`
+    between the image and each `hypothesis_template.format(label)`. One such list per image when
+    given a list of images. Pass `hypothesis_template="{}"` for labels that are whole sentences
+    already ("a photo of a cat").
+    """
+
+    model: CLIPModel
+    image_processor: CLIPImageProcessor
+    tokenizer: CLIPTokenizer
+
+    def __post_init__(self):
+        if not isinstance(self.model, CLIPModel):
+            raise ValueError(
+                "zero-shot-image-classification needs a CLIPModel, got a "
+                f"{type(self.model).__name__}"
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, **load_kwargs
+    ) -> ZeroShotImageClassificationPipeline:
+        """The model (`load_kwargs` go to `hub.from_pretrained`), preprocessor_config.json and
+        tokenizer files of a checkpoint directory."""
+        return cls(
+            hub.from_pretrained(path, **load_kwargs),
+            CLIPImageProcessor.from_pretrained(path),
+            CLIPTokenizer.from_pretrained(path),
+        )
+
+    def __call__(
+        self,
+        images: Image | Sequence[Image],
+        candidate_labels: Sequence[str],
+        *,
+        hypothesis_template: str = HYPOTHESIS_TEMPLATE,
+    ) -> list[dict[str, float | str]] | list[list[dict[str, float | str]]]:
+        if isinstance(candidate_labels, str) or not candidate_labels:
+            raise ValueError(f"candidate_labels is a list of labels, got {candidate_labels!r}")
+        if "{}" not in hypothesis_template:
+            raise ValueError(
+                "hypothesis_template must hold {} where the label goes, "
+                f"got {hypothesis_template!r}"
+            )
+        labels = list(candidate_labels)
+        images, single = pipeline_images(images)
+        # Padded to the model's full context (77), as OpenAI's CLIP pads: padding is masked and
+        # comes after the pooled end-of-text, so the result is transformers' (which pads to the
+        # longest), and the forward compiles once per number of labels, not per text length.
+        hypotheses = [hypothesis_template.format(label) for label in labels]
+        context = self.model.config.text_config.max_position_embeddings
+        text = self.tokenizer(hypotheses, padding="max_length", max_length=context)
+        input_ids = jnp.asarray(text["input_ids"])
+        attention_mask = jnp.asarray(text["attention_mask"])
+        results = []
+        # One image per forward, as transformers' pipeline runs them: one compilation.
+        for image in images:
+            pixel_values = jnp.asarray(self.image_processor(image)["pixel_values"])
+            logits = _logits_per_image(self.model, input_ids, pixel_values, attention_mask)[0]
+            results.append(rank(np.asarray(jax.nn.softmax(logits)), labels, len(labels)))
+        return results[0] if single else results

@@ -1,0 +1,180 @@
+"""The pre-LayerNorm transformer encoder that ViT and both CLIP towers are built from.
+
+One implementation, named after transformers' CLIP layers (`layer_norm1`, `self_attn`,
+`layer_norm2`, `mlp.fc1`, `mlp.fc2`); each family's conversion table maps its own Hugging Face
+names onto it (ViT's `layernorm_before`, `attention.attention.query`, `intermediate.dense`, ...).
+
+GPT-2 keeps its own block: its parameter names are GPT-2's (`ln_1`, `c_attn`, ...), it decodes
+against a KV cache and carries a CPU-specific backward-pass boundary; none of that belongs here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from polyformer.attention import AttentionKernel, MultiHeadAttention
+from polyformer.attention.layer import linear, logical
+from polyformer.models.activations import ACTIVATIONS
+
+
+def layer_norm(width: int, epsilon: float, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    """torch.nn.LayerNorm's computation over the last axis `[..., width]`."""
+    return nnx.LayerNorm(
+        width,
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        # E[(x - mean)^2] as torch computes it: E[x^2] - mean^2 loses digits on the residual stream.
+        use_fast_variance=False,
+        scale_init=logical(nnx.initializers.ones_init(), ("embed",)),
+        bias_init=logical(nnx.initializers.zeros_init(), ("embed",)),
+        rngs=rngs,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderInit:
+    """Standard deviations of the normal initialisers of one encoder's weights (biases start at
+    zero, LayerNorms at one and zero). Families differ: ViT uses one value everywhere, CLIP
+    scales each by width and depth."""
+
+    qkv: float
+    out: float
+    fc1: float
+    fc2: float
+
+    @classmethod
+    def uniform(cls, std: float) -> EncoderInit:
+        return cls(std, std, std, std)
+
+
+class EncoderMLP(nnx.Module):
+    """fc1 -> activation -> fc2, on x `[batch, length, hidden]`."""
+
+    def __init__(
+        self,
+        hidden: int,
+        intermediate: int,
+        *,
+        activation: str,
+        init: EncoderInit,
+        dtype: Any,
+        param_dtype: Any,
+        rngs: nnx.Rngs,
+    ):
+        dtypes = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        normal = nnx.initializers.normal
+        self.fc1 = linear(
+            hidden, intermediate, ("embed", "mlp"), kernel_init=normal(init.fc1), **dtypes
+        )
+        self.fc2 = linear(
+            intermediate, hidden, ("mlp", "embed"), kernel_init=normal(init.fc2), **dtypes
+        )
+        self.act = ACTIVATIONS[activation]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class EncoderLayer(nnx.Module):
+    """x + dropout(self_attn(layer_norm1(x))), then x + dropout(mlp(layer_norm2(x))); x
+    `[batch, length, hidden]`. Dropout (attention weights: the kernel's; hidden: `dropout`) runs
+    only when the call gets `rngs`."""
+
+    def __init__(
+        self,
+        hidden: int,
+        num_heads: int,
+        intermediate: int,
+        *,
+        activation: str,
+        epsilon: float,
+        kernel: AttentionKernel,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        init: EncoderInit,
+        dtype: Any,
+        param_dtype: Any,
+        rngs: nnx.Rngs,
+    ):
+        dtypes = dict(dtype=dtype, param_dtype=param_dtype)
+        normal = nnx.initializers.normal
+        self.layer_norm1 = layer_norm(hidden, epsilon, **dtypes, rngs=rngs)
+        self.self_attn = MultiHeadAttention(
+            num_heads,
+            hidden,
+            kernel=kernel,
+            kernel_init=normal(init.qkv),
+            out_kernel_init=normal(init.out),
+            **dtypes,
+            rngs=rngs,
+        )
+        if not qkv_bias:
+            # MultiHeadAttention's use_bias covers all four projections; ViT's qkv_bias=False
+            # drops the biases of query, key and value only, the output keeps its own.
+            for name in ("query", "key", "value"):
+                projection = linear(
+                    hidden,
+                    hidden,
+                    ("embed", "heads"),
+                    kernel_init=normal(init.qkv),
+                    use_bias=False,
+                    **dtypes,
+                    rngs=rngs,
+                )
+                setattr(self.self_attn, name, projection)
+        self.layer_norm2 = layer_norm(hidden, epsilon, **dtypes, rngs=rngs)
+        self.mlp = EncoderMLP(
+            hidden, intermediate, activation=activation, init=init, **dtypes, rngs=rngs
+        )
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None, causal: bool, rngs: nnx.Rngs | None
+    ) -> jax.Array:
+        """mask `[batch, length]` True for real tokens (None: all real); causal: each position
+        sees only itself and earlier ones."""
+        deterministic = rngs is None
+        rng = None if deterministic else rngs.dropout()
+        h = self.self_attn(self.layer_norm1(x), mask=mask, causal=causal, rng=rng)
+        x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
+        h = self.mlp(self.layer_norm2(x))
+        return x + self.dropout(h, deterministic=deterministic, rngs=rngs)
+
+
+class Encoder(nnx.Module):
+    """`num_layers` EncoderLayers in sequence (transformers' `encoder.layers`)."""
+
+    def __init__(self, num_layers: int, **layer_args):
+        """layer_args: EncoderLayer's arguments, the same for every layer."""
+        self.layers = nnx.List([EncoderLayer(**layer_args) for _ in range(num_layers)])
+
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        causal: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """x `[batch, length, hidden]` -> (the last layer's output, the hidden states: x then
+        every layer's output, num_layers + 1 arrays `[batch, length, hidden]`)."""
+        hidden = [x]
+        for layer in self.layers:
+            x = layer(x, mask, causal, rngs)
+            hidden.append(x)
+        return x, tuple(hidden)
+
+
+def training_rngs(model: nnx.Module, rngs: nnx.Rngs | None) -> nnx.Rngs | None:
+    """The rngs a model's call uses for dropout: None in evaluation mode (`model.deterministic`,
+    which model.train() / model.eval() flip); required in training mode."""
+    if model.deterministic:
+        return None
+    if rngs is None:
+        raise ValueError("the model is in training mode: pass rngs=nnx.Rngs(dropout=...)")
+    return rngs

@@ -1,0 +1,29 @@
+"""TAPAS: `TapasForQuestionAnswering` and `TapasModel`, their config, conversion table, the TAPAS
+loss and `from_bert` (a TAPAS model whose encoder starts from a BERT checkpoint)."""
+
+from polyformer.models.tapas import convert, loss, segments
+from polyformer.models.tapas.config import TOKEN_TYPES, TapasConfig
+from polyformer.models.tapas.convert import from_bert
+from polyformer.models.tapas.loss import tapas_loss
+from polyformer.models.tapas.model import (
+    BaseModelOutput,
+    TableQuestionAnsweringOutput,
+    TapasForQuestionAnswering,
+    TapasModel,
+    build,
+)
+
+__all__ = [
+    "TOKEN_TYPES",
+    "BaseModelOutput",
+    "TableQuestionAnsweringOutput",
+    "TapasConfig",
+    "TapasForQuestionAnswering",
+    "TapasModel",
+    "build",
+    "convert",
+    "from_bert",
+    "loss",
+    "segments",
+    "tapas_loss",
+]

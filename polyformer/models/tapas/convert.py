@@ -1,0 +1,226 @@
+"""TAPAS's conversion table: transformers' TapasForQuestionAnswering / TapasModel state dicts <->
+our nnx state, and `from_bert`: a TAPAS model whose encoder starts from a BERT checkpoint.
+
+Every torch nn.Linear weight ([out, in]) is transposed; embeddings, LayerNorms, the 1-D head
+weights (`output_weights`, `column_output_weights`) and the 0-d head biases are copied as they
+are. BERT's fused names are transformers' own: `attention.self.{query,key,value}`,
+`attention.output.{dense,LayerNorm}`, `intermediate.dense`, `output.{dense,LayerNorm}`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from polyformer.models import convert
+from polyformer.models.convert import CheckpointError, copy, transpose
+from polyformer.models.tapas.config import TapasConfig
+from polyformer.models.tapas.model import build
+
+BASE = "tapas."  # TapasForQuestionAnswering's prefix; TapasModel checkpoints have none
+# TF-era checkpoints name LayerNorm parameters gamma and beta.
+_LEGACY_LAYER_NORM = {".LayerNorm.gamma": ".LayerNorm.weight", ".LayerNorm.beta": ".LayerNorm.bias"}
+
+
+def _linear(hf: str, ours: tuple) -> list[convert.Entry]:
+    return [transpose(f"{hf}.weight", (*ours, "kernel")), copy(f"{hf}.bias", (*ours, "bias"))]
+
+
+def _layer_norm(hf: str, ours: tuple) -> list[convert.Entry]:
+    return [copy(f"{hf}.weight", (*ours, "scale")), copy(f"{hf}.bias", (*ours, "bias"))]
+
+
+def _layer(hf: str, ours: tuple) -> list[convert.Entry]:
+    attention = (*ours, "attention")
+    return [
+        *_linear(hf + "attention.self.query", (*attention, "query")),
+        *_linear(hf + "attention.self.key", (*attention, "key")),
+        *_linear(hf + "attention.self.value", (*attention, "value")),
+        *_linear(hf + "attention.output.dense", (*attention, "out")),
+        *_layer_norm(hf + "attention.output.LayerNorm", (*ours, "attention_norm")),
+        *_linear(hf + "intermediate.dense", (*ours, "intermediate")),
+        *_linear(hf + "output.dense", (*ours, "output")),
+        *_layer_norm(hf + "output.LayerNorm", (*ours, "output_norm")),
+    ]
+
+
+def encoder_entries(
+    config: TapasConfig, hf_prefix: str, ours: tuple, *, token_types: bool = True
+) -> list[convert.Entry]:
+    """The encoder and pooler: HF names under `hf_prefix`, our paths under `ours`; without the
+    seven token-type tables when not `token_types` (a BERT checkpoint has one of its own)."""
+    hf, embeddings = hf_prefix + "embeddings.", (*ours, "embeddings")
+    entries = [
+        copy(hf + "word_embeddings.weight", (*embeddings, "word_embeddings", "embedding")),
+        copy(hf + "position_embeddings.weight", (*embeddings, "position_embeddings", "embedding")),
+        *_layer_norm(hf + "LayerNorm", (*embeddings, "LayerNorm")),
+        *(
+            entry
+            for i in range(config.num_hidden_layers)
+            for entry in _layer(f"{hf_prefix}encoder.layer.{i}.", (*ours, "encoder", "layer", i))
+        ),
+        *_linear(hf_prefix + "pooler.dense", (*ours, "pooler", "dense")),
+    ]  # fmt: skip
+    if token_types:
+        entries += [
+            copy(
+                f"{hf_prefix}embeddings.token_type_embeddings_{i}.weight",
+                (*embeddings, "token_type_embeddings", i, "embedding"),
+            )
+            for i in range(len(config.type_vocab_sizes))
+        ]
+    return entries
+
+
+def _with_legacy_names(entries: list[convert.Entry]) -> convert.Table:
+    """A table that also reads TF-era checkpoints' `LayerNorm.gamma/beta` names."""
+    aliases = tuple(
+        (entry.hf[: -len(new)] + old, entry.hf)
+        for entry in entries
+        for old, new in _LEGACY_LAYER_NORM.items()
+        if entry.hf.endswith(new)
+    )
+    return convert.Table(tuple(entries), aliases=aliases)
+
+
+def table(config: TapasConfig) -> convert.Table:
+    """The table of `config.architecture` (TapasForQuestionAnswering or TapasModel)."""
+    if config.architecture == "TapasModel":
+        return _with_legacy_names(encoder_entries(config, "", ()))
+    entries = [
+        *encoder_entries(config, BASE, ("tapas",)),
+        copy("output_weights", ("output_weights",)),
+        copy("output_bias", ("output_bias",)),
+        copy("column_output_weights", ("column_output_weights",)),
+        copy("column_output_bias", ("column_output_bias",)),
+    ]
+    if config.num_aggregation_labels > 0:
+        entries += _linear("aggregation_classifier", ("aggregation_classifier",))
+    return _with_legacy_names(entries)
+
+
+# BERT config.json fields that carry over to the TAPAS encoder.
+_BERT_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
+    "max_position_embeddings", "initializer_range", "layer_norm_eps", "pad_token_id",
+)  # fmt: skip
+# Encoder fields that must agree between a given TapasConfig and the BERT checkpoint.
+_ENCODER_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "layer_norm_eps",
+)  # fmt: skip
+# BERT pre-training heads and buffers: no TAPAS parameter takes them.
+_BERT_UNUSED = ("cls.", "embeddings.position_ids")
+
+
+def _bert_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
+    """A BERT state dict without the `bert.` prefix, its pre-training heads and buffers, with
+    TF-era `LayerNorm.gamma/beta` renamed to `weight/bias`."""
+    out = {}
+    for name, value in tensors.items():
+        name = name.removeprefix("bert.")
+        if name.startswith(_BERT_UNUSED):
+            continue
+        for old, new in _LEGACY_LAYER_NORM.items():
+            if name.endswith(old):
+                name = name[: -len(old)] + new
+        out[name] = value
+    return out
+
+
+def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx.Module:
+    """A TAPAS model whose encoder, embeddings and pooler are a BERT checkpoint's.
+
+    Args:
+      path: a checkpoint directory with `model_type` "bert" (BertModel, BertForPreTraining,
+        BertForMaskedLM, ... as transformers saves them; pre-training heads are dropped).
+      config: the TAPAS configuration (its head, loss and table fields); its encoder fields
+        must equal the checkpoint's. None: `TapasConfig(architecture="TapasModel")` with the
+        checkpoint's encoder fields.
+
+    Returns `config.architecture`'s model, in evaluation mode. BERT's token-type table (2 rows)
+    fills the first rows of the segment table (3 rows); the other rows and the six other
+    token-type tables are zero, so on token_type_ids that set only the segment channel the
+    encoder computes what BERT computes on those token type ids. Position embeddings are BERT's
+    first `config.max_position_embeddings` rows. The TAPAS heads keep their initialisation.
+    """
+    from polyformer import hub  # hub imports every family, this one included
+
+    directory = Path(path)
+    hf_config = hub._read_config(directory)
+    if hf_config.get("model_type") != "bert":
+        raise CheckpointError(
+            f"{directory}: from_bert needs a BERT checkpoint, config.json has model_type "
+            f"{hf_config.get('model_type')!r}"
+        )
+    bert = {k: hf_config[k] for k in _BERT_FIELDS if k in hf_config}
+    if config is None:
+        config = TapasConfig(**bert, architecture="TapasModel")
+    wrong = [
+        f"{k}: config {getattr(config, k)!r}, BERT {bert[k]!r}"
+        for k in _ENCODER_FIELDS
+        if k in bert and getattr(config, k) != bert[k]
+    ]
+    if wrong:
+        raise ValueError(
+            f"config does not match the BERT encoder in {directory}: {'; '.join(wrong)}"
+        )
+    positions = bert.get("max_position_embeddings", 512)
+    if config.max_position_embeddings > positions:
+        raise ValueError(
+            f"config.max_position_embeddings={config.max_position_embeddings} exceeds the "
+            f"{positions} position embeddings of the BERT checkpoint in {directory}"
+        )
+
+    model = build(config, rngs=nnx.Rngs(0))
+    ours = () if config.architecture == "TapasModel" else ("tapas",)
+    embeddings = (*ours, "embeddings")
+    segment = (*embeddings, "token_type_embeddings", 0, "embedding")
+    bert_types = bert.get("type_vocab_size", 2)
+    if bert_types > config.type_vocab_sizes[0]:
+        raise ValueError(
+            f"the BERT checkpoint has {bert_types} token types, more than the "
+            f"{config.type_vocab_sizes[0]} segment ids of type_vocab_sizes[0]"
+        )
+
+    def pad_rows(x, rows):
+        return jnp.zeros((rows, x.shape[1]), x.dtype).at[: x.shape[0]].set(x)
+
+    position = (*embeddings, "position_embeddings", "embedding")
+    entries = [
+        e for e in encoder_entries(config, "", ours, token_types=False) if e.ours != (position,)
+    ]
+    # These entries are only read: their to_hf gives the shape that load expects of the BERT
+    # tensor (a TAPAS model is never saved as BERT).
+    entries += [
+        convert.Entry(
+            "embeddings.token_type_embeddings.weight",
+            (segment,),
+            lambda x: (pad_rows(x, config.type_vocab_sizes[0]),),
+            lambda x: x[:bert_types],
+        ),
+        convert.Entry(
+            "embeddings.position_embeddings.weight",
+            (position,),
+            lambda x: (x[: config.max_position_embeddings],),
+            lambda x: jnp.zeros((positions, x.shape[1]), x.dtype),
+        ),
+    ]
+    bert_table = convert.Table(tuple(entries))
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    filled = {path for entry in entries for path in entry.ours}
+    shapes = {key: var.get_value() for key, var in flat.items() if key in filled}
+    tensors, source = hub.read_weights(directory)
+    values = convert.load(bert_table, _bert_tensors(tensors), shapes, source)
+    for key, var in flat.items():
+        if key in values:
+            var.set_value(values[key])
+        elif key[: len(embeddings) + 1] == (*embeddings, "token_type_embeddings"):
+            var.set_value(jnp.zeros_like(var.get_value()))
+    nnx.update(model, nnx.from_flat_state(flat))
+    return model
