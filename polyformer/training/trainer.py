@@ -185,9 +185,8 @@ class Trainer:
             keep=config.keep_checkpoints,
             every=config.checkpoint_every,
         )
-        self.flops_per_example = flops_per_example(
-            self.graphdef, abstract_params, loss_fn, data.eval_batches(1, 1)[0]
-        )
+        self.loss_fn = loss_fn
+        self.flops_per_example: float | None = None  # counted on the first training batch
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {
@@ -229,7 +228,12 @@ class Trainer:
         )
         train_loss, eval_loss, window_start, window_steps = math.nan, None, time.perf_counter(), 0
         for step in range(start, c.steps):
-            state, step_metrics = self.train_step(state, self.global_batch(next(iterator)))
+            local = next(iterator)
+            if self.flops_per_example is None:
+                self.flops_per_example = flops_per_example(
+                    self.graphdef, self.abstract_state.params, self.loss_fn, local
+                )
+            state, step_metrics = self.train_step(state, self.global_batch(local))
             step_metrics = jax.device_get(step_metrics)
             if not step_metrics.pop("finite"):
                 self.checkpointer.wait()

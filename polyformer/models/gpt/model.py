@@ -14,6 +14,7 @@ from flax import nnx
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
+from polyformer.models.encoder import layer_norm
 from polyformer.models.gpt.config import GPT2Config
 
 
@@ -58,20 +59,6 @@ def _residual_boundary_bwd(_, g: jax.Array) -> tuple[jax.Array]:
 
 
 _residual_boundary.defvjp(_residual_boundary_fwd, _residual_boundary_bwd)
-
-
-def _layer_norm(width: int, epsilon: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
-    return nnx.LayerNorm(
-        width,
-        epsilon=epsilon,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        # E[(x - mean)^2] as torch computes it: E[x^2] - mean^2 loses digits on the residual stream.
-        use_fast_variance=False,
-        scale_init=logical(nnx.initializers.ones_init(), ("embed",)),
-        bias_init=logical(nnx.initializers.zeros_init(), ("embed",)),
-        rngs=rngs,
-    )
 
 
 class GPT2MLP(nnx.Module):
@@ -137,7 +124,7 @@ class GPT2Block(nnx.Module):
         rngs: nnx.Rngs,
     ):
         dtypes = dict(dtype=dtype, param_dtype=param_dtype)
-        self.ln_1 = _layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
+        self.ln_1 = layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
         self.attn = MultiHeadAttention(
             n_head,
             n_embd,
@@ -148,7 +135,7 @@ class GPT2Block(nnx.Module):
             rngs=rngs,
         )
         self.attn_dropout = nnx.Dropout(dropout)  # HF's attn.resid_dropout
-        self.ln_2 = _layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
+        self.ln_2 = layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
         self.mlp = GPT2MLP(
             n_embd,
             inner_dim,
@@ -224,7 +211,7 @@ class GPT2LMHeadModel(nnx.Module):
                 for i in range(c.n_layer)
             ]
         )
-        self.ln_f = _layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
+        self.ln_f = layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
         if not c.tie_word_embeddings:
             self.lm_head = nnx.Linear(
                 c.n_embd,
