@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Callable
 from typing import Any
 
-from polyformer.models.clip.pipeline import ZeroShotImageClassificationPipeline
-from polyformer.models.gpt.pipeline import TextGenerationPipeline
-from polyformer.models.tapas.pipeline import TableQuestionAnsweringPipeline
-from polyformer.models.vit.pipeline import ImageClassificationPipeline
-from polyformer.models.wav2vec2.pipeline import AutomaticSpeechRecognitionPipeline
-
-TASKS: dict[str, Callable[..., Any]] = {
-    "text-generation": TextGenerationPipeline.from_pretrained,
-    "image-classification": ImageClassificationPipeline.from_pretrained,
-    "zero-shot-image-classification": ZeroShotImageClassificationPipeline.from_pretrained,
-    "table-question-answering": TableQuestionAnsweringPipeline.from_pretrained,
-    "automatic-speech-recognition": AutomaticSpeechRecognitionPipeline.from_pretrained,
+# Task -> (module, class): a pipeline's module is imported when the task is asked for, so that
+# `import polyformer` does not load pandas, soundfile or PIL for tasks nobody runs.
+TASKS: dict[str, tuple[str, str]] = {
+    "text-generation": ("polyformer.models.gpt.pipeline", "TextGenerationPipeline"),
+    "image-classification": ("polyformer.models.vit.pipeline", "ImageClassificationPipeline"),
+    "zero-shot-image-classification": (
+        "polyformer.models.clip.pipeline",
+        "ZeroShotImageClassificationPipeline",
+    ),
+    "table-question-answering": (
+        "polyformer.models.tapas.pipeline",
+        "TableQuestionAnsweringPipeline",
+    ),
+    "automatic-speech-recognition": (
+        "polyformer.models.wav2vec2.pipeline",
+        "AutomaticSpeechRecognitionPipeline",
+    ),
 }
 
 
@@ -26,4 +31,5 @@ def pipeline(task: str, path: str | os.PathLike, **load_kwargs) -> Any:
     attention=) go to `from_pretrained`."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[task](path, **load_kwargs)
+    module, name = TASKS[task]
+    return getattr(importlib.import_module(module), name).from_pretrained(path, **load_kwargs)
