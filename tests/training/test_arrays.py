@@ -99,6 +99,11 @@ def test_polyformer_train_runs_a_config_whose_data_is_arrays(tmp_path, capsys):
     assert cli.main(["train", str(file), "--set", "data.examples=32"]) == 0
     out = capsys.readouterr().out
     assert "step 6: train loss" in out and "sample" not in out  # no tokenizer, no sample
+    assert f"generate {tmp_path / 'run' / 'model'}" in out  # how to try the exported model
     model = pf.from_pretrained(tmp_path / "run" / "model")
     assert model.config.vocab_size == 16 and model.config.n_layer == 1
     assert dataclasses.asdict(model.config)["n_positions"] == 8
+
+
+def test_every_model_family_says_how_to_try_a_trained_model():
+    assert set(cli._TRY) == set(pf.hub.FAMILIES)
