@@ -162,6 +162,36 @@ def write_section(path: Path, start: str, end: str, section: str) -> None:
     path.write_text(text)
 
 
+def publish(
+    section: str,
+    out: dict,
+    json_path: Path | None,
+    results: Path | None,
+    marks: tuple[str, str],
+    log: Callable[[str], None] = print,
+) -> None:
+    """Prints the report section, writes the measurements `out` as JSON to `json_path` and the
+    section between `marks` into `results` (RESULTS.md), each where a path is given."""
+    print(section)
+    if json_path:
+        json_path.write_text(json.dumps(out, indent=2) + "\n")
+        log(f"wrote {json_path}")
+    if results:
+        write_section(results, *marks, section)
+        log(f"updated {results}")
+
+
+def verdict_row(label: str, name: str, summary: dict) -> str:
+    """The targets-table row of anchor `name` in a `summarise()` summary."""
+    r = summary["ratios"][name]
+    fastest = " (the faster here)" if name == summary["fastest_anchor"] else ""
+    verdict = "met" if summary["met"][name] else "**not met**"
+    return (
+        f"| {label} | {name}{fastest} | {r['wall']:.2f}x ({r['paired_wall']:.2f}x; CPU "
+        f"{r['cpu']:.2f}x) | {verdict} |"
+    )
+
+
 def fmt_load(avg) -> str:
     return ", ".join(f"{x:.2f}" for x in avg)
 
@@ -451,12 +481,7 @@ def report(info: dict, fwd: dict, gen: dict, flops: dict, rounds: tuple[int, int
         (f"generation time <= {GENERATE_TARGET}x transformers'", gs),
     )
     for label, s in targets:
-        for name, r in s["ratios"].items():
-            fastest = " (the faster here)" if name == s["fastest_anchor"] else ""
-            lines.append(
-                f"| {label} | {name}{fastest} | {r['wall']:.2f}x ({r['paired_wall']:.2f}x; CPU "
-                f"{r['cpu']:.2f}x) | {'met' if s['met'][name] else '**not met**'} |"
-            )
+        lines += [verdict_row(label, name, s) for name in s["ratios"]]
     lines += ["", MARK_END]
     return "\n".join(lines) + "\n"
 
@@ -495,14 +520,8 @@ def main(argv=None) -> dict:
     info["run_time_s"] = time.perf_counter() - start
 
     section = report(info, fwd, gen, flops, (fwd_rounds, gen_rounds))
-    print(section)
     out = {"machine": info, "flops": flops, "forward": fwd, "generate": gen}
-    if json_path:
-        json_path.write_text(json.dumps(out, indent=2) + "\n")
-        log(f"wrote {json_path}")
-    if results:
-        write_section(results, MARK_START, MARK_END, section)
-        log(f"updated {results}")
+    publish(section, out, json_path, results, (MARK_START, MARK_END), log)
     return out
 
 

@@ -26,7 +26,6 @@ unless they are given).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -41,10 +40,11 @@ from gpt_benchmark import (
     fmt_load,
     load_note,
     machine_info,
+    publish,
     run_rounds,
     summarise,
     torch_thread_counts,
-    write_section,
+    verdict_row,
 )
 
 import polyformer as pf
@@ -206,13 +206,8 @@ def report(info: dict, fwd: dict, rounds: int) -> str:
         "| Target | Against | Measured | Verdict |",
         "|---|---|---|---|",
     ]
-    for name, r in s["ratios"].items():
-        fastest = " (the faster here)" if name == s["fastest_anchor"] else ""
-        lines.append(
-            f"| forward time <= {TARGET}x transformers' | {name}{fastest} | {r['wall']:.2f}x "
-            f"({r['paired_wall']:.2f}x; CPU {r['cpu']:.2f}x) | "
-            f"{'met' if s['met'][name] else '**not met**'} |"
-        )
+    label = f"forward time <= {TARGET}x transformers'"
+    lines += [verdict_row(label, name, s) for name in s["ratios"]]
     lines += ["", MARK_END]
     return "\n".join(lines) + "\n"
 
@@ -245,14 +240,8 @@ def main(argv=None) -> dict:
     info["run_time_s"] = time.perf_counter() - start
 
     section = report(info, fwd, rounds)
-    print(section)
     out = {"machine": info, "forward": fwd}
-    if json_path:
-        json_path.write_text(json.dumps(out, indent=2) + "\n")
-        log(f"wrote {json_path}")
-    if results:
-        write_section(results, MARK_START, MARK_END, section)
-        log(f"updated {results}")
+    publish(section, out, json_path, results, (MARK_START, MARK_END), log)
     return out
 
 

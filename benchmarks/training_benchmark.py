@@ -30,7 +30,6 @@ benchmarks/RESULTS.md; --quick writes neither unless they are given).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -49,9 +48,9 @@ from gpt_benchmark import (
     machine_info,
     matmul_peak,
     median,
+    publish,
     run_rounds,
     torch_thread_counts,
-    write_section,
 )
 
 from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel
@@ -289,14 +288,8 @@ def main(argv=None) -> dict:
         },
     }
     section = report(info, res)
-    print(section)
     out = {"machine": info, "training": res}
-    if json_path:
-        json_path.write_text(json.dumps(out, indent=2) + "\n")
-        log(f"wrote {json_path}")
-    if results:
-        write_section(results, MARK_START, MARK_END, section)
-        log(f"updated {results}")
+    publish(section, out, json_path, results, (MARK_START, MARK_END), log)
     return out
 
 

@@ -25,7 +25,6 @@ benchmarks/vision_benchmark.json) and the section between the vision-benchmark m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -42,10 +41,11 @@ from gpt_benchmark import (
     fmt_load,
     load_note,
     machine_info,
+    publish,
     run_rounds,
     summarise,
     torch_thread_counts,
-    write_section,
+    verdict_row,
 )
 
 import polyformer as pf
@@ -203,13 +203,8 @@ def report(info: dict, results: dict[str, dict], rounds: int) -> str:
     ]
     for model, r in results.items():
         s = r["summary"]
-        for name, ratio in s["ratios"].items():
-            fastest = " (the faster here)" if name == s["fastest_anchor"] else ""
-            lines.append(
-                f"| {model} forward <= {TARGET}x transformers' | {name}{fastest} | "
-                f"{ratio['wall']:.2f}x ({ratio['paired_wall']:.2f}x; CPU {ratio['cpu']:.2f}x) | "
-                f"{'met' if s['met'][name] else '**not met**'} |"
-            )
+        label = f"{model} forward <= {TARGET}x transformers'"
+        lines += [verdict_row(label, name, s) for name in s["ratios"]]
     lines += ["", MARK_END]
     return "\n".join(lines) + "\n"
 
@@ -243,14 +238,8 @@ def main(argv=None) -> dict:
     info["run_time_s"] = time.perf_counter() - start
 
     section = report(info, results, rounds)
-    print(section)
     out = {"machine": info, "results": results}
-    if json_path:
-        json_path.write_text(json.dumps(out, indent=2) + "\n")
-        log(f"wrote {json_path}")
-    if results_path:
-        write_section(results_path, MARK_START, MARK_END, section)
-        log(f"updated {results_path}")
+    publish(section, out, json_path, results_path, (MARK_START, MARK_END), log)
     return out
 
 

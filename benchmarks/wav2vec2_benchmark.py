@@ -22,7 +22,6 @@ section between the wav2vec2-benchmark markers of --results (default benchmarks/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -39,10 +38,10 @@ from gpt_benchmark import (  # noqa: E402
     command_line,
     load_note,
     machine_info,
+    publish,
     run_rounds,
     summarise,
     torch_thread_counts,
-    write_section,
 )
 
 import polyformer as pf  # noqa: E402
@@ -182,11 +181,8 @@ def main(argv=None) -> int:
     info["load_average_end"] = os.getloadavg()
     info["run_time_s"] = time.perf_counter() - start
     section = report(info, fwd)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "forward": fwd}, indent=2) + "\n")
-    if args.results:
-        write_section(args.results, MARK_START, MARK_END, section)
+    out = {"machine": info, "forward": fwd}
+    publish(section, out, args.json, args.results, (MARK_START, MARK_END))
     return 0
 
 
