@@ -162,6 +162,29 @@ def write_section(path: Path, start: str, end: str, section: str) -> None:
     path.write_text(text)
 
 
+def begin_run() -> tuple[dict, Callable[[str], None]]:
+    """The machine's facts and this command line for the report, torch at one thread per core
+    (the protocol's anchor), and a flushing log, which starts with the machine's load."""
+    import torch
+
+    info = machine_info()
+    info["command"] = command_line()
+    torch.set_num_threads(info["cores"])
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    log(f"{info['cpu']}, {info['cores']} cores, load {fmt_load(info['load_average_start'])}")
+    return info, log
+
+
+def output_paths(args, json_name: str) -> tuple[Path | None, Path | None]:
+    """(RESULTS.md, the JSON file) a run writes: --results / --json, else these beside this
+    script; a --quick run writes neither unless asked."""
+    results = args.results or (None if args.quick else HERE / "RESULTS.md")
+    return results, args.json or (None if args.quick else HERE / json_name)
+
+
 def publish(
     section: str,
     out: dict,
@@ -496,17 +519,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     fwd_rounds = args.repeats or (2 if args.quick else 7)
     gen_rounds = args.gen_repeats or (1 if args.quick else 3)
-    results = args.results or (None if args.quick else HERE / "RESULTS.md")
-    json_path = args.json or (None if args.quick else HERE / "gpt_benchmark.json")
+    results, json_path = output_paths(args, "gpt_benchmark.json")
 
-    import torch
-
-    info = machine_info()
-    info["command"] = command_line()
+    info, log = begin_run()
     cores = info["cores"]
-    torch.set_num_threads(cores)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    log(f"{info['cpu']}, {cores} cores, load {fmt_load(info['load_average_start'])}")
     start = time.perf_counter()
     hf, ours = build_models(log)
     info["hf_attention"] = hf.config._attn_implementation

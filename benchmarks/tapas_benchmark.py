@@ -36,10 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from gpt_benchmark import (
-    command_line,
-    fmt_load,
+    begin_run,
     load_note,
-    machine_info,
+    output_paths,
     publish,
     run_rounds,
     summarise,
@@ -220,17 +219,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="where the measurements go")
     args = parser.parse_args(argv)
     rounds = args.repeats or (2 if args.quick else 9)
-    results = args.results or (None if args.quick else HERE / "RESULTS.md")
-    json_path = args.json or (None if args.quick else HERE / "tapas_benchmark.json")
+    results, json_path = output_paths(args, "tapas_benchmark.json")
 
-    import torch
-
-    info = machine_info()
-    info["command"] = command_line()
+    info, log = begin_run()
     cores = info["cores"]
-    torch.set_num_threads(cores)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    log(f"{info['cpu']}, {cores} cores, load {fmt_load(info['load_average_start'])}")
     start = time.perf_counter()
     hf, ours = build_models(log)
     info["hf_attention"] = hf.config._attn_implementation

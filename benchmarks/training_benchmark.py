@@ -42,12 +42,11 @@ from flax import nnx
 
 # Run as a script, this directory is on sys.path: the measuring and reporting helpers are shared.
 from gpt_benchmark import (
-    command_line,
-    fmt_load,
+    begin_run,
     load_note,
-    machine_info,
     matmul_peak,
     median,
+    output_paths,
     publish,
     run_rounds,
     torch_thread_counts,
@@ -224,16 +223,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="where the measurements go")
     args = parser.parse_args(argv)
     rounds = args.repeats or (2 if args.quick else 9)
-    results = args.results or (None if args.quick else HERE / "RESULTS.md")
-    json_path = args.json or (None if args.quick else HERE / "training_benchmark.json")
+    results, json_path = output_paths(args, "training_benchmark.json")
 
-    import torch
-
-    info = machine_info()
-    info["command"] = command_line()
+    info, log = begin_run()
     cores = info["cores"]
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    log(f"{info['cpu']}, {cores} cores, load {fmt_load(info['load_average_start'])}")
     start = time.perf_counter()
     inputs, targets = make_batch()
     ours, non_embedding, compile_s, ours_losses = ours_step(args.dropout, inputs, targets, log)
@@ -252,6 +245,8 @@ def main(argv=None) -> dict:
     round_loads = samples.pop("load_1min")
     info["load_average_end"] = os.getloadavg()
     info["run_time_s"] = time.perf_counter() - start
+    import torch
+
     torch.set_num_threads(cores)
 
     med = {name: {k: median(v) for k, v in s.items()} for name, s in samples.items()}

@@ -37,10 +37,9 @@ from flax import nnx
 
 # Run as a script, this directory is on sys.path: the measuring and reporting helpers are shared.
 from gpt_benchmark import (
-    command_line,
-    fmt_load,
+    begin_run,
     load_note,
-    machine_info,
+    output_paths,
     publish,
     run_rounds,
     summarise,
@@ -217,17 +216,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="where the measurements go")
     args = parser.parse_args(argv)
     rounds = args.repeats or (2 if args.quick else 7)
-    results_path = args.results or (None if args.quick else HERE / "RESULTS.md")
-    json_path = args.json or (None if args.quick else HERE / "vision_benchmark.json")
+    results_path, json_path = output_paths(args, "vision_benchmark.json")
 
-    import torch
-
-    info = machine_info()
-    info["command"] = command_line()
+    info, log = begin_run()
     cores = info["cores"]
-    torch.set_num_threads(cores)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    log(f"{info['cpu']}, {cores} cores, load {fmt_load(info['load_average_start'])}")
     start = time.perf_counter()
     results = {}
     for make in (vit_case, clip_case):
