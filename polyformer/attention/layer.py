@@ -57,7 +57,8 @@ class MultiHeadAttention(nnx.Module):
       head_dim: width of each head (default in_features // num_heads).
       out_features: width of the output (default in_features).
       kernel: any kernel of the attention package (default Dense()).
-      use_bias: biases on the four projections.
+      use_bias: biases on the four projections; qkv_bias: on query, key and value only
+        (default use_bias), as ViT's `qkv_bias=False` keeps the output projection's bias.
       kernel_init: initializer of the query/key/value weights (default lecun_normal);
         out_kernel_init: of the output projection's (default kernel_init).
       dtype: computation dtype (None: the input's); param_dtype: storage dtype.
@@ -72,6 +73,7 @@ class MultiHeadAttention(nnx.Module):
         out_features: int | None = None,
         kernel: AttentionKernel | None = None,
         use_bias: bool = True,
+        qkv_bias: bool | None = None,
         kernel_init: nnx.Initializer = LECUN_NORMAL,
         out_kernel_init: nnx.Initializer | None = None,
         dtype: Any = None,
@@ -91,7 +93,8 @@ class MultiHeadAttention(nnx.Module):
         self.dtype = dtype
         inner = num_heads * head_dim
         opts = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        qkv = dict(opts, kernel_init=kernel_init)
+        qkv_bias = use_bias if qkv_bias is None else qkv_bias
+        qkv = dict(opts, kernel_init=kernel_init, use_bias=qkv_bias)
         self.query = linear(in_features, inner, ("embed", "heads"), **qkv)
         self.key = linear(in_features, inner, ("embed", "heads"), **qkv)
         self.value = linear(in_features, inner, ("embed", "heads"), **qkv)

@@ -108,25 +108,12 @@ class EncoderLayer(nnx.Module):
             num_heads,
             hidden,
             kernel=kernel,
+            qkv_bias=qkv_bias,
             kernel_init=normal(init.qkv),
             out_kernel_init=normal(init.out),
             **dtypes,
             rngs=rngs,
         )
-        if not qkv_bias:
-            # MultiHeadAttention's use_bias covers all four projections; ViT's qkv_bias=False
-            # drops the biases of query, key and value only, the output keeps its own.
-            for name in ("query", "key", "value"):
-                projection = linear(
-                    hidden,
-                    hidden,
-                    ("embed", "heads"),
-                    kernel_init=normal(init.qkv),
-                    use_bias=False,
-                    **dtypes,
-                    rngs=rngs,
-                )
-                setattr(self.self_attn, name, projection)
         self.layer_norm2 = layer_norm(hidden, epsilon, **dtypes, rngs=rngs)
         self.mlp = EncoderMLP(
             hidden, intermediate, activation=activation, init=init, **dtypes, rngs=rngs

@@ -81,3 +81,10 @@ def test_layer_jits_and_differentiates():
     loss, grads = loss_and_grad(attn, x)
     assert np.isfinite(loss)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_qkv_bias_drops_the_query_key_value_biases_only():
+    layer = A.MultiHeadAttention(2, 8, qkv_bias=False, rngs=nnx.Rngs(0))
+    biased = [n for n in ("query", "key", "value", "out") if getattr(layer, n).bias is not None]
+    assert biased == ["out"]
+    assert A.MultiHeadAttention(2, 8, use_bias=False, rngs=nnx.Rngs(0)).query.bias is None
