@@ -1,6 +1,6 @@
 """TAPAS-base (WTQ heads) on CPU: our jitted forward pass against transformers'.
 
-    python benchmarks/tapas_benchmark.py [--quick] [--repeats N] [--results PATH] [--json PATH]
+    python -m benchmarks.tapas_benchmark [--quick] [--repeats N] [--results PATH] [--json PATH]
 
 Both models hold the same weights: transformers' TapasForQuestionAnswering built with
 torch.manual_seed(0) at google/tapas-base-finetuned-wtq's configuration (12 layers, 768 wide,
@@ -16,17 +16,15 @@ logits, the selected column's mask, aggregation logits. Ours is `jax.jit` of the
 (compile time measured apart); transformers' runs under torch.no_grad in eval mode, at
 torch.set_num_threads(cores) (the protocol) and at 1 thread. Target: our time <= 0.8x theirs.
 
-Protocol (gpt_benchmark.py's): warm-up calls, then rounds, each running every contestant once in
-an order rotating by one; medians of wall-clock and process CPU time; load averages recorded.
-Outputs: --json (default benchmarks/tapas_benchmark.json) and the section between the
+Protocol (benchmarks/harness.py's): warm-up calls, then rounds, each running every contestant
+once in an order rotating by one; medians of wall-clock and process CPU time; load averages
+recorded. Outputs: --json (default benchmarks/tapas_benchmark.json) and the section between the
 `tapas-benchmark` markers of --results (default benchmarks/RESULTS.md; --quick writes neither
 unless they are given).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,23 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from gpt_benchmark import (
-    begin_run,
-    load_note,
-    output_paths,
-    publish,
-    run_rounds,
-    summarise,
-    torch_thread_counts,
-    verdict_row,
-)
 
 import polyformer as pf
+from benchmarks import harness
+from benchmarks.harness import run_rounds
 from polyformer.models.tapas import TapasConfig
 
-HERE = Path(__file__).resolve().parent
-MARK_START = "<!-- tapas-benchmark:start -->"
-MARK_END = "<!-- tapas-benchmark:end -->"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "tapas_benchmark.md"
+MARKS = harness.marks("tapas-benchmark")
 SEQ_LEN, QUESTION, COLUMNS, ROWS = 512, 20, 8, 60
 TARGET = 0.8
 
@@ -130,20 +119,10 @@ def bench_forward(hf, ours, rounds: int, cores: int, log=print) -> dict:
     }
     log(f"parity: {parity}")
 
-    def hf_forward(threads):
-        def call():
-            torch.set_num_threads(threads)
-            with torch.no_grad():
-                hf(**torch_inputs)
-
-        return call
-
     def ours_forward():
         jax.block_until_ready(compiled(state, *args))
 
-    contestants = {"ours": ours_forward}
-    for n in torch_thread_counts(cores):
-        contestants[f"transformers ({n} thread{'s' * (n > 1)})"] = hf_forward(n)
+    contestants = harness.contestants(ours_forward, lambda: hf(**torch_inputs), cores)
     for fn in contestants.values():  # warm-up
         fn()
     samples = run_rounds(contestants, rounds, log)
@@ -152,88 +131,44 @@ def bench_forward(hf, ours, rounds: int, cores: int, log=print) -> dict:
 
 
 def report(info: dict, fwd: dict, rounds: int) -> str:
-    s = fwd["summary"]
-    p = fwd["parity"]
-    v = info["versions"]
-    lines = [
-        MARK_START,
-        "## TAPAS-base (WTQ) on CPU: forward pass against transformers",
-        "",
-        f"Command: `{info['command']}`  ",
-        f"Machine: {info['cpu']}, {info['cores']} cores; python {v['python']}, jax "
-        f"{v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, torch {v['torch']}, transformers "
-        f"{v['transformers']}, numpy {v['numpy']}.  ",
-        f"Date: {info['date']}. " + load_note(info, fwd["round_loads"]) + "  ",
-        f"Run time: {info['run_time_s']:.0f} s. {rounds} rounds (every contestant once per round, "
-        "in an order rotating by one); medians. CPU = process CPU time (user + system, all "
-        "threads) per call; cores used = CPU / wall.",
-        "",
-        "google/tapas-base-finetuned-wtq's configuration, random weights (transformers' init "
-        "under torch.manual_seed(0), cell-selection weights normal(0.02)), the same weights in "
-        "both (save_pretrained, then polyformer.from_pretrained), float32. transformers: eval, "
-        f"torch.no_grad, attention `{info['hf_attention']}`, at torch.set_num_threads(cores) and "
-        "at 1 thread. Input: batch 1, 512 tokens: a 20-token question and a table of 8 columns "
-        "x 60 rows plus header, one token per cell; outputs `logits` (cell averages, column "
-        "selection) and `logits_aggregation`.",
-        "",
-        "### Forward, batch 1, 512 tokens",
-        "",
-        "| | wall (s) | CPU (s) | cores used | ours / this, wall | ours / this, CPU |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in s["median_s"].items():
-        r = s["ratios"].get(name)
-        cells = ("", "") if r is None else (f"{r['wall']:.2f}", f"{r['cpu']:.2f}")
-        lines.append(
-            f"| {name} | {m['wall']:.3f} | {m['cpu']:.3f} | {m['cpu'] / m['wall']:.2f} | "
-            f"{cells[0]} | {cells[1]} |"
-        )
-    lines += [
-        "",
-        f"Our compile time: {fwd['compile_s']:.1f} s (once). Parity on these inputs: the same "
-        "tokens ruled out (logit about -10000): "
-        f"{'yes' if p['same_ruled_out_tokens'] else '**NO**'}"
-        f"; the {p['kept_tokens']} other tokens' logits within {p['max_abs_diff_kept_logits']:.1e}"
-        f" absolute; ruled-out ones within {p['max_rel_diff_ruled_out_logits']:.1e} relative; "
-        f"aggregation logits within {p['max_abs_diff_aggregation_logits']:.1e}.",
-        "",
-        "### Target",
-        "",
-        "Ours / transformers, median wall-clock times of the same rounds (in brackets the "
-        "median of the per-round ratios, then the ratio of CPU times).",
-        "",
-        "| Target | Against | Measured | Verdict |",
-        "|---|---|---|---|",
-    ]
+    s, p = fwd["summary"], fwd["parity"]
     label = f"forward time <= {TARGET}x transformers'"
-    lines += [verdict_row(label, name, s) for name in s["ratios"]]
-    lines += ["", MARK_END]
-    return "\n".join(lines) + "\n"
+    libraries = ("jax", "jaxlib", "flax", "torch", "transformers", "numpy")
+    return harness.section(
+        TEMPLATE,
+        MARKS,
+        **harness.header(info, libraries, fwd["round_loads"]),
+        rounds=rounds,
+        hf_attention=info["hf_attention"],
+        forward_rows="\n".join(harness.timing_rows(s)),
+        compile_s=f"{fwd['compile_s']:.1f}",
+        same_ruled_out="yes" if p["same_ruled_out_tokens"] else "**NO**",
+        kept_tokens=p["kept_tokens"],
+        kept_diff=f"{p['max_abs_diff_kept_logits']:.1e}",
+        ruled_out_diff=f"{p['max_rel_diff_ruled_out_logits']:.1e}",
+        aggregation_diff=f"{p['max_abs_diff_aggregation_logits']:.1e}",
+        verdicts="\n".join(harness.verdict_row(label, name, s) for name in s["ratios"]),
+    )
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer rounds")
-    parser.add_argument("--repeats", type=int, help="rounds (default 9, quick 2)")
-    parser.add_argument("--results", type=Path, help="RESULTS.md to update")
-    parser.add_argument("--json", type=Path, help="where the measurements go")
+    parser = harness.arguments(__doc__.split("\n\n")[0], "rounds (default 9, quick 2)")
     args = parser.parse_args(argv)
     rounds = args.repeats or (2 if args.quick else 9)
-    results, json_path = output_paths(args, "tapas_benchmark.json")
+    results, json_path = harness.output_paths(args, "tapas_benchmark.json")
 
-    info, log = begin_run()
+    info, log = harness.begin_run("benchmarks.tapas_benchmark")
     cores = info["cores"]
     start = time.perf_counter()
     hf, ours = build_models(log)
     info["hf_attention"] = hf.config._attn_implementation
     fwd = bench_forward(hf, ours, rounds, cores, log)
-    fwd["summary"] = summarise(fwd, TARGET)
-    info["load_average_end"] = os.getloadavg()
-    info["run_time_s"] = time.perf_counter() - start
+    fwd["summary"] = harness.summarise(fwd, TARGET)
+    harness.finish(info, start)
 
     section = report(info, fwd, rounds)
     out = {"machine": info, "forward": fwd}
-    publish(section, out, json_path, results, (MARK_START, MARK_END), log)
+    harness.publish(section, out, json_path, results, MARKS, log)
     return out
 
 

@@ -1,6 +1,6 @@
 """Training throughput on CPU: polyformer's train step against transformers + torch AdamW.
 
-    python benchmarks/training_benchmark.py [--quick] [--repeats N] [--dropout P]
+    python -m benchmarks.training_benchmark [--quick] [--repeats N] [--dropout P]
                                             [--results PATH] [--json PATH]
 
 The same small GPT-2 on both sides (n_layer 4, n_embd 256, n_head 4, vocab 4096, 256 positions),
@@ -17,9 +17,9 @@ hyper-parameters and the same decay groups (torch's default AdamW implementation
 
 Target: our tokens/s at least 1.3x theirs. MFU: achieved training FLOP/s, Kaplan et al.'s
 6 N + 6 n_layer T d per token (N: non-embedding parameters; the tied head is not counted), over
-the float32 matmul peak measured in this run (gpt_benchmark.matmul_peak, once per round).
+the float32 matmul peak measured in this run (harness.matmul_peak, once per round).
 
-Protocol as in gpt_benchmark.py: warm-up, then rounds of one step per contestant in rotating
+Protocol as in benchmarks/harness.py: warm-up, then rounds of one step per contestant in rotating
 order; medians of wall-clock and process CPU time; transformers at torch.set_num_threads(cores)
 (the protocol) and at 1 thread (often faster on a loaded machine), a verdict against each.
 Outputs: --json (default benchmarks/training_benchmark.json) and the section between
@@ -29,9 +29,7 @@ benchmarks/RESULTS.md; --quick writes neither unless they are given).
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import time
 from pathlib import Path
 
@@ -40,25 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# Run as a script, this directory is on sys.path: the measuring and reporting helpers are shared.
-from gpt_benchmark import (
-    begin_run,
-    load_note,
-    matmul_peak,
-    median,
-    output_paths,
-    publish,
-    run_rounds,
-    torch_thread_counts,
-)
-
+from benchmarks import harness
+from benchmarks.harness import median, run_rounds, thread_label, torch_thread_counts
 from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel
 from polyformer.training import metrics, objectives, optim
 from polyformer.training.step import init_state, make_train_step
 
-HERE = Path(__file__).resolve().parent
-MARK_START = "<!-- training-benchmark:start -->"
-MARK_END = "<!-- training-benchmark:end -->"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "training_benchmark.md"
+MARKS = harness.marks("training-benchmark")
 SIZES = dict(n_layer=4, n_embd=256, n_head=4, n_positions=256, vocab_size=4096)
 BATCH, SEQ_LEN = 8, 256
 TARGET = 1.3
@@ -149,93 +136,72 @@ def hf_step(dropout: float, inputs: np.ndarray, targets: np.ndarray):
 
 
 def report(info: dict, res: dict) -> str:
-    v = info["versions"]
     s = res["summary"]
     peak = res["peak_flops"]
     fpt = res["flops_per_token"]
-    lines = [
-        MARK_START,
-        "## Training throughput on CPU: polyformer's train step against transformers + AdamW",
-        "",
-        f"Command: `{info['command']}`  ",
-        f"Machine: {info['cpu']}, {info['cores']} cores; python {v['python']}, jax {v['jax']}, "
-        f"jaxlib {v['jaxlib']}, flax {v['flax']}, optax {v['optax']}, torch {v['torch']}, "
-        f"transformers {v['transformers']}.  ",
-        f"Date: {info['date']}. " + load_note(info, res["round_loads"]) + "  ",
-        f"Run time: {info['run_time_s']:.0f} s; {res['rounds']} rounds of one step per "
-        "contestant, in an order rotating by one; medians. CPU = process CPU time per step; cores "
-        "used = CPU / wall.",
-        "",
-        f"GPT-2 n_layer {SIZES['n_layer']}, n_embd {SIZES['n_embd']}, n_head {SIZES['n_head']}, "
-        f"vocab {SIZES['vocab_size']}, batch {BATCH} x {SEQ_LEN} tokens, float32, dropout "
-        f"{res['dropout']}; N = {res['non_embedding_params'] / 1e6:.2f}M non-embedding parameters. "
-        "AdamW lr 3e-4, betas 0.9/0.95, eps 1e-8, weight decay 0.1 (matrices), clip 1.0 on both "
-        f"sides; transformers attention `{res['hf_attention']}`, torch's default AdamW.",
-        "",
-        "| | step wall (s) | tokens/s | step CPU (s) | cores used | MFU | ours / this, tokens/s |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    losses = res["losses"]
+    step_rows = []
     for name, m in s["median_s"].items():
         tps = BATCH * SEQ_LEN / m["wall"]
         speedup = s["speedups"].get(name)
-        lines.append(
+        step_rows.append(
             f"| {name} | {m['wall']:.3f} | {tps:.0f} | {m['cpu']:.3f} | "
             f"{m['cpu'] / m['wall']:.2f} | {tps * fpt / peak:.0%} | "
             f"{'' if speedup is None else f'{speedup:.2f}x'} |"
         )
-    best = s["fastest_anchor"]
-    lines += [
-        "",
-        f"Our compile time: {res['compile_s']:.1f} s (once). MFU = tokens/s x "
-        f"{fpt / 1e6:.1f} MFLOP/token (Kaplan: 6N + 6·n_layer·T·d; with the tied head's "
-        f"6·d·vocab it would be {res['flops_per_token_with_head'] / 1e6:.1f}) / the float32 "
-        f"matmul peak measured in this run, {peak / 1e9:.1f} GFLOP/s (jnp 2048³, best of 3, median "
-        "over rounds).  ",
-        f"Sanity: first-step loss ours {res['losses']['ours'][0]:.3f}, transformers "
-        f"{res['losses']['transformers'][0]:.3f} (ln {SIZES['vocab_size']} = "
-        f"{math.log(SIZES['vocab_size']):.3f}); after {len(res['losses']['ours'])} and "
-        f"{len(res['losses']['transformers'])} steps on the one batch, "
-        f"{res['losses']['ours'][-1]:.3f} and {res['losses']['transformers'][-1]:.3f} (different "
-        "initial weights and dropout masks).",
-        "",
-        "Ours / transformers in tokens/s, from median step times of the same rounds (then the "
-        "ratio of CPU times per step).",
-        "",
-        "| Target | Against | Measured | Verdict |",
-        "|---|---|---|---|",
-    ]
+    verdicts = []
     for name, speedup in s["speedups"].items():
-        fastest = " (the faster here)" if name == best else ""
-        lines.append(
+        fastest = " (the faster here)" if name == s["fastest_anchor"] else ""
+        verdicts.append(
             f"| tokens/s >= {TARGET}x transformers + AdamW | {name}{fastest} | {speedup:.2f}x "
             f"(CPU {s['cpu_speedups'][name]:.2f}x) | {'met' if s['met'][name] else '**not met**'} |"
         )
-    lines += ["", MARK_END]
-    return "\n".join(lines) + "\n"
+    libraries = ("jax", "jaxlib", "flax", "optax", "torch", "transformers")
+    return harness.section(
+        TEMPLATE,
+        MARKS,
+        **harness.header(info, libraries, res["round_loads"]),
+        rounds=res["rounds"],
+        **SIZES,
+        batch=BATCH,
+        seq_len=SEQ_LEN,
+        dropout=res["dropout"],
+        non_embedding=f"{res['non_embedding_params'] / 1e6:.2f}",
+        hf_attention=res["hf_attention"],
+        step_rows="\n".join(step_rows),
+        compile_s=f"{res['compile_s']:.1f}",
+        mflops_per_token=f"{fpt / 1e6:.1f}",
+        mflops_with_head=f"{res['flops_per_token_with_head'] / 1e6:.1f}",
+        peak=f"{peak / 1e9:.1f}",
+        ours_first=f"{losses['ours'][0]:.3f}",
+        hf_first=f"{losses['transformers'][0]:.3f}",
+        ln_vocab=f"{math.log(SIZES['vocab_size']):.3f}",
+        ours_steps=len(losses["ours"]),
+        hf_steps=len(losses["transformers"]),
+        ours_last=f"{losses['ours'][-1]:.3f}",
+        hf_last=f"{losses['transformers'][-1]:.3f}",
+        verdicts="\n".join(verdicts),
+    )
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer rounds")
-    parser.add_argument("--repeats", type=int, help="rounds (default 9, quick 2)")
+    parser = harness.arguments(__doc__.split("\n\n")[0], "rounds (default 9, quick 2)")
     parser.add_argument("--dropout", type=float, default=0.1, help="GPT-2's dropout rates")
-    parser.add_argument("--results", type=Path, help="RESULTS.md to update")
-    parser.add_argument("--json", type=Path, help="where the measurements go")
     args = parser.parse_args(argv)
     rounds = args.repeats or (2 if args.quick else 9)
-    results, json_path = output_paths(args, "training_benchmark.json")
+    results, json_path = harness.output_paths(args, "training_benchmark.json")
 
-    info, log = begin_run()
+    info, log = harness.begin_run("benchmarks.training_benchmark")
     cores = info["cores"]
     start = time.perf_counter()
     inputs, targets = make_batch()
     ours, non_embedding, compile_s, ours_losses = ours_step(args.dropout, inputs, targets, log)
     hf, hf_losses, hf_attention = hf_step(args.dropout, inputs, targets)
-    peak_probe = matmul_peak()
+    peak_probe = harness.matmul_peak()
     peaks: list[float] = []
     contestants = {"ours": ours}
     for n in torch_thread_counts(cores):
-        contestants[f"transformers ({n} thread{'s' * (n > 1)})"] = lambda n=n: hf(n)
+        contestants[thread_label(n)] = lambda n=n: hf(n)
     contestants["matmul peak"] = lambda: peaks.append(peak_probe())
     for fn in contestants.values():  # warm-up
         fn()
@@ -243,8 +209,7 @@ def main(argv=None) -> dict:
     samples = run_rounds(contestants, rounds, log)
     samples.pop("matmul peak")
     round_loads = samples.pop("load_1min")
-    info["load_average_end"] = os.getloadavg()
-    info["run_time_s"] = time.perf_counter() - start
+    harness.finish(info, start)
     import torch
 
     torch.set_num_threads(cores)
@@ -284,7 +249,7 @@ def main(argv=None) -> dict:
     }
     section = report(info, res)
     out = {"machine": info, "training": res}
-    publish(section, out, json_path, results, (MARK_START, MARK_END), log)
+    harness.publish(section, out, json_path, results, MARKS, log)
     return out
 
 

@@ -1,6 +1,6 @@
 """ViT-B/16 and CLIP ViT-B/32 on CPU: our jitted forward pass against transformers'.
 
-    python benchmarks/vision_benchmark.py [--quick] [--repeats N] [--results PATH] [--json PATH]
+    python -m benchmarks.vision_benchmark [--quick] [--repeats N] [--results PATH] [--json PATH]
 
 Both sides hold the same weights: transformers' model built with torch.manual_seed(0) at the
 official configuration (google/vit-base-patch16-224, openai/clip-vit-base-patch32), written with
@@ -15,7 +15,7 @@ Target for each: our time <= 0.8x transformers'.
 Ours is `jax.jit` of the model's call (compile time measured apart, through
 `.lower().compile()`); transformers' runs under torch.no_grad in eval mode, at
 torch.set_num_threads(cores) (the protocol) and at 1 thread (often faster on a loaded machine);
-each target gets a verdict against both. Protocol as in gpt_benchmark.py: warm-up calls, then
+each target gets a verdict against both. Protocol as in benchmarks/harness.py: warm-up calls, then
 rounds in which every contestant runs once, in an order rotating by one; medians of wall-clock
 time with process CPU time alongside, and the load average. Outputs: --json (default
 benchmarks/vision_benchmark.json) and the section between the vision-benchmark markers of
@@ -24,8 +24,6 @@ benchmarks/vision_benchmark.json) and the section between the vision-benchmark m
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,23 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# Run as a script, this directory is on sys.path: the measuring and reporting helpers are shared.
-from gpt_benchmark import (
-    begin_run,
-    load_note,
-    output_paths,
-    publish,
-    run_rounds,
-    summarise,
-    torch_thread_counts,
-    verdict_row,
-)
-
 import polyformer as pf
+from benchmarks import harness
+from benchmarks.harness import run_rounds
 
-HERE = Path(__file__).resolve().parent
-MARK_START = "<!-- vision-benchmark:start -->"
-MARK_END = "<!-- vision-benchmark:end -->"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "vision_benchmark.md"
+MARKS = harness.marks("vision-benchmark")
 TARGET = 0.8
 IMAGES, TEXT_LENGTHS = 8, (7, 9, 12)
 
@@ -122,17 +109,9 @@ def bench(case, rounds: int, cores: int, log=print) -> dict:
     max_diff = float(np.abs(np.asarray(compiled(state, ours_inputs)) - want).max())
     log(f"{name}: parity max |ours - transformers| = {max_diff:.2e}")
 
-    def hf_forward(threads):
-        def call():
-            torch.set_num_threads(threads)
-            with torch.no_grad():
-                hf(**hf_inputs)
-
-        return call
-
-    contestants = {"ours": lambda: compiled(state, ours_inputs).block_until_ready()}
-    for n in torch_thread_counts(cores):
-        contestants[f"transformers ({n} thread{'s' * (n > 1)})"] = hf_forward(n)
+    contestants = harness.contestants(
+        lambda: compiled(state, ours_inputs).block_until_ready(), lambda: hf(**hf_inputs), cores
+    )
     for fn in contestants.values():  # warm-up
         fn()
     samples = run_rounds(contestants, rounds, log)
@@ -144,81 +123,49 @@ def bench(case, rounds: int, cores: int, log=print) -> dict:
         "hf_attention": hf.config._attn_implementation,
         "samples": samples,
     }
-    result["summary"] = summarise(result, TARGET)
+    result["summary"] = harness.summarise(result, TARGET)
     return result
 
 
 def report(info: dict, results: dict[str, dict], rounds: int) -> str:
-    v = info["versions"]
     loads = [x for r in results.values() for x in r["round_loads"]]
-    lines = [
-        MARK_START,
-        "## ViT-B/16 and CLIP ViT-B/32 on CPU: forward pass against transformers",
-        "",
-        f"Command: `{info['command']}`  ",
-        f"Machine: {info['cpu']}, {info['cores']} cores; python {v['python']}, jax "
-        f"{v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, torch {v['torch']}, transformers "
-        f"{v['transformers']}, numpy {v['numpy']}.  ",
-        f"Date: {info['date']}. " + load_note(info, loads) + "  ",
-        f"Run time: {info['run_time_s']:.0f} s. {rounds} rounds (every contestant once per round, "
-        "in an order rotating by one); medians. CPU = process CPU time (user + system, all "
-        "threads) per call; cores used = CPU / wall.",
-        "",
-        "Official configurations (google/vit-base-patch16-224, openai/clip-vit-base-patch32), "
-        "random weights (transformers' init under torch.manual_seed(0)), the same weights in "
-        "both (save_pretrained, then polyformer.from_pretrained), float32. transformers: eval, "
-        "torch.no_grad, at torch.set_num_threads(cores) and at 1 thread. ViT: "
-        f"ViTForImageClassification, {IMAGES} images 224x224. CLIP: CLIPModel, {IMAGES} images "
-        f"224x224 and {len(TEXT_LENGTHS)} texts of {', '.join(map(str, TEXT_LENGTHS))} tokens "
-        "padded to the longest with an attention mask.",
-        "",
-        "| Model | | wall (s) | CPU (s) | cores used | ours / this, wall | ours / this, CPU |",
-        "|---|---|---|---|---|---|---|",
+    rows = [
+        f"| {model} | {row.removeprefix('| ')}"
+        for model, r in results.items()
+        for row in harness.timing_rows(r["summary"])
     ]
-    for model, r in results.items():
-        s = r["summary"]
-        for name, m in s["median_s"].items():
-            ratio = s["ratios"].get(name)
-            cells = ("", "") if ratio is None else (f"{ratio['wall']:.2f}", f"{ratio['cpu']:.2f}")
-            lines.append(
-                f"| {model} | {name} | {m['wall']:.3f} | {m['cpu']:.3f} | "
-                f"{m['cpu'] / m['wall']:.2f} | {cells[0]} | {cells[1]} |"
-            )
-    lines += [""]
-    for model, r in results.items():
-        lines.append(
-            f"{model}: our compile time {r['compile_s']:.1f} s (once); parity max |difference| "
-            f"{r['max_abs_output_diff']:.1e}; transformers attention `{r['hf_attention']}`.  "
-        )
-    lines += [
-        "",
-        "### Targets",
-        "",
-        "Ours / transformers, median wall-clock times of the same rounds (in brackets the "
-        "median of the per-round ratios, then the ratio of CPU times).",
-        "",
-        "| Target | Against | Measured | Verdict |",
-        "|---|---|---|---|",
+    notes = [
+        f"{model}: our compile time {r['compile_s']:.1f} s (once); parity max |difference| "
+        f"{r['max_abs_output_diff']:.1e}; transformers attention `{r['hf_attention']}`.  "
+        for model, r in results.items()
     ]
-    for model, r in results.items():
-        s = r["summary"]
-        label = f"{model} forward <= {TARGET}x transformers'"
-        lines += [verdict_row(label, name, s) for name in s["ratios"]]
-    lines += ["", MARK_END]
-    return "\n".join(lines) + "\n"
+    verdicts = [
+        harness.verdict_row(f"{model} forward <= {TARGET}x transformers'", name, r["summary"])
+        for model, r in results.items()
+        for name in r["summary"]["ratios"]
+    ]
+    libraries = ("jax", "jaxlib", "flax", "torch", "transformers", "numpy")
+    return harness.section(
+        TEMPLATE,
+        MARKS,
+        **harness.header(info, libraries, loads),
+        rounds=rounds,
+        images=IMAGES,
+        texts=len(TEXT_LENGTHS),
+        text_lengths=", ".join(map(str, TEXT_LENGTHS)),
+        forward_rows="\n".join(rows),
+        model_notes="\n".join(notes),
+        verdicts="\n".join(verdicts),
+    )
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer rounds")
-    parser.add_argument("--repeats", type=int, help="rounds per model (default 7, quick 2)")
-    parser.add_argument("--results", type=Path, help="RESULTS.md to update")
-    parser.add_argument("--json", type=Path, help="where the measurements go")
+    parser = harness.arguments(__doc__.split("\n\n")[0], "rounds per model (default 7, quick 2)")
     args = parser.parse_args(argv)
     rounds = args.repeats or (2 if args.quick else 7)
-    results_path, json_path = output_paths(args, "vision_benchmark.json")
+    results_path, json_path = harness.output_paths(args, "vision_benchmark.json")
 
-    info, log = begin_run()
+    info, log = harness.begin_run("benchmarks.vision_benchmark")
     cores = info["cores"]
     start = time.perf_counter()
     results = {}
@@ -226,12 +173,11 @@ def main(argv=None) -> dict:
         case = make()
         results[case[0]] = bench(case, rounds, cores, log)
         del case  # free one model pair before building the next
-    info["load_average_end"] = os.getloadavg()
-    info["run_time_s"] = time.perf_counter() - start
+    harness.finish(info, start)
 
     section = report(info, results, rounds)
     out = {"machine": info, "results": results}
-    publish(section, out, json_path, results_path, (MARK_START, MARK_END), log)
+    harness.publish(section, out, json_path, results_path, MARKS, log)
     return out
 
 

@@ -1,7 +1,7 @@
 """Wav2Vec2-base (facebook/wav2vec2-base-960h's configuration) on CPU: our jitted forward pass
 on 10 s of audio against transformers' Wav2Vec2ForCTC.
 
-    python benchmarks/wav2vec2_benchmark.py [--quick] [--rounds N] [--seconds S]
+    python -m benchmarks.wav2vec2_benchmark [--quick] [--rounds N] [--seconds S]
                                             [--results PATH] [--json PATH]
 
 Both models hold the same weights: transformers' model built with torch.manual_seed(0) at the
@@ -12,7 +12,7 @@ transformers' runs under torch.no_grad in eval mode, at torch.set_num_threads(co
 protocol) and at 1 thread (often faster on a loaded machine). Target: our time <= 0.8x
 transformers', against both thread counts.
 
-Protocol (as benchmarks/gpt_benchmark.py): warm-up calls, then rounds; each round runs every
+Protocol (as benchmarks/harness.py): warm-up calls, then rounds; each round runs every
 contestant once in an order rotating from round to round; medians of wall-clock and process CPU
 time; load average recorded. Outputs: --json (default benchmarks/wav2vec2_benchmark.json) and the
 section between the wav2vec2-benchmark markers of --results (default benchmarks/RESULTS.md;
@@ -22,8 +22,6 @@ section between the wav2vec2-benchmark markers of --results (default benchmarks/
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,23 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpt_benchmark import (  # noqa: E402
-    command_line,
-    load_note,
-    machine_info,
-    publish,
-    run_rounds,
-    summarise,
-    torch_thread_counts,
-)
+import polyformer as pf
+from benchmarks import harness
+from benchmarks.harness import run_rounds
+from polyformer.models.wav2vec2 import Wav2Vec2Config
 
-import polyformer as pf  # noqa: E402
-from polyformer.models.wav2vec2 import Wav2Vec2Config  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-MARK_START = "<!-- wav2vec2-benchmark:start -->"
-MARK_END = "<!-- wav2vec2-benchmark:end -->"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "wav2vec2_benchmark.md"
+MARKS = harness.marks("wav2vec2-benchmark")
 TARGET = 0.8
 SAMPLE_RATE = 16_000
 
@@ -94,17 +82,9 @@ def bench_forward(hf, ours, seconds: float, rounds: int, cores: int, log=print) 
     max_diff = float(np.abs(ours_logits - hf_logits).max())
     log(f"parity: logits {ours_logits.shape}, max |ours - transformers| = {max_diff:.2e}")
 
-    def hf_call(threads):
-        def call():
-            torch.set_num_threads(threads)
-            with torch.no_grad():
-                hf(audio_t)
-
-        return call
-
-    contestants = {"ours": lambda: compiled(state, x).block_until_ready()}
-    for n in torch_thread_counts(cores):
-        contestants[f"transformers ({n} thread{'s' * (n > 1)})"] = hf_call(n)
+    contestants = harness.contestants(
+        lambda: compiled(state, x).block_until_ready(), lambda: hf(audio_t), cores
+    )
     for fn in contestants.values():  # warm-up
         fn()
     samples = run_rounds(contestants, rounds, log)
@@ -121,41 +101,29 @@ def bench_forward(hf, ours, seconds: float, rounds: int, cores: int, log=print) 
 
 def report(info: dict, fwd: dict) -> str:
     s = fwd["summary"]
-    v = info["versions"]
-    lines = [
-        MARK_START,
-        "## Wav2Vec2-base on CPU: forward pass on 10 s of audio against transformers",
-        "",
-        f"Command: `{info['command']}`  ",
-        f"Machine: {info['cpu']}, {info['cores']} cores; python {v['python']}, jax {v['jax']}, "
-        f"jaxlib {v['jaxlib']}, flax {v['flax']}, torch {v['torch']}, transformers "
-        f"{v['transformers']}.  ",
-        f"Date: {info['date']}. " + load_note(info, fwd["round_loads"]) + "  ",
-        f"Run time: {info['run_time_s']:.0f} s; {len(fwd['round_loads'])} rounds (every "
-        "contestant once per round, order rotating); medians. CPU = process CPU time per call.",
-        "",
-        "facebook/wav2vec2-base-960h's configuration (GroupNorm feature encoder, post-LN, 12 "
-        "layers x 768), random weights, the same in both; float32; batch 1, "
-        f"{fwd['audio_seconds']:g} s at 16 kHz = {fwd['frames']} frames, no attention mask. "
-        f"Ours: jit, compiled in {fwd['compile_s']:.1f} s (not counted). Logits agree to "
-        f"{fwd['max_abs_logit_diff']:.1e} max abs. Anchor from the issue: transformers ~0.51 s "
-        "on this machine when quiet.",
-        "",
-        "| | wall (s) | CPU (s) | ours / this, wall | ours / this, CPU | target <= 0.8 met |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for name, m in s["median_s"].items():
         r = s["ratios"].get(name)
         if r is None:
-            lines.append(f"| {name} | {m['wall']:.3f} | {m['cpu']:.3f} | | | |")
+            rows.append(f"| {name} | {m['wall']:.3f} | {m['cpu']:.3f} | | | |")
         else:
             met = "yes" if s["met"][name] else "no"
-            lines.append(
+            rows.append(
                 f"| {name} | {m['wall']:.3f} | {m['cpu']:.3f} | {r['wall']:.2f} | "
                 f"{r['cpu']:.2f} | {met} |"
             )
-    lines += ["", MARK_END]
-    return "\n".join(lines)
+    libraries = ("jax", "jaxlib", "flax", "torch", "transformers")
+    return harness.section(
+        TEMPLATE,
+        MARKS,
+        **harness.header(info, libraries, fwd["round_loads"]),
+        rounds=len(fwd["round_loads"]),
+        audio_seconds=f"{fwd['audio_seconds']:g}",
+        frames=fwd["frames"],
+        compile_s=f"{fwd['compile_s']:.1f}",
+        max_abs_logit_diff=f"{fwd['max_abs_logit_diff']:.1e}",
+        forward_rows="\n".join(rows),
+    )
 
 
 def main(argv=None) -> int:
@@ -169,22 +137,21 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.seconds = 2, 1.0
     if not args.quick:
-        args.results = args.results or HERE / "RESULTS.md"
-        args.json = args.json or HERE / "wav2vec2_benchmark.json"
+        args.results = args.results or harness.RESULTS
+        args.json = args.json or harness.RESULTS.parent / "wav2vec2_benchmark.json"
     start = time.perf_counter()
-    info = machine_info()
-    info["command"] = command_line()
+    info = harness.machine_info()
+    info["command"] = harness.command_line("benchmarks.wav2vec2_benchmark")
     hf, ours = build_models()
     info["hf_attention"] = hf.config._attn_implementation
     fwd = bench_forward(hf, ours, args.seconds, args.rounds, info["cores"])
-    fwd["summary"] = summarise(fwd, TARGET)
-    info["load_average_end"] = os.getloadavg()
-    info["run_time_s"] = time.perf_counter() - start
+    fwd["summary"] = harness.summarise(fwd, TARGET)
+    harness.finish(info, start)
     section = report(info, fwd)
     out = {"machine": info, "forward": fwd}
-    publish(section, out, args.json, args.results, (MARK_START, MARK_END))
+    harness.publish(section, out, args.json, args.results, MARKS)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
