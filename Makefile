@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/polyformer train experiments/configs/gpt_stdlib_demo.py
 
 bench-attention: $(STAMP)
-	$(PY) experiments/attention_benchmark.py --quick
+	$(PY) -m benchmarks.attention --quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
