@@ -1,7 +1,7 @@
 """Scaling laws (Kaplan et al. 2020; the chapter's figure 11-1): loss against model size and
 against compute, for a ladder of GPTs trained on the Python standard library's source.
 
-    python experiments/scaling_laws.py [--quick | --full] [--out DIR] [--results PATH]
+    python -m experiments.scaling_laws [--quick | --full] [--out DIR] [--results PATH]
                                        [--set KEY=VALUE ...] [--fresh] [--dry-run]
 
 Protocol. Every size of the ladder is the run config experiments/configs/scaling_laws.py with
@@ -35,203 +35,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
 import os
-import platform
-import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE_CONFIG = ROOT / "experiments" / "configs" / "scaling_laws.py"
+from benchmarks import harness
+from experiments.fits import PowerLaw, fit_all, frontier, local_exponents
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BASE_CONFIG = HERE / "configs" / "scaling_laws.py"
+TEMPLATE = HERE / "templates" / "scaling_laws.md"
 
 # Kaplan et al. (2020), eqs. 1.1 and 1.3 (WebText2, GPT-2's 50257-token BPE, converged models):
 # L(N) = (N_c / N)^0.076 with N_c = 8.8e13; L(C_min) = (C_c / C_min)^0.050 with C_c = 3.1e8
 # PF-days (1 PF-day = 8.64e19 FLOPs).
 KAPLAN = {"alpha_N": 0.076, "N_c": 8.8e13, "alpha_C": 0.050, "C_c": 3.1e8 * 8.64e19}
-
-
-# ----------------------------------------------------------------------------------------------
-# Fitting
-
-
-@dataclasses.dataclass(frozen=True)
-class PowerLaw:
-    """L(x) = irreducible + (scale / x)^alpha, fitted by least squares on log L.
-
-    r2: the coefficient of determination of log L (1 - residual / total sum of squares)."""
-
-    alpha: float
-    scale: float
-    irreducible: float
-    r2: float
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        return self.irreducible + np.exp(self.alpha * (math.log(self.scale) - np.log(x)))
-
-
-def _r2(log_loss: np.ndarray, log_fit: np.ndarray) -> float:
-    total = float(np.sum((log_loss - log_loss.mean()) ** 2))
-    residual = float(np.sum((log_loss - log_fit) ** 2))
-    return 1.0 - residual / total if total > 0 else float("nan")
-
-
-def _check(x: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x, loss = np.asarray(x, np.float64), np.asarray(loss, np.float64)
-    if x.shape != loss.shape or x.ndim != 1:
-        raise ValueError(f"x and loss must be 1-D of one length, got {x.shape} and {loss.shape}")
-    if np.any(x <= 0) or np.any(loss <= 0):
-        raise ValueError("a power law needs positive x and loss")
-    if len(np.unique(x)) < 2:
-        raise ValueError("a power law needs at least two distinct x")
-    return x, loss
-
-
-def fit_power_law(x: np.ndarray, loss: np.ndarray) -> PowerLaw:
-    """L = (scale / x)^alpha: a straight line through (log x, log L), slope -alpha."""
-    x, loss = _check(x, loss)
-    slope, intercept = np.polyfit(np.log(x), np.log(loss), 1)
-    alpha = -slope
-    # log L = alpha log scale - alpha log x; a flat or rising line has no finite scale.
-    scale = math.exp(intercept / alpha) if alpha > 0 and intercept / alpha < 700 else math.inf
-    fitted = intercept + slope * np.log(x)
-    return PowerLaw(float(alpha), scale, 0.0, _r2(np.log(loss), fitted))
-
-
-def fit_power_law_with_offset(x: np.ndarray, loss: np.ndarray) -> PowerLaw:
-    """L = E + (scale / x)^alpha with 0 <= E < min L: a profile over E (for each E, the straight
-    line through (log x, log(L - E))) for a start, refined by least squares on log L."""
-    from scipy.optimize import least_squares
-
-    x, loss = _check(x, loss)
-    if len(np.unique(x)) < 3:
-        raise ValueError("an offset power law needs at least three distinct x")
-    log_x, log_loss, floor = np.log(x), np.log(loss), float(loss.min())
-
-    def residuals(p):
-        irreducible, alpha, log_scale = p
-        return np.log(irreducible + np.exp(alpha * (log_scale - log_x))) - log_loss
-
-    best = None
-    for irreducible in np.linspace(0.0, 0.98, 50) * floor:
-        slope, intercept = np.polyfit(log_x, np.log(loss - irreducible), 1)
-        if slope >= 0:
-            continue
-        start = np.array([irreducible, -slope, intercept / -slope])
-        cost = float(np.sum(residuals(start) ** 2))
-        if best is None or cost < best[0]:
-            best = (cost, start)
-    if best is None:  # loss does not fall with x at all: the offset cannot help
-        return fit_power_law(x, loss)
-    lower = [0.0, 1e-6, -np.inf]
-    upper = [floor * (1 - 1e-9), 20.0, np.inf]
-    start = np.clip(best[1], [lo + 1e-12 for lo in lower[:2]] + [-np.inf], upper)
-    solution = least_squares(residuals, start, bounds=(lower, upper), x_scale="jac")
-    irreducible, alpha, log_scale = solution.x
-    fitted = log_loss + residuals(solution.x)
-    scale = math.exp(log_scale) if log_scale < 700 else math.inf
-    return PowerLaw(float(alpha), scale, float(irreducible), _r2(log_loss, fitted))
-
-
-def bootstrap(
-    fit: Callable[[np.ndarray, np.ndarray], PowerLaw],
-    x: np.ndarray,
-    loss: np.ndarray,
-    resamples: int = 1000,
-    seed: int = 0,
-    min_distinct: int = 3,
-    level: float = 0.95,
-) -> dict:
-    """Percentile confidence intervals of alpha and E: `fit` on `resamples` draws of the points
-    with replacement. Draws with fewer than `min_distinct` distinct x (no line to fit) and fits
-    that fail are skipped and counted."""
-    x, loss = _check(x, loss)
-    rng = np.random.default_rng(seed)
-    alphas, offsets, skipped = [], [], 0
-    for _ in range(resamples):
-        pick = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[pick])) < min_distinct:
-            skipped += 1
-            continue
-        try:
-            result = fit(x[pick], loss[pick])
-        except (ValueError, np.linalg.LinAlgError):
-            skipped += 1
-            continue
-        alphas.append(result.alpha)
-        offsets.append(result.irreducible)
-    if not alphas:
-        raise ValueError("no bootstrap resample could be fitted")
-    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    return {
-        "alpha_ci": [float(v) for v in np.percentile(alphas, tails)],
-        "irreducible_ci": [float(v) for v in np.percentile(offsets, tails)],
-        "alpha_std": float(np.std(alphas)),
-        "resamples": resamples,
-        "resamples_used": len(alphas),
-        "resamples_skipped": skipped,
-        "level": level,
-    }
-
-
-def lower_envelope(
-    curves: Sequence[tuple[np.ndarray, np.ndarray]], points: int = 40
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The compute-efficient frontier of loss curves `[(compute, loss), ...]` (each increasing in
-    compute): at `points` log-spaced C from the smallest to the largest compute of any curve,
-    the least loss of the curves whose range covers C, each interpolated linearly in
-    (log C, log L). Returns (C `[points]`, L `[points]`, index of the curve that attains it)."""
-    lo = min(float(c[0]) for c, _ in curves)
-    hi = max(float(c[-1]) for c, _ in curves)
-    grid = np.geomspace(lo, hi, points)
-    stacked = np.full((len(curves), points), np.inf)
-    for i, (compute, loss) in enumerate(curves):
-        compute, loss = np.asarray(compute, np.float64), np.asarray(loss, np.float64)
-        inside = (grid >= compute[0] * (1 - 1e-12)) & (grid <= compute[-1] * (1 + 1e-12))
-        stacked[i, inside] = np.exp(np.interp(np.log(grid[inside]), np.log(compute), np.log(loss)))
-    best = np.argmin(stacked, axis=0)
-    return grid, stacked[best, np.arange(points)], best
-
-
-def frontier(
-    curves: Sequence[tuple[np.ndarray, np.ndarray]], points: int = 40
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`lower_envelope` less its dominated points: a point is kept only if its loss is below the
-    envelope's at every smaller compute. Where the best curve at C is worse than what less
-    compute already reached (past the end of a small model's run, before a larger one has
-    caught up), the least loss for compute C is the earlier one; such points show where the
-    ladder has a gap, not the law, so they are left out of the fit."""
-    compute, loss, owner = lower_envelope(curves, points)
-    best_before = np.concatenate([[np.inf], np.minimum.accumulate(loss)[:-1]])
-    keep = loss < best_before
-    return compute[keep], loss[keep], owner[keep]
-
-
-def fit_all(x: np.ndarray, loss: np.ndarray, resamples: int, seed: int) -> dict:
-    """Both laws, each with its bootstrap intervals, as JSON."""
-    out = {}
-    for name, fit, distinct in (
-        ("power_law", fit_power_law, 3),
-        ("with_irreducible", fit_power_law_with_offset, 4),
-    ):
-        try:
-            result = fit(x, loss)
-        except ValueError as error:
-            out[name] = {"error": str(error)}
-            continue
-        out[name] = {
-            **dataclasses.asdict(result),
-            **bootstrap(fit, x, loss, resamples, seed, min_distinct=distinct),
-        }
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,20 +257,6 @@ def train_rung(config, data, size: Size, fresh: bool, log: Callable[[str], None]
 # Fits over the runs
 
 
-def local_exponents(x: np.ndarray, loss: np.ndarray, parts: int = 2) -> list[dict]:
-    """The pure law fitted separately to the lower and upper `parts` of the points (by x): a
-    single exponent averages over any bend these expose."""
-    order = np.argsort(x)
-    out = []
-    for chunk in np.array_split(order, parts):
-        if len(np.unique(x[chunk])) >= 2:
-            fit = fit_power_law(x[chunk], loss[chunk])
-            out.append(
-                {"from": float(x[chunk].min()), "to": float(x[chunk].max()), "alpha": fit.alpha}
-            )
-    return out
-
-
 def analyse(records: list[dict], frontier_from: float, points: int, resamples: int, seed: int):
     """The L(N) and L(C) fits and the frontier, as JSON."""
     n = np.array([r["non_embedding_params"] for r in records], np.float64)
@@ -514,14 +325,14 @@ def plot(records: list[dict], fits: dict, out: Path) -> tuple[Path, Path]:
             lw=1.2,
             alpha=0.85,
         )
-    frontier = fits["loss_vs_compute"]
+    compute_fits = fits["loss_vs_compute"]
     compute = np.array([p["compute"] for p in fits["frontier"]])
     ax.plot(compute, [p["loss"] for p in fits["frontier"]], "k.", ms=5, label="frontier (envelope)")
     span = np.geomspace(compute.min(), compute.max(), 100)
     for key, style in (("power_law", "r--"), ("with_irreducible", "m:")):
-        if "error" not in frontier[key]:
-            law = PowerLaw(*(frontier[key][f] for f in ("alpha", "scale", "irreducible", "r2")))
-            ax.plot(span, law(span), style, lw=2, label=_law_text(frontier[key], "C"))
+        if "error" not in compute_fits[key]:
+            law = PowerLaw(*(compute_fits[key][f] for f in ("alpha", "scale", "irreducible", "r2")))
+            ax.plot(span, law(span), style, lw=2, label=_law_text(compute_fits[key], "C"))
     bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax)
     bar.set_label("non-embedding parameters N")
     _log_axes(ax)
@@ -556,21 +367,17 @@ def plot(records: list[dict], fits: dict, out: Path) -> tuple[Path, Path]:
 
 
 def machine_info() -> dict:
+    """The machine as the report describes it: CPU model, cores, devices, python and jax."""
     import jax
 
-    cpu = "unknown"
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
+    info = harness.machine_info()
     return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
+        "cpu": info["cpu_name"],
+        "cores": info["cores"],
         "devices": [str(d.device_kind) for d in jax.devices()],
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": info["versions"]["python"],
+        "jax": info["versions"]["jax"],
+        "date": info["date"],
     }
 
 
@@ -632,136 +439,89 @@ def report(result: dict, figures: str) -> str:
     pn, pc = fits["loss_vs_params"]["power_law"], fits["loss_vs_compute"]["power_law"]
     on, oc = fits["loss_vs_params"]["with_irreducible"], fits["loss_vs_compute"]["with_irreducible"]
     epoch = result["train_tokens"]
-    eval_tokens = protocol["eval_batches"] * protocol["batch_size"] * protocol["seq_len"]
-    local_n = " and ".join(f"{p['alpha']:.3f}" for p in fits["local_alpha_N"])
-    local_c = " and ".join(f"{p['alpha']:.3f}" for p in fits["local_alpha_C"])
     near_n = abs(pn["alpha"] - KAPLAN["alpha_N"]) < 0.2 * KAPLAN["alpha_N"]
     near_c = abs(pc["alpha"] - KAPLAN["alpha_C"]) < 0.2 * KAPLAN["alpha_C"]
-    lines = [
-        "## Scaling laws: loss against model size and compute (Kaplan et al. 2020, figure 11-1)",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['devices'])}); python "
-        f"{info['python']}, jax {info['jax']}; {info['date']}. The machine was shared with other "
-        f"jobs: load average {result['load_average_start'][0]:.1f} at the start and "
-        f"{result['load_average_end'][0]:.1f} at the end (1-minute), on {info['cores']} cores, so "
-        "every time below is inflated.  ",
-        f"Wall time: {result['wall_s'] / 60:.1f} min for the whole script "
-        f"({sum(r['wall_s'] for r in runs) / 60:.1f} min in training runs, compilation included)."
-        + (
-            f"  \nFits and figures recomputed from its runs by `{result['refit']['command']}` "
-            f"({result['refit']['date']}; no training)."
-            if "refit" in result
-            else ""
-        ),
-        "",
-        f"Ladder: {len(runs)} GPT-2 sizes, N = {min(n):,} to {max(n):,} non-embedding parameters "
-        f"({max(n) / min(n):.0f}x); each {protocol['steps']} AdamW steps of "
-        f"{protocol['batch_size']} x "
-        f"{protocol['seq_len']} tokens ({tokens:,} tokens, {tokens / epoch:.1%} of the "
-        f"{epoch:,}-token training split), warm-up {protocol['warmup_steps']} steps then cosine "
-        f"decay to {protocol['end_lr_ratio']:.0%}, learning rate by Kaplan et al.'s LR(N) = "
-        f"0.003239 - 0.0001395 ln N, dropout {protocol['dropout']}, {protocol['precision']}; BPE "
-        f"{protocol['vocab_size']} tokens. "
-        f"Evaluation: the same {eval_tokens:,} validation tokens every "
-        f"{protocol['eval_every']} steps.",
-        "",
-        "| size | layers | d_model | heads | N (non-embedding) | all params | LR | tokens / N "
-        "| final eval loss | fall over the last quarter | run time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
     falls = [late_fall(r) for r in runs]
-    for r, fall in zip(runs, falls, strict=True):
-        lines.append(
-            f"| {r['name']} | {r['n_layer']} | {r['n_embd']} | {r['n_head']} | "
-            f"{r['non_embedding_params']:,} | {r['params']:,} | {r['learning_rate']:.2e} | "
-            f"{r['tokens'] / r['non_embedding_params']:.1f} | {r['final_eval_loss']:.4f} | "
-            f"{fall:.3f} | {r['wall_s']:.0f} |"
-        )
-    falling = sum(f > 0 for f in falls)
-    boot = pn["resamples"]
-    lines += [
-        "",
-        f"Fits (least squares on log loss; 95% bootstrap intervals from {boot} resamples of the "
-        "sizes for L(N), of the frontier points for L(C); R² of log loss). Kaplan et al.'s "
-        "exponents are for converged models on WebText2:",
-        "",
-        "| law | form | alpha | 95% CI | X_c | E (nats) | R² | Kaplan alpha |",
-        "|---|---|---|---|---|---|---|---|",
+    run_rows = [
+        f"| {r['name']} | {r['n_layer']} | {r['n_embd']} | {r['n_head']} | "
+        f"{r['non_embedding_params']:,} | {r['params']:,} | {r['learning_rate']:.2e} | "
+        f"{r['tokens'] / r['non_embedding_params']:.1f} | {r['final_eval_loss']:.4f} | "
+        f"{fall:.3f} | {r['wall_s']:.0f} |"
+        for r, fall in zip(runs, falls, strict=True)
+    ]
+    fit_rows = [
         *_fit_rows("L(N) = E + (N_c/N)^alpha_N", fits["loss_vs_params"], "N", KAPLAN["alpha_N"]),
         *_fit_rows("L(C) = E + (C_c/C)^alpha_C", fits["loss_vs_compute"], "C", KAPLAN["alpha_C"]),
-        "",
-        f"The frontier is the lower envelope of all {len(runs)} evaluation curves on "
-        f"{fits['frontier_grid']} log-spaced values of C = 6 N D, less the "
-        f"{fits['frontier_grid'] - len(fits['frontier'])} where less compute had already done "
-        f"better (gaps between sizes): {len(fits['frontier'])} points from "
-        f"{fits['frontier'][0]['compute']:.2e} to {fits['frontier'][-1]['compute']:.2e} FLOPs "
-        f"(each run's first {fits['frontier_from']:.0%} of steps left out); the sizes on it, "
-        f"in order of compute: {', '.join(fits['frontier_sizes'])}. Its points are neighbours "
-        "on the same few curves, not independent draws, so the L(C) intervals are too narrow.",
-        "",
-        f"![loss against compute]({figures}/loss_vs_compute.png)",
-        "",
-        f"![loss against parameters]({figures}/loss_vs_params.png)",
-        "",
-        "### Reading the exponents",
-        "",
-        f"alpha_N = {pn['alpha']:.3f} {_ci(pn)} against Kaplan's 0.076, and alpha_C = "
-        f"{pc['alpha']:.3f} {_ci(pc)} against 0.050. The two studies do not measure the same "
-        "thing, and the differences follow from that:",
-        "",
-        f"- **Not converged.** Kaplan's L(N) is the loss of models trained close to "
-        "convergence (early-stopped) on WebText2's 2.3e10 tokens; here every size saw "
-        f"{tokens:,} tokens in "
-        f"{protocol['steps']} steps, {tokens / max(n):.1f} to {tokens / min(n):.0f} tokens per "
-        f"non-embedding parameter, and {falling} of {len(runs)} curves were still falling over "
-        f"the last quarter of their steps (by {min(falls):.3f} to {max(falls):.3f} nats, while "
-        "the learning rate decayed). At a fixed, short budget the "
-        "loss is L(N, S) = (N_c/N)^alpha_N + (S_c/S)^alpha_S (Kaplan's eq. 1.6): the "
-        "step-limited term adds the same offset to every size, which flattens a pure power "
-        "law fitted in N. "
-        "The final-loss line is therefore a fixed-data, fixed-steps slice, not the converged "
-        "L(N).",
-        "- **Irreducible loss.** Source code has an entropy floor well above zero, and a "
-        "4096-token BPE of a 3.3M-token corpus is not WebText2. A pure power law fitted where "
-        "the loss is still far from its floor E reads a smaller exponent than the reducible "
-        "part L - E has. With E free: for L(N), "
-        f"{_offset_sentence(on, runs)}; for L(C), {_offset_sentence(oc, runs)}. With "
-        f"{len(runs)} sizes and three parameters, E and alpha trade off against each other, "
-        "hence the wide intervals.",
-        f"- **Curvature.** Neither set of points is one straight line in log-log. Fitted "
-        f"separately, the smaller and larger halves of the sizes give alpha_N = {local_n}, "
-        f"and the lower- and higher-compute halves of the frontier alpha_C = {local_c}. One "
-        "exponent fitted across the whole range depends on which stretch it covers"
-        + (
-            f", so alpha_{'N' if near_n else 'C'} landing near Kaplan's value is a coincidence "
-            "of the range fitted, not an agreement."
-            if near_n or near_c
-            else "."
-        ),
-        f"- **Data.** The corpus is {epoch:,} training tokens. Kaplan's rule for avoiding "
-        "overfitting, D >~ 5e3 N^0.74 (eq. 4.4), asks for "
-        f"{5e3 * min(n) ** 0.74:,.0f} to {5e3 * max(n) ** 0.74:,.0f} tokens for these sizes; "
-        f"{sum(5e3 * x**0.74 > epoch for x in n)} of {len(n)} ask for more than the whole "
-        "corpus, so with unlimited steps they would end data-limited (the (D_c/D)^alpha_D "
-        "term of eq. 1.5), not at the converged L(N).",
-        "- **Tiny models.** Most parameters of these models are embeddings (4096 x d_model "
-        "shared with the output layer), which N leaves out and C = 6ND does not charge for; the "
-        "output softmax dominates the real cost of the smallest models. Kaplan's fits cover "
-        "about 1e5 to 1e9 non-embedding parameters; the smallest sizes here are below that "
-        "range, where nothing says the same law holds.",
-        "- **The frontier.** L(C) is read off the envelope of curves that each used a cosine "
-        "schedule sized for the full run, so a point in mid-run is not what a run planned for "
-        "that compute would reach; Kaplan's frontier has the same bias. It spans "
-        f"{math.log10(fits['frontier'][-1]['compute'] / fits['frontier'][0]['compute']):.1f} "
-        "decades of C here, against more than seven in the paper.",
-        "",
-        "So the exponents here describe small models early in training on a small corpus; they "
-        "are not estimates of Kaplan's asymptotic exponents, and the fitted N_c and C_c (which "
-        "depend on the tokenizer and the data) are not comparable to the paper's at all.",
-        "",
     ]
-    return "\n".join(lines)
+    refit = result.get("refit")
+    frontier_points = fits["frontier"]
+    return harness.render(
+        TEMPLATE,
+        command=result["command"],
+        cpu=info["cpu"],
+        cores=info["cores"],
+        devices=", ".join(info["devices"]),
+        python=info["python"],
+        jax=info["jax"],
+        date=info["date"],
+        load_start=f"{result['load_average_start'][0]:.1f}",
+        load_end=f"{result['load_average_end'][0]:.1f}",
+        wall_min=f"{result['wall_s'] / 60:.1f}",
+        train_min=f"{sum(r['wall_s'] for r in runs) / 60:.1f}",
+        refit=""
+        if refit is None
+        else f"  \nFits and figures recomputed from its runs by `{refit['command']}` "
+        f"({refit['date']}; no training).",
+        sizes=len(runs),
+        n_min=f"{min(n):,}",
+        n_max=f"{max(n):,}",
+        n_ratio=f"{max(n) / min(n):.0f}",
+        steps=protocol["steps"],
+        batch_size=protocol["batch_size"],
+        seq_len=protocol["seq_len"],
+        tokens=f"{tokens:,}",
+        epoch_share=f"{tokens / epoch:.1%}",
+        epoch=f"{epoch:,}",
+        warmup_steps=protocol["warmup_steps"],
+        end_lr=f"{protocol['end_lr_ratio']:.0%}",
+        dropout=protocol["dropout"],
+        precision=protocol["precision"],
+        vocab_size=protocol["vocab_size"],
+        eval_tokens=f"{protocol['eval_batches'] * protocol['batch_size'] * protocol['seq_len']:,}",
+        eval_every=protocol["eval_every"],
+        run_rows="\n".join(run_rows),
+        resamples=pn["resamples"],
+        fit_rows="\n".join(fit_rows),
+        grid=fits["frontier_grid"],
+        dominated=fits["frontier_grid"] - len(frontier_points),
+        points=len(frontier_points),
+        c_low=f"{frontier_points[0]['compute']:.2e}",
+        c_high=f"{frontier_points[-1]['compute']:.2e}",
+        frontier_from=f"{fits['frontier_from']:.0%}",
+        frontier_sizes=", ".join(fits["frontier_sizes"]),
+        figures=figures,
+        alpha_n=f"{pn['alpha']:.3f}",
+        alpha_n_ci=_ci(pn),
+        alpha_c=f"{pc['alpha']:.3f}",
+        alpha_c_ci=_ci(pc),
+        tokens_per_n_min=f"{tokens / max(n):.1f}",
+        tokens_per_n_max=f"{tokens / min(n):.0f}",
+        falling=sum(f > 0 for f in falls),
+        fall_min=f"{min(falls):.3f}",
+        fall_max=f"{max(falls):.3f}",
+        offset_n=_offset_sentence(on, runs),
+        offset_c=_offset_sentence(oc, runs),
+        local_n=" and ".join(f"{p['alpha']:.3f}" for p in fits["local_alpha_N"]),
+        local_c=" and ".join(f"{p['alpha']:.3f}" for p in fits["local_alpha_C"]),
+        coincidence=f", so alpha_{'N' if near_n else 'C'} landing near Kaplan's value is a "
+        "coincidence of the range fitted, not an agreement."
+        if near_n or near_c
+        else ".",
+        data_min=f"{5e3 * min(n) ** 0.74:,.0f}",
+        data_max=f"{5e3 * max(n) ** 0.74:,.0f}",
+        data_limited=sum(5e3 * x**0.74 > epoch for x in n),
+        decades=f"{math.log10(frontier_points[-1]['compute'] / frontier_points[0]['compute']):.1f}",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -793,8 +553,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     start, load_start = time.perf_counter(), os.getloadavg()
     args = parse_args(argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python experiments/scaling_laws.py", *argv])
+    command = harness.command_line("experiments.scaling_laws", argv, python="python")
     if args.refit:
         result = json.loads((args.out / "scaling_laws.json").read_text())
         result["refit"] = {"command": command, "date": machine_info()["date"]}
