@@ -86,6 +86,16 @@ def machine_info() -> dict:
     }
 
 
+def machine_summary() -> str:
+    """One line for an experiment's report: architecture, cores, JAX's platform and version."""
+    import jax
+
+    return (
+        f"{platform.machine()}, {cores()} cores ({jax.devices()[0].platform}); "
+        f"jax {jax.__version__}"
+    )
+
+
 def command_line(module: str, argv: Sequence[str] | None = None, python: str = ".venv/bin/python"):
     """How to run this again: `python -m module` with `argv` (default: this process's)."""
     return shlex.join([python, "-m", module, *(sys.argv[1:] if argv is None else argv)])

@@ -1,6 +1,6 @@
 """Speech recognition from scratch: a small Wav2Vec2-CTC on espeak-ng's spoken digits and letters.
 
-    python experiments/asr_digits.py [--quick] [--results PATH] [--set key=value ...]
+    python -m experiments.asr_digits [--quick] [--results PATH] [--set key=value ...]
 
 Data: `SpokenDigitsData` (polyformer/training/data/speech.py): sequences of 2-4 symbols of 0-9
 and A-Z, read by ten espeak-ng voices and variants at random speeds (160-260 words a minute) and
@@ -26,8 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
-import sys
 from pathlib import Path
 
 import jax
@@ -35,12 +33,14 @@ import numpy as np
 from flax import nnx
 
 import polyformer as pf
+from benchmarks import harness
 from polyformer.models.wav2vec2 import feat_extract_output_lengths
 from polyformer.training import checkpoint, metrics, trainer
 from polyformer.training import config as run_config
 
 ROOT = Path(__file__).resolve().parent
 CONFIG = ROOT / "configs" / "asr_digits.py"
+TEMPLATE = ROOT / "templates" / "asr_digits.md"
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -199,46 +199,37 @@ def report(summary: dict, png: Path) -> str:
     best = min(rows, key=lambda r: r["cer"])
     reached = [r for r in rows if r["cer"] <= 0.10]
     check = summary["chunking"]
-    lines = [
-        "# Speech recognition from scratch: Wav2Vec2-CTC on espeak-ng digits and letters",
-        "",
-        f"Command: `{summary['command']}`  ",
-        f"Machine: {summary['machine']}; load average {summary['load_before']} before, "
-        f"{summary['load_after']} after (shared by other jobs: timings are what this run got).  ",
-        f"Data: {summary['train_utterances']} training and {summary['eval_utterances']} held-out "
-        "utterances (held-out sequences are never heard in training).  ",
-        f"Model: {summary['parameters']:,} parameters; {summary['steps']} steps of batch "
-        f"{summary['batch_size']}.",
-        "",
-        f"![CER against training time]({png.name})",
-        "",
-        "| step | training time (min) | CER | symbol error rate |",
-        "|---:|---:|---:|---:|",
-        *(
+    return harness.render(
+        TEMPLATE,
+        command=summary["command"],
+        machine=summary["machine"],
+        load_before=summary["load_before"],
+        load_after=summary["load_after"],
+        train_utterances=summary["train_utterances"],
+        eval_utterances=summary["eval_utterances"],
+        parameters=f"{summary['parameters']:,}",
+        steps=summary["steps"],
+        batch_size=summary["batch_size"],
+        png=png.name,
+        rows="\n".join(
             f"| {r['step']} | {r['seconds'] / 60:.1f} | {100 * r['cer']:.1f}% | "
             f"{100 * r['symbol_error_rate']:.1f}% |"
             for r in rows
         ),
-        "",
-        f"Best: CER {100 * best['cer']:.1f}% at step {best['step']} "
-        f"({best['seconds'] / 60:.1f} min). Target (CER <= 10% within 15 min): "
-        + (
-            f"met at step {reached[0]['step']} ({reached[0]['seconds'] / 60:.1f} min)."
-            if reached and reached[0]["seconds"] <= 900
-            else "not met."
-        ),
-        "",
-        "Held-out examples at the last checkpoint (reference -> transcript):",
-        "",
-        *(f"- `{ref}` -> `{hyp}`" for ref, hyp in rows[-1]["examples"]),
-        "",
-        f"Chunking: {check['seconds']:.1f} s of held-out speech joined, transcribed whole and in "
-        f"chunks of {check['chunk_length_s']:.2f} s with {check['stride_length_s']:.2f} s strides "
-        f"(the pipeline's stitching): transcripts {'identical' if check['same'] else 'differ'}; "
-        f"CER {100 * check['cer_whole']:.1f}% whole, {100 * check['cer_chunked']:.1f}% chunked.",
-        "",
-    ]
-    return "\n".join(lines)
+        best_cer=f"{100 * best['cer']:.1f}%",
+        best_step=best["step"],
+        best_min=f"{best['seconds'] / 60:.1f}",
+        target=f"met at step {reached[0]['step']} ({reached[0]['seconds'] / 60:.1f} min)."
+        if reached and reached[0]["seconds"] <= 900
+        else "not met.",
+        examples="\n".join(f"- `{ref}` -> `{hyp}`" for ref, hyp in rows[-1]["examples"]),
+        chunk_seconds=f"{check['seconds']:.1f}",
+        chunk_length=f"{check['chunk_length_s']:.2f}",
+        stride_length=f"{check['stride_length_s']:.2f}",
+        same="identical" if check["same"] else "differ",
+        cer_whole=f"{100 * check['cer_whole']:.1f}%",
+        cer_chunked=f"{100 * check['cer_chunked']:.1f}%",
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -276,8 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
         row["seconds"] = times[row["step"]]
     tokenizer = run.data.tokenizer()
     summary = {
-        "command": " ".join(["python", "experiments/asr_digits.py", *(argv or sys.argv[1:])]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {jax.devices()[0].platform}",
+        "command": harness.command_line("experiments.asr_digits", argv, python="python"),
+        "machine": harness.machine_summary(),
         "load_before": load_before,
         "load_after": [round(x, 1) for x in os.getloadavg()],
         "train_utterances": len(data.train["labels"]),

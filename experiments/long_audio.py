@@ -1,7 +1,7 @@
 """Long audio: Wav2Vec2-base with its dense attention replaced by a band pattern and by FAVOR+,
 on up to 60 s of audio: time, memory, and how far the logits move.
 
-    python experiments/long_audio.py [--model DIR] [--seconds 10 30 60] [--band 128]
+    python -m experiments.long_audio [--model DIR] [--seconds 10 30 60] [--band 128]
                                      [--features 256] [--repeats 2] [--results PATH]
                                      [--json PATH] [--quick]
 
@@ -32,11 +32,9 @@ run) and --json beside it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,14 +44,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script, `experiments` is not on the path
+import polyformer as pf
+from benchmarks import harness
+from experiments import kernel_swap
+from polyformer.attention import Dense, Favor, Sparse, patterns
+from polyformer.datasets.spoken_digits import espeak_available, synthesize
+from polyformer.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC
 
-import polyformer as pf  # noqa: E402
-from experiments import kernel_swap  # noqa: E402
-from polyformer.attention import Dense, Favor, Sparse, patterns  # noqa: E402
-from polyformer.datasets.spoken_digits import espeak_available, synthesize  # noqa: E402
-from polyformer.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC  # noqa: E402
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "long_audio.md"
 
 SAMPLE_RATE = 16_000
 TEXT = "three seven one zero nine four A B six two eight five C five "
@@ -155,36 +153,20 @@ def run(model: nnx.Module, seconds: Sequence[float], band: int, features: int, r
 
 
 def report(rows: list[dict], info: dict) -> str:
-    lines = [
-        "# Long audio: Wav2Vec2 with band and FAVOR+ attention",
-        "",
-        f"Command: `{info['command']}`  ",
-        f"Model: {info['model']}. Audio: {info['audio']}; batch 1, float32, CPU "
-        f"({info['cores']} cores). Date: {info['date']}. Load average at the start "
-        f"{info['load_start']}, at the end {info['load_end']} (the machine is shared: above "
-        f"{info['cores']} the wall times are inflated and noisy; CPU time is the steadier "
-        "figure). Times: median of "
-        f"{info['repeats']} calls after compiling and one warm-up call.",
-        "",
-        "Memory: XLA's analysis of the compiled forward, `temp` = the peak of its intermediate "
-        "buffers (weights and audio excluded: `args`); `attn temp` = the same for one "
-        "attention layer alone on the encoder's input. Against Dense: cosine of the per-frame "
-        "logit vectors (mean, min over frames), max |logit difference|, the share of frames "
-        "with the same argmax symbol.",
-        "",
-        "| audio | frames | kernel | wall (s) | CPU (s) | compile (s) | temp (MiB) | attn temp "
-        "(MiB) | args (MiB) | cosine mean | cosine min | max abs diff | argmax agree |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
+    return harness.render(
+        TEMPLATE,
+        **{k: info[k] for k in ("command", "model", "audio", "cores", "date", "repeats")},
+        load_start=info["load_start"],
+        load_end=info["load_end"],
+        rows="\n".join(
             f"| {r['seconds']:g} s | {r['frames']} | {r['kernel']} | {r['wall_s']:.2f} | "
             f"{r['cpu_s']:.2f} | {r['compile_s']:.1f} | {r['temp_bytes'] / 2**20:.1f} | "
             f"{r['attention_temp_bytes'] / 2**20:.2f} | {r['argument_bytes'] / 2**20:.0f} | "
             f"{r['cosine']:.4f} | {r['cosine_min']:.4f} | "
             f"{r['max_abs_diff']:.3g} | {r['argmax_agreement']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
+            for r in rows
+        ),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -218,15 +200,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     load_start = os.getloadavg()
     rows = run(model, args.seconds, args.band, args.features, args.repeats)
     info = {
-        "command": " ".join(
-            [".venv/bin/python", "experiments/long_audio.py", *(argv or sys.argv[1:])]
-        ),
+        "command": harness.command_line("experiments.long_audio", argv),
         "model": description,
         "audio": "espeak-ng speech repeated to length" if espeak_available() else "noise",
-        "cores": len(os.sched_getaffinity(0)),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_start": ", ".join(f"{x:.1f}" for x in load_start),
-        "load_end": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "cores": harness.cores(),
+        "date": harness.utc_now(),
+        "load_start": harness.fmt_load(load_start, digits=1),
+        "load_end": harness.fmt_load(os.getloadavg(), digits=1),
         "repeats": args.repeats,
     }
     text = report(rows, info)

@@ -1,6 +1,6 @@
 """Trains (or resumes) and evaluates the two vision runs on held-out digits, and writes the report.
 
-    python experiments/vision_eval.py [--train] [--vit DIR] [--clip DIR] [--results PATH]
+    python -m experiments.vision_eval [--train] [--vit DIR] [--clip DIR] [--results PATH]
 
 --train first runs `polyformer train` on experiments/configs/vit_digits.py and
 clip_captions.py (a finished run is not retrained; an unfinished one resumes) and times each.
@@ -23,10 +23,8 @@ the training wall times of --train, or "not timed" without it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -38,12 +36,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 import polyformer as pf
+from benchmarks import harness
 from polyformer.datasets import default_data_dir, digits
 from polyformer.models.clip.tokenizer import CLIPTokenizer
 from polyformer.training import config as run_config
 from polyformer.training.data.vision import DigitCaptions, DigitImages
 
 ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "experiments" / "templates"
 CONFIGS = {
     "vit": ROOT / "experiments" / "configs" / "vit_digits.py",
     "clip": ROOT / "experiments" / "configs" / "clip_captions.py",
@@ -179,66 +179,57 @@ def _timing(timing: dict | None) -> str:
 
 
 def report(result: dict) -> str:
-    lines = [
-        "## Vision training: ViT on digits, CLIP on digit captions",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']}; {result['date']}. The machine was shared with other "
-        "jobs, so the wall times are inflated.",
-        "",
+    parts = [
+        harness.render(
+            TEMPLATES / "vision_eval.md",
+            command=result["command"],
+            machine=result["machine"],
+            date=result["date"],
+        )
     ]
     if "vit" in result:
         v = result["vit"]
-        trainer = v["trainer"]
-        lines += [
-            "### ViT (experiments/configs/vit_digits.py)",
-            "",
-            f"A {v['params']:,}-parameter ViT trained from scratch: {v['steps']} steps of "
-            f"{v['batch_size']} images, objective `{v['objective']}`, on the "
-            "`sklearn_digits/gray32` training split (random shifts of up to 3 pixels).  ",
-            f"Training: {_timing(result.get('vit_timing'))}.",
-            "",
-            "| held-out images | top-1 accuracy | trainer's last eval (2 x 64 images) |",
-            "|---|---|---|",
-            f"| {v['images']} | **{_pct(v['accuracy'])}** | accuracy "
-            f"{_pct(trainer['eval']['accuracy'])}, loss {trainer['eval']['loss']:.3f} |",
-            "",
-            "Per digit: "
-            + ", ".join(f"{d}: {_pct(a)}" for d, a in enumerate(v["per_digit"]))
-            + ".",
-            "",
-        ]
+        parts.append(
+            harness.render(
+                TEMPLATES / "vision_eval_vit.md",
+                params=f"{v['params']:,}",
+                steps=v["steps"],
+                batch_size=v["batch_size"],
+                objective=v["objective"],
+                timing=_timing(result.get("vit_timing")),
+                images=v["images"],
+                accuracy=_pct(v["accuracy"]),
+                eval_accuracy=_pct(v["trainer"]["eval"]["accuracy"]),
+                eval_loss=f"{v['trainer']['eval']['loss']:.3f}",
+                per_digit=", ".join(f"{d}: {_pct(a)}" for d, a in enumerate(v["per_digit"])),
+            )
+        )
     if "clip" in result:
         c = result["clip"]
         z, r = c["zero_shot"], c["retrieval"]
-        lines += [
-            "### CLIP (experiments/configs/clip_captions.py)",
-            "",
-            f"A {c['params']:,}-parameter CLIP trained from scratch: {c['steps']} steps of "
-            f"{c['batch_size']} image/caption pairs from `{c['dataset']}`, CLIP's "
-            "symmetric contrastive loss over the batch, learned temperature (final "
-            f"exp(logit_scale) {c['logit_scale']:.1f}, capped at 100).  ",
-            f"Training: {_timing(result.get('clip_timing'))}.",
-            "",
-            f"Zero-shot over all {c['caption_space']} captions `{c['dataset']}` can produce, "
-            f"{c['images']} held-out images (chance: digit 10%, caption "
-            f"{_pct(1 / c['caption_space'])}):",
-            "",
-            "| caption exactly | digit | ink color | background color |",
-            "|---|---|---|---|",
-            f"| **{_pct(z['caption_exact'])}** | **{_pct(z['digit'])}** | "
-            f"{_pct(z['ink_color'])} | {_pct(z['background_color'])} |",
-            "",
-            f"Retrieval within the {c['images']} held-out pairs "
-            f"({c['distinct_captions_held_out']} distinct captions; chance "
-            f"{_pct(r['chance'])}):",
-            "",
-            "| image -> caption top-1 | caption -> image top-1 |",
-            "|---|---|",
-            f"| **{_pct(r['image_to_text_top1'])}** | **{_pct(r['text_to_image_top1'])}** |",
-            "",
-        ]
-    return "\n".join(lines)
+        parts.append(
+            harness.render(
+                TEMPLATES / "vision_eval_clip.md",
+                params=f"{c['params']:,}",
+                steps=c["steps"],
+                batch_size=c["batch_size"],
+                dataset=c["dataset"],
+                logit_scale=f"{c['logit_scale']:.1f}",
+                timing=_timing(result.get("clip_timing")),
+                caption_space=c["caption_space"],
+                images=c["images"],
+                caption_chance=_pct(1 / c["caption_space"]),
+                caption_exact=_pct(z["caption_exact"]),
+                digit=_pct(z["digit"]),
+                ink_color=_pct(z["ink_color"]),
+                background_color=_pct(z["background_color"]),
+                distinct_captions=c["distinct_captions_held_out"],
+                retrieval_chance=_pct(r["chance"]),
+                image_to_text=_pct(r["image_to_text_top1"]),
+                text_to_image=_pct(r["text_to_image_top1"]),
+            )
+        )
+    return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -253,10 +244,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     args = p.parse_args(argv)
     result = {
-        "command": " ".join(["python experiments/vision_eval.py", *argv]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores ({jax.default_backend()}); "
-        f"jax {jax.__version__}",
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": harness.command_line("experiments.vision_eval", argv, python="python"),
+        "machine": harness.machine_summary(),
+        "date": harness.utc_now(),
     }
     for name, run_dir, evaluate in (
         ("vit", args.vit, evaluate_vit),

@@ -46,5 +46,7 @@ def test_quick_run(tmp_path, monkeypatch):
         assert row["symbol_error_rate"] >= 0.0 and row["seconds"] > 0
     assert summary["chunking"]["seconds"] > 1.0
     assert results.is_file() and results.with_suffix(".png").is_file()
-    assert "CER" in results.read_text()
+    text = results.read_text()
+    assert "CER" in text and "Command: `python -m experiments.asr_digits --quick" in text
+    assert "$" not in text
     assert (tmp_path / "run" / "model" / "vocab.json").is_file()

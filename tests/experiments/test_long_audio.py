@@ -1,11 +1,14 @@
 """Long-audio experiment: the comparison and a --quick run of the whole script."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from experiments import long_audio
+
+RESULTS = Path(long_audio.__file__).parent / "results"
 
 
 def test_compare():
@@ -33,5 +36,14 @@ def test_quick_run(tmp_path):
     assert rows[0]["cosine"] == 1.0 and rows[0]["max_abs_diff"] == 0.0  # Dense against itself
     assert all(r["temp_bytes"] > r["attention_temp_bytes"] > 0 and r["wall_s"] > 0 for r in rows)
     assert [r["frames"] for r in rows] == [799] * 3
-    assert "| 1 s | 799 | Favor(16) |" in results.read_text()
+    text = results.read_text()
+    assert "| 1 s | 799 | Favor(16) |" in text
+    assert "Command: `.venv/bin/python -m experiments.long_audio --quick --results " in text
     assert json.loads(results.with_suffix(".json").read_text())["rows"] == rows
+
+
+def test_report_from_the_stored_run_is_the_recorded_one():
+    """The recorded report is the generated one plus a reading written by hand below it."""
+    stored = json.loads((RESULTS / "long_audio.json").read_text())
+    generated = long_audio.report(stored["rows"], stored["info"])
+    assert (RESULTS / "long_audio.md").read_text().startswith(generated + "\n## Reading")
