@@ -102,7 +102,7 @@ def command_line(module: str, argv: Sequence[str] | None = None, python: str = "
 
 
 def versions_text(info: dict, libraries: Sequence[str]) -> str:
-    """ "python 3.11.7, jax 0.10.2, ..." for python and `libraries` from `machine_info()`."""
+    """The versions of python and `libraries` in `machine_info()`: `python 3.11.7, jax 0.10.2`."""
     v = info["versions"]
     return ", ".join(f"{name} {v[name]}" for name in ("python", *libraries))
 

@@ -17,6 +17,11 @@ def test_machine_info_names_the_machine_and_the_libraries():
     assert info["date"].endswith("UTC")
 
 
+def test_machine_summary_is_one_line():
+    line = harness.machine_summary()
+    assert f"{harness.cores()} cores (cpu); jax " in line and "\n" not in line
+
+
 def test_versions_text_lists_python_first():
     info = {"versions": {"python": "3.11.7", "jax": "0.10.2", "torch": "2.13.0"}}
     text = harness.versions_text(info, ("jax", "torch"))
