@@ -27,17 +27,8 @@ def _generate(args: argparse.Namespace) -> None:
         print(result[0]["generated_text"])
 
 
-# The command that tries an exported model, by model_type.
-_TRY = {
-    "gpt2": 'generate {model} "def "',
-    "vit": "classify {model} IMAGE.jpg",
-    "clip": 'zero-shot {model} IMAGE.jpg --labels "a photo of a cat,a photo of a dog"',
-    "wav2vec2": "transcribe {model} SPEECH.wav",
-    "tapas": 'table-qa {model} TABLE.csv "QUESTION"',
-}
-
-
 def _train(args: argparse.Namespace) -> None:
+    from polyformer.models import FAMILIES
     from polyformer.training import config, trainer
 
     if args.distributed:
@@ -67,7 +58,7 @@ metrics:      {result.metrics_path} (and TensorBoard files in {result.out_dir / 
 loss plot:    {result.plot_path}
 checkpoints:  {job.checkpointer.directory}
 model:        {exported} (a Hugging Face checkpoint; pf.from_pretrained and transformers read it)
-try it:       {command} {_TRY[run.model.model_type].format(model=exported)}
+try it:       {command} {FAMILIES[run.model.model_type].try_command.format(model=exported)}
 continue:     {command} train {args.config} """
         + " ".join(f"--set {s}" for s in [*kept, f"steps={2 * result.final_step}"])
     )

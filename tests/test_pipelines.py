@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from flax import nnx
 
 import polyformer as pf
 from polyformer import cli
-from polyformer.models import gpt
+from polyformer.models import FAMILIES, clip, gpt
 from polyformer.training.data import save_tokenizer, train_bpe
 from tests.models.gpt.reference import random_hf_model
 
@@ -57,3 +58,15 @@ def test_cli_generate_prints_each_completion(checkpoint, capsys):
 def test_cli_reports_a_missing_checkpoint_without_a_traceback(tmp_path, capsys):
     assert cli.main(["generate", str(tmp_path / "nowhere"), "hello"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_family_says_which_family_the_task_needs(tmp_path):
+    pf.save_pretrained(clip.CLIPModel(clip.CLIPConfig.tiny(), rngs=nnx.Rngs(0)), tmp_path)
+    with pytest.raises(ValueError, match="is a clip checkpoint; text-generation needs gpt2"):
+        pf.pipeline("text-generation", tmp_path)
+
+
+def test_every_familys_tasks_are_pipeline_tasks():
+    for model_type, family in FAMILIES.items():
+        for task, cls in family.pipelines.items():
+            assert pf.pipelines.TASKS[task] == model_type and callable(cls.from_model)

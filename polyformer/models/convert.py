@@ -16,12 +16,11 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from polyformer.checkpoint_io import CheckpointError
 
 Path = tuple[str | int, ...]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read: corrupt, truncated, refused or of an unknown type."""
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -184,3 +183,34 @@ def save(table: Table, params: Mapping[Path, jax.Array]) -> dict[str, jax.Array]
         entry.hf: entry.to_hf(*(jnp.asarray(params[p]) for p in entry.ours))
         for entry in table.entries
     }
+
+
+def load_into(
+    model: nnx.Module, table: Table, tensors: Mapping[str, jax.Array], source: str
+) -> nnx.Module:
+    """`model` with the parameters `table` names set from the HF `tensors`, each cast to its
+    parameter's dtype.
+
+    Args:
+      model: the model to fill: abstract (`nnx.eval_shape(lambda: build(config, rngs=...))`, no
+        initialisation computed), in which case the table must fill every parameter, or built,
+        in which case parameters the table does not name keep their values.
+      table: the conversion table.
+      tensors: the checkpoint, HF name -> array.
+      source: what the checkpoint is (a file name), for error messages.
+
+    Raises CheckpointMismatchError listing every missing, unexpected and wrong-shape tensor.
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(rest)):
+        raise ValueError(f"{type(model).__name__} has state besides parameters; cannot load it")
+    flat = dict(nnx.to_flat_state(params))
+    filled = {path for entry in table.entries for path in entry.ours}
+    if any(isinstance(var.get_value(), jax.ShapeDtypeStruct) for var in flat.values()):
+        table.check_covers(set(flat))
+    shapes = {key: var.get_value() for key, var in flat.items() if key in filled}
+    values = load(table, tensors, shapes, source)
+    for key, var in flat.items():
+        if key in values:
+            var.set_value(values[key])
+    return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)

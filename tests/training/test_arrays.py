@@ -1,13 +1,8 @@
-"""In-memory training data (ArrayData) and the trainer on a data config other than text."""
-
-import dataclasses
-import textwrap
+"""In-memory training data (ArrayData)."""
 
 import numpy as np
 import pytest
 
-import polyformer as pf
-from polyformer import cli
 from polyformer.training.data import ArrayData, array_dataset
 
 
@@ -60,50 +55,3 @@ def test_bad_arrays_are_refused():
         ArrayData({"x": np.zeros(3)}, {"y": np.zeros(3)}, 1)
     with pytest.raises(ValueError, match="do not fill one global batch"):
         array_dataset(arrays(3), global_batch=4, seed=0)
-
-
-CONFIG = """
-import dataclasses
-
-import numpy as np
-
-from polyformer.models.gpt import GPT2Config
-from polyformer.training.config import RunConfig
-from polyformer.training.data import ArrayData
-
-
-@dataclasses.dataclass(frozen=True)
-class Counting:
-    # Sequences that count up from a random start modulo 16: easy to learn.
-    examples: int = 64
-
-    def load(self):
-        starts = np.random.default_rng(0).integers(0, 16, self.examples)
-        rows = (starts[:, None] + np.arange(9)) % 16
-        pairs = {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
-        return ArrayData(pairs, pairs, tokens_per_example=8, model_overrides={"vocab_size": 16})
-
-
-def config():
-    model = GPT2Config(n_positions=8, n_embd=16, n_layer=1, n_head=2)
-    return RunConfig(
-        model=model, data=Counting(), steps=6, batch_size=8, eval_every=3, eval_batches=2,
-        checkpoint_every=3, log_every=3, out_dir=OUT,
-    )
-"""
-
-
-def test_polyformer_train_runs_a_config_whose_data_is_arrays(tmp_path, capsys):
-    file = tmp_path / "counting.py"
-    file.write_text(textwrap.dedent(CONFIG).replace("OUT", repr(str(tmp_path / "run"))))
-    assert cli.main(["train", str(file), "--set", "data.examples=32"]) == 0
-    out = capsys.readouterr().out
-    assert "step 6: train loss" in out and "sample" not in out  # no tokenizer, no sample
-    assert f"generate {tmp_path / 'run' / 'model'}" in out  # how to try the exported model
-    model = pf.from_pretrained(tmp_path / "run" / "model")
-    assert model.config.vocab_size == 16 and model.config.n_layer == 1
-    assert dataclasses.asdict(model.config)["n_positions"] == 8
-
-
-def test_every_model_family_says_how_to_try_a_trained_model():
-    assert set(cli._TRY) == set(pf.hub.FAMILIES)

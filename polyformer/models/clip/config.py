@@ -6,10 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import jax.numpy as jnp
-
-from polyformer.attention import AttentionKernel, Dense
 from polyformer.models.activations import check_activation
+from polyformer.models.config import HFConfig, ModelConfig
 from polyformer.models.vit.config import size_pair
 
 # Before transformers PR #24773 the text config's eos_token_id was wrong (2); checkpoints that
@@ -29,19 +27,8 @@ def _check_tower(config: Any, kind: str) -> None:
             raise ValueError(f"{kind}: {name} must be positive, got {getattr(config, name)}")
 
 
-def _read(cls, hf: dict[str, Any]):
-    """The dataclass `cls` from the keys of `hf` that are its fields (others are ignored)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in hf.items() if k in names})
-
-
-def _write(config: Any) -> dict[str, Any]:
-    hf = dataclasses.asdict(config)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in hf.items()}
-
-
 @dataclasses.dataclass(frozen=True)
-class CLIPTextConfig:
+class CLIPTextConfig(HFConfig):
     """transformers' `CLIPTextConfig` fields and defaults (the text tower of ViT-B/32).
 
     eos_token_id: where the pooled output is taken: the first position holding it, or, for the
@@ -68,6 +55,7 @@ class CLIPTextConfig:
     eos_token_id: int = 49407
 
     def __post_init__(self):
+        super().__post_init__()
         _check_tower(self, "text_config")
         if not isinstance(self.eos_token_id, int):
             raise ValueError(
@@ -81,10 +69,11 @@ class CLIPTextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPVisionConfig:
+class CLIPVisionConfig(HFConfig):
     """transformers' `CLIPVisionConfig` fields and defaults (ViT-B/32 at 224 px)."""
 
     model_type: ClassVar[str] = "clip_vision_model"
+    TUPLES: ClassVar[tuple[str, ...]] = ("image_size", "patch_size")
 
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -101,10 +90,8 @@ class CLIPVisionConfig:
     initializer_factor: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         _check_tower(self, "vision_config")
-        for name in ("image_size", "patch_size"):
-            if isinstance(getattr(self, name), list):  # JSON arrays; keep the config hashable
-                object.__setattr__(self, name, tuple(getattr(self, name)))
         image, patch = (
             size_pair(self.image_size, "image_size"),
             size_pair(self.patch_size, "patch_size"),
@@ -114,19 +101,24 @@ class CLIPVisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPConfig:
+class CLIPConfig(ModelConfig):
     """transformers' `CLIPConfig` (openai/clip-vit-base-patch32's sizes by default) plus ours.
 
     Attributes:
       projection_dim: width of the shared image-text embedding space.
       logit_scale_init_value: initial log of the similarity temperature (ln(1 / 0.07)).
       attention: the kernel of every attention layer of both towers; None means
-        `Dense(dropout_rate=...)` with each tower's attention_dropout.
+        `Dense(dropout_rate=...)` with each tower's attention_dropout (`tower_kernel`).
       dtype: computation dtype; similarity logits and embeddings stay float32.
-      param_dtype: storage dtype.
     """
 
     model_type: ClassVar[str] = "clip"
+    ARCHITECTURES: ClassVar[tuple[str, ...]] = ("CLIPModel",)
+    NESTED: ClassVar[dict[str, type]] = {
+        "text_config": CLIPTextConfig,
+        "vision_config": CLIPVisionConfig,
+    }
+    POSITIVE: ClassVar[tuple[str, ...]] = ("projection_dim",)
 
     text_config: CLIPTextConfig = CLIPTextConfig()
     vision_config: CLIPVisionConfig = CLIPVisionConfig()
@@ -134,18 +126,13 @@ class CLIPConfig:
     logit_scale_init_value: float = 2.6592
     initializer_factor: float = 1.0
 
-    attention: AttentionKernel | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    @property
+    def kernel(self) -> Any:
+        raise AttributeError("CLIP's towers differ in dropout: use tower_kernel(tower)")
 
-    def __post_init__(self):
-        if self.projection_dim < 1:
-            raise ValueError(f"projection_dim must be positive, got {self.projection_dim}")
-
-    def kernel(self, tower: CLIPTextConfig | CLIPVisionConfig) -> AttentionKernel:
-        if self.attention is None:
-            return Dense(dropout_rate=tower.attention_dropout)
-        return self.attention
+    def tower_kernel(self, tower: CLIPTextConfig | CLIPVisionConfig) -> Any:
+        """The attention kernel of one tower's layers."""
+        return self.kernel_with_dropout(tower.attention_dropout)
 
     @classmethod
     def clip_vit_base_patch32(cls, **overrides) -> CLIPConfig:
@@ -170,35 +157,3 @@ class CLIPConfig:
                                   num_attention_heads=3, image_size=20, patch_size=4)  # fmt: skip
         defaults = dict(text_config=text, vision_config=vision, projection_dim=16)
         return cls(**{**defaults, **overrides})
-
-    @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> CLIPConfig:
-        """From a config.json dict; generic HF keys (and the towers' own `projection_dim`,
-        `model_type`, ...) are ignored; an `architectures` without CLIPModel raises ValueError."""
-        architectures = hf.get("architectures") or ["CLIPModel"]
-        if "CLIPModel" not in architectures:
-            raise ValueError(
-                f"config.json architectures {architectures}: only CLIPModel is supported"
-            )
-        names = {"projection_dim", "logit_scale_init_value", "initializer_factor"}
-        return cls(
-            text_config=_read(CLIPTextConfig, hf.get("text_config") or {}),
-            vision_config=_read(CLIPVisionConfig, hf.get("vision_config") or {}),
-            **{k: v for k, v in hf.items() if k in names},
-        )
-
-    def to_hf(self) -> dict[str, Any]:
-        """The config.json dict that transformers' CLIPModel reads."""
-        return {
-            "model_type": self.model_type,
-            "architectures": ["CLIPModel"],
-            "dtype": jnp.dtype(self.param_dtype).name,
-            "projection_dim": self.projection_dim,
-            "logit_scale_init_value": self.logit_scale_init_value,
-            "initializer_factor": self.initializer_factor,
-            "text_config": {"model_type": CLIPTextConfig.model_type, **_write(self.text_config)},
-            "vision_config": {
-                "model_type": CLIPVisionConfig.model_type,
-                **_write(self.vision_config),
-            },
-        }

@@ -54,7 +54,7 @@ def _encoder(tower, config: CLIPConfig, rngs: nnx.Rngs) -> Encoder:
         intermediate=tower.intermediate_size,
         activation=tower.hidden_act,
         epsilon=tower.layer_norm_eps,
-        kernel=config.kernel(tower),
+        kernel=config.tower_kernel(tower),
         init=_encoder_init(tower),
         dtype=config.dtype,
         param_dtype=config.param_dtype,

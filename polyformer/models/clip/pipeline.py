@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from polyformer import hub
 from polyformer.models.clip.model import CLIPModel
 from polyformer.models.clip.processing import CLIPImageProcessor
 from polyformer.models.clip.tokenizer import CLIPTokenizer
@@ -52,15 +51,15 @@ class ZeroShotImageClassificationPipeline:
             )
 
     @classmethod
-    def from_pretrained(
-        cls, path: str | os.PathLike, **load_kwargs
+    def from_model(
+        cls, model: CLIPModel, directory: str | os.PathLike
     ) -> ZeroShotImageClassificationPipeline:
-        """The model (`load_kwargs` go to `hub.from_pretrained`), preprocessor_config.json and
-        tokenizer files of a checkpoint directory."""
+        """A loaded model with the preprocessor_config.json and tokenizer files of its checkpoint
+        `directory`."""
         return cls(
-            hub.from_pretrained(path, **load_kwargs),
-            CLIPImageProcessor.from_pretrained(path),
-            CLIPTokenizer.from_pretrained(path),
+            model,
+            CLIPImageProcessor.from_pretrained(directory),
+            CLIPTokenizer.from_pretrained(directory),
         )
 
     def __call__(

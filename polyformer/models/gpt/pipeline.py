@@ -46,9 +46,6 @@ class TextGenerationPipeline:
         return results[0] if single else results
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **load_kwargs) -> TextGenerationPipeline:
-        """The model and tokenizer of checkpoint directory `path`; `load_kwargs` (dtype=,
-        attention=) go to `pf.from_pretrained`."""
-        from polyformer import hub
-
-        return cls(hub.from_pretrained(path, **load_kwargs), GPT2Tokenizer.from_pretrained(path))
+    def from_model(cls, model: Any, directory: str | os.PathLike) -> TextGenerationPipeline:
+        """A loaded model with the tokenizer files of its checkpoint `directory`."""
+        return cls(model, GPT2Tokenizer.from_pretrained(directory))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import jax.numpy as jnp
-
-from polyformer.attention import AttentionKernel, Dense
 from polyformer.models.activations import check_activation
+from polyformer.models.config import ModelConfig
 
 # The seven token-type channels of `token_type_ids[..., i]`, in order.
 TOKEN_TYPES = (
@@ -20,15 +19,7 @@ TOKEN_TYPES = (
     "inv_column_ranks",
     "numeric_relations",
 )
-# The HF classes whose checkpoints this port reads and writes (config.json's `architectures`).
-ARCHITECTURES = ("TapasForQuestionAnswering", "TapasModel")
 AVERAGE_APPROXIMATIONS = ("ratio", "first_order", "second_order")
-# config.json fields that change the architecture in ways this port does not implement.
-_UNSUPPORTED = {
-    "add_cross_attention": "cross-attention blocks",
-    "is_decoder": "TAPAS as a causal decoder",
-}
-_OURS = ("attention", "dtype", "param_dtype", "architecture")
 # The fine-tuning fields of the official checkpoints' config.json files.
 _WTQ = dict(
     num_aggregation_labels=4,
@@ -55,23 +46,36 @@ _WIKISQL_SUPERVISED = dict(
 
 
 @dataclasses.dataclass(frozen=True)
-class TapasConfig:
-    """Field names and defaults are transformers' `TapasConfig` (the SQA base model);
-    `attention`, `dtype`, `param_dtype` and `architecture` are ours.
+class TapasConfig(ModelConfig):
+    """Field names and defaults are transformers' `TapasConfig` (the SQA base model); the fields
+    of ModelConfig (`attention`, `dtype`, `param_dtype`, `architectures`) are ours.
 
     Attributes:
       attention: the kernel of every attention layer; None means
         `Dense(dropout_rate=attention_probs_dropout_prob)`.
       dtype: computation dtype; logits, the segmented cell averages and the loss stay float32.
-      param_dtype: storage dtype of the parameters.
       aggregation_labels: the name of each aggregation, indexed by its id (config.json's
         {"0": "NONE", ...} dict, kept as a tuple so that the config stays hashable).
-      architecture: the HF class the model corresponds to, read from and written to
-        config.json's `architectures`: "TapasForQuestionAnswering" (encoder, pooler and the
-        cell-selection and aggregation heads) or "TapasModel" (encoder and pooler).
+      architectures: the HF class the model corresponds to: "TapasForQuestionAnswering"
+        (encoder, pooler and the cell-selection and aggregation heads) or "TapasModel" (encoder
+        and pooler).
     """
 
     model_type: ClassVar[str] = "tapas"
+    ARCHITECTURES: ClassVar[tuple[str, ...]] = ("TapasForQuestionAnswering", "TapasModel")
+    ATTENTION_DROPOUT: ClassVar[str] = "attention_probs_dropout_prob"
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "add_cross_attention": "cross-attention blocks",
+        "is_decoder": "TAPAS as a causal decoder",
+    }
+    OURS: ClassVar[tuple[str, ...]] = (*ModelConfig.OURS, "aggregation_labels")
+    TUPLES: ClassVar[tuple[str, ...]] = (*ModelConfig.TUPLES, "type_vocab_sizes")
+    # Older config.json files (the official ones among them) call type_vocab_sizes this.
+    RENAMED: ClassVar[dict[str, str]] = {"type_vocab_size": "type_vocab_sizes"}
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        "intermediate_size", "max_position_embeddings", "max_num_rows", "max_num_columns",
+    )  # fmt: skip
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -112,14 +116,8 @@ class TapasConfig:
     aggregation_labels: tuple[str, ...] | None = None
     no_aggregation_label_index: int | None = None
 
-    attention: AttentionKernel | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    architecture: str = "TapasForQuestionAnswering"
-
     def __post_init__(self):
-        # Tuples, so that the config hashes (jit's static arguments): HF gives lists and dicts.
-        object.__setattr__(self, "type_vocab_sizes", tuple(self.type_vocab_sizes))
+        # A tuple, so that the config hashes (jit's static arguments): HF gives a dict.
         if isinstance(self.aggregation_labels, dict):
             labels = {int(k): v for k, v in self.aggregation_labels.items()}
             if sorted(labels) != list(range(len(labels))):
@@ -132,26 +130,16 @@ class TapasConfig:
         elif self.aggregation_labels is not None:
             object.__setattr__(self, "aggregation_labels", tuple(self.aggregation_labels))
         check_activation(self.hidden_act)
+        super().__post_init__()
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
-        for name in (
-            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-            "intermediate_size", "max_position_embeddings", "max_num_rows", "max_num_columns",
-        ):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if len(self.type_vocab_sizes) != len(TOKEN_TYPES):
             raise ValueError(
                 f"type_vocab_sizes must have {len(TOKEN_TYPES)} entries ({', '.join(TOKEN_TYPES)})"
                 f", got {list(self.type_vocab_sizes)}"
-            )
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"architecture {self.architecture!r} is not supported; known: "
-                f"{', '.join(ARCHITECTURES)}"
             )
         if self.average_approximation_function not in AVERAGE_APPROXIMATIONS:
             raise ValueError(
@@ -165,17 +153,11 @@ class TapasConfig:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
-    @property
-    def kernel(self) -> AttentionKernel:
-        if self.attention is None:
-            return Dense(dropout_rate=self.attention_probs_dropout_prob)
-        return self.attention
-
     # Named constructors: the official configurations and the one the tests use.
     @classmethod
     def base(cls, **overrides) -> TapasConfig:
         """google/tapas-base (the pre-trained encoder, no fine-tuning head)."""
-        return cls(**{"architecture": "TapasModel", **overrides})
+        return cls(**{"architectures": ("TapasModel",), **overrides})
 
     @classmethod
     def base_wtq(cls, **overrides) -> TapasConfig:
@@ -199,36 +181,20 @@ class TapasConfig:
         return cls.base_wtq(**{**defaults, **overrides})
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> TapasConfig:
-        """From a config.json dict; generic HF keys are ignored, `architectures` picks the head,
-        architecture changes this port lacks raise ValueError."""
-        for key, what in _UNSUPPORTED.items():
-            if hf.get(key):
-                raise ValueError(f"config.json sets {key}: {what} are not supported")
-        fields = {f.name for f in dataclasses.fields(cls)} - set(_OURS)
-        kwargs = {k: v for k, v in hf.items() if k in fields}
-        if "type_vocab_sizes" not in kwargs and isinstance(hf.get("type_vocab_size"), list):
-            kwargs["type_vocab_sizes"] = hf["type_vocab_size"]  # the legacy key
-        architectures = hf.get("architectures") or ["TapasForQuestionAnswering"]
-        known = [a for a in architectures if a in ARCHITECTURES]
-        if not known:
+    def kwargs_from_hf(cls, hf: Mapping[str, Any]) -> dict[str, Any]:
+        """ModelConfig's, plus `aggregation_labels` (a JSON object of id -> name)."""
+        kwargs = super().kwargs_from_hf(hf)
+        labels = hf.get("aggregation_labels")
+        if labels is not None and not isinstance(labels, (dict, list)):
             raise ValueError(
-                f"config.json's architectures {architectures} name no supported TAPAS class; "
-                f"known: {', '.join(ARCHITECTURES)}"
+                f"config.json: aggregation_labels must be an object of id -> name, got {labels!r}"
             )
-        return cls(**kwargs, architecture=known[0])
+        if labels is not None:
+            kwargs["aggregation_labels"] = labels
+        return kwargs
 
     def to_hf(self) -> dict[str, Any]:
         """The config.json dict that transformers' `self.architecture` class reads."""
-        hf = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _OURS
-        }
-        hf["type_vocab_sizes"] = list(self.type_vocab_sizes)
-        if self.aggregation_labels is not None:
-            hf["aggregation_labels"] = {str(i): v for i, v in enumerate(self.aggregation_labels)}
-        return {
-            "model_type": self.model_type,
-            "architectures": [self.architecture],
-            "dtype": jnp.dtype(self.param_dtype).name,
-            **hf,
-        }
+        labels = self.aggregation_labels
+        ids = None if labels is None else {str(i): label for i, label in enumerate(labels)}
+        return {**super().to_hf(), "aggregation_labels": ids}

@@ -16,8 +16,9 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from polyformer.checkpoint_io import CheckpointError, read_config, read_weights
 from polyformer.models import convert
-from polyformer.models.convert import CheckpointError, copy, transpose
+from polyformer.models.convert import copy, transpose
 from polyformer.models.tapas.config import TapasConfig
 from polyformer.models.tapas.model import build
 
@@ -140,7 +141,7 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
       path: a checkpoint directory with `model_type` "bert" (BertModel, BertForPreTraining,
         BertForMaskedLM, ... as transformers saves them; pre-training heads are dropped).
       config: the TAPAS configuration (its head, loss and table fields); its encoder fields
-        must equal the checkpoint's. None: `TapasConfig(architecture="TapasModel")` with the
+        must equal the checkpoint's. None: `TapasConfig.base()` (TapasModel) with the
         checkpoint's encoder fields.
 
     Returns `config.architecture`'s model, in evaluation mode. BERT's token-type table (2 rows)
@@ -149,10 +150,8 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
     encoder computes what BERT computes on those token type ids. Position embeddings are BERT's
     first `config.max_position_embeddings` rows. The TAPAS heads keep their initialisation.
     """
-    from polyformer import hub  # hub imports every family, this one included
-
     directory = Path(path)
-    hf_config = hub._read_config(directory)
+    hf_config = read_config(directory)
     if hf_config.get("model_type") != "bert":
         raise CheckpointError(
             f"{directory}: from_bert needs a BERT checkpoint, config.json has model_type "
@@ -160,7 +159,7 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
         )
     bert = {k: hf_config[k] for k in _BERT_FIELDS if k in hf_config}
     if config is None:
-        config = TapasConfig(**bert, architecture="TapasModel")
+        config = TapasConfig.base(**bert)
     wrong = [
         f"{k}: config {getattr(config, k)!r}, BERT {bert[k]!r}"
         for k in _ENCODER_FIELDS
@@ -211,16 +210,11 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
             lambda x: jnp.zeros((positions, x.shape[1]), x.dtype),
         ),
     ]
-    bert_table = convert.Table(tuple(entries))
+    # The token-type tables BERT lacks (and the segment rows past its own) start at zero.
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    filled = {path for entry in entries for path in entry.ours}
-    shapes = {key: var.get_value() for key, var in flat.items() if key in filled}
-    tensors, source = hub.read_weights(directory)
-    values = convert.load(bert_table, _bert_tensors(tensors), shapes, source)
     for key, var in flat.items():
-        if key in values:
-            var.set_value(values[key])
-        elif key[: len(embeddings) + 1] == (*embeddings, "token_type_embeddings"):
+        if key[: len(embeddings) + 1] == (*embeddings, "token_type_embeddings"):
             var.set_value(jnp.zeros_like(var.get_value()))
     nnx.update(model, nnx.from_flat_state(flat))
-    return model
+    tensors, source = read_weights(directory)
+    return convert.load_into(model, convert.Table(tuple(entries)), _bert_tensors(tensors), source)

@@ -239,7 +239,7 @@ class TapasModel(nnx.Module):
     """
 
     def __init__(self, config: TapasConfig, *, rngs: nnx.Rngs):
-        self.config = dataclasses.replace(config, architecture="TapasModel")
+        self.config = dataclasses.replace(config, architectures=("TapasModel",))
         self.embeddings = TapasEmbeddings(config, rngs=rngs)
         self.encoder = TapasEncoder(config, rngs=rngs)
         self.pooler = TapasPooler(config, rngs=rngs)
@@ -309,7 +309,7 @@ class TapasForQuestionAnswering(nnx.Module):
     """
 
     def __init__(self, config: TapasConfig, *, rngs: nnx.Rngs):
-        c = self.config = dataclasses.replace(config, architecture="TapasForQuestionAnswering")
+        c = self.config = dataclasses.replace(config, architectures=("TapasForQuestionAnswering",))
         self.tapas = TapasModel(c, rngs=rngs)
         self.dropout = nnx.Dropout(c.hidden_dropout_prob)
         std = None if c.init_cell_selection_weights_to_zero else c.initializer_range

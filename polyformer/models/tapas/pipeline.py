@@ -7,17 +7,18 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from flax import nnx
 
-from polyformer import hub
 from polyformer.models.tapas import decoding
 from polyformer.models.tapas.config import TOKEN_TYPES
 from polyformer.models.tapas.tokenizer import TapasTokenizer, table_to_strings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LENGTH_BUCKET = 64
 
@@ -25,6 +26,8 @@ LENGTH_BUCKET = 64
 def read_table(table: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """`table` as a DataFrame of strings with a plain 0..n-1 index: a DataFrame (cells that are
     not strings converted, with a warning) or a CSV file read as text (empty cells stay empty)."""
+    import pandas as pd  # half a second: only table QA needs it, not `import polyformer`
+
     if isinstance(table, str | os.PathLike):
         path = Path(table)
         if not path.is_file():
@@ -58,12 +61,9 @@ class TableQuestionAnsweringPipeline:
     tokenizer: TapasTokenizer
 
     @classmethod
-    def from_pretrained(
-        cls, path: str | os.PathLike, **load_kwargs
-    ) -> TableQuestionAnsweringPipeline:
-        """The pipeline over a checkpoint directory (config.json, weights, vocab.txt);
-        `load_kwargs` (dtype=, attention=) go to `from_pretrained`."""
-        return cls(hub.from_pretrained(path, **load_kwargs), TapasTokenizer.from_pretrained(path))
+    def from_model(cls, model: Any, directory: str | os.PathLike) -> TableQuestionAnsweringPipeline:
+        """A loaded model with the vocab.txt of its checkpoint `directory`."""
+        return cls(model, TapasTokenizer.from_pretrained(directory))
 
     def __call__(
         self,

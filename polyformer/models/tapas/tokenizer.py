@@ -11,15 +11,17 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers
 
 from polyformer.models.tapas import numbers
 from polyformer.models.tapas.config import TOKEN_TYPES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # tokenizer_config.json keys this tokenizer takes, with transformers' defaults.
 _CONFIG_DEFAULTS: dict[str, Any] = {
@@ -49,6 +51,8 @@ def table_to_strings(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     Cells that are not strings are converted with `str` and a warning (TAPAS reads text; missing
     values become "nan", which TAPAS writes as [EMPTY]).
     """
+    import pandas as pd  # half a second: only table QA needs it, not `import polyformer`
+
     if not isinstance(table, pd.DataFrame):
         raise ValueError(f"the table must be a pandas DataFrame, got {type(table).__name__}")
     header = [str(name) for name in table.columns]

@@ -1,5 +1,7 @@
-"""ViT: `ViTForImageClassification`, `ViTModel`, their config and conversion table."""
+"""ViT: `ViTForImageClassification`, `ViTModel`, their config and conversion table; `FAMILY` is
+its record in `polyformer.models.FAMILIES`."""
 
+from polyformer.models.family import Family
 from polyformer.models.vit import convert
 from polyformer.models.vit.config import ViTConfig
 from polyformer.models.vit.model import (
@@ -9,8 +11,21 @@ from polyformer.models.vit.model import (
     ViTModel,
     build,
 )
+from polyformer.models.vit.pipeline import ImageClassificationPipeline
+
+FAMILY = Family(
+    model_type="vit",
+    config=ViTConfig,
+    build=build,
+    table=convert.table,
+    pipelines={"image-classification": ImageClassificationPipeline},
+    objectives=("image_classification", "image_classification_mixup"),
+    command="classify",
+    try_command="classify {model} IMAGE.jpg",
+)
 
 __all__ = [
+    "FAMILY",
     "BaseModelOutputWithPooling",
     "ImageClassifierOutput",
     "ViTConfig",

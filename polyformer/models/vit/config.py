@@ -6,16 +6,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from polyformer.attention import AttentionKernel, Dense
 from polyformer.models.activations import check_activation
-
-# config.json `architectures` entries this port builds; the first is the default.
-ARCHITECTURES = ("ViTForImageClassification", "ViTModel")
-# config.json keys of ours, written only where they differ from transformers' behaviour.
-_OURS = ("attention", "dtype", "param_dtype", "architecture", "add_pooling_layer")
+from polyformer.models.config import ModelConfig
 
 
 def size_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -49,22 +43,29 @@ def labels(
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(ModelConfig):
     """Field names and defaults are transformers' `ViTConfig` (ViT-B/16 at 224 px); the rest are
     ours.
 
     Attributes:
       id2label: class index -> name; the classifier has len(id2label) outputs (`num_labels`).
-      architecture: the model class config.json's `architectures` names: the classifier
+      architectures: the model class config.json names: the classifier
         ("ViTForImageClassification") or the bare encoder ("ViTModel").
       add_pooling_layer: ViTModel only: the pooler (dense + pooler_act on the CLS token), which
-        transformers' ViTModel has by default.
+        transformers' ViTModel has by default; written to config.json only when False.
       attention: the kernel of every attention layer; None means
         `Dense(dropout_rate=attention_probs_dropout_prob)`.
-      dtype: computation dtype; logits stay float32. param_dtype: storage dtype.
     """
 
     model_type: ClassVar[str] = "vit"
+    ARCHITECTURES: ClassVar[tuple[str, ...]] = ("ViTForImageClassification", "ViTModel")
+    ATTENTION_DROPOUT: ClassVar[str] = "attention_probs_dropout_prob"
+    OURS: ClassVar[tuple[str, ...]] = (*ModelConfig.OURS, "add_pooling_layer", "id2label")
+    TUPLES: ClassVar[tuple[str, ...]] = (*ModelConfig.TUPLES, "image_size", "patch_size")
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "num_channels",
+    )  # fmt: skip
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -83,20 +84,13 @@ class ViTConfig:
     pooler_output_size: int | None = None
     pooler_act: str = "tanh"
     id2label: FrozenDict = FrozenDict({0: "LABEL_0", 1: "LABEL_1"})
-
-    architecture: str = ARCHITECTURES[0]
     add_pooling_layer: bool = True
-    attention: AttentionKernel | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         check_activation(self.hidden_act)
         check_activation(self.pooler_act)
+        super().__post_init__()
         for name in ("image_size", "patch_size"):
-            value = getattr(self, name)
-            if isinstance(value, list):  # JSON arrays; the dataclass must stay hashable
-                object.__setattr__(self, name, tuple(value))
             size_pair(getattr(self, name), name)
         if self.pooler_output_size is None:  # as transformers: the pooler keeps the width
             object.__setattr__(self, "pooler_output_size", self.hidden_size)
@@ -106,15 +100,6 @@ class ViTConfig:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
-            )
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "num_channels"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"architecture {self.architecture!r} is not supported; known: "
-                f"{', '.join(ARCHITECTURES)}"
             )
         if self.architecture == "ViTForImageClassification" and self.num_labels < 1:
             raise ValueError("ViTForImageClassification needs at least one label in id2label")
@@ -139,12 +124,6 @@ class ViTConfig:
         )
         return h // ph, w // pw
 
-    @property
-    def kernel(self) -> AttentionKernel:
-        if self.attention is None:
-            return Dense(dropout_rate=self.attention_probs_dropout_prob)
-        return self.attention
-
     @classmethod
     def vit_base_patch16_224(cls, **overrides) -> ViTConfig:
         """google/vit-base-patch16-224's architecture (86M parameters; its 1000 ImageNet label
@@ -166,41 +145,23 @@ class ViTConfig:
         return cls(**{**defaults, **overrides})
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> ViTConfig:
-        """From a config.json dict. `architectures` picks the class (default the classifier);
-        generic HF keys are ignored; an architecture this port lacks raises ValueError."""
-        architectures = hf.get("architectures") or [ARCHITECTURES[0]]
-        known = [a for a in architectures if a in ARCHITECTURES]
-        if not known:
-            raise ValueError(
-                f"config.json architectures {architectures} names no class this port has; "
-                f"known: {', '.join(ARCHITECTURES)}"
-            )
-        names = {f.name for f in dataclasses.fields(cls)} - set(_OURS) - {"id2label"}
-        kwargs = {k: v for k, v in hf.items() if k in names}
+    def kwargs_from_hf(cls, hf: Mapping[str, Any]) -> dict[str, Any]:
+        """ModelConfig's, plus the labels (`id2label`, `label2id`, `num_labels` as transformers
+        reads them) and our `add_pooling_layer`."""
+        kwargs = super().kwargs_from_hf(hf)
         kwargs["id2label"] = labels(hf.get("id2label"), hf.get("label2id"), hf.get("num_labels"))
         if "add_pooling_layer" in hf:
             kwargs["add_pooling_layer"] = bool(hf["add_pooling_layer"])
-        return cls(architecture=known[0], **kwargs)
+        return kwargs
 
     def to_hf(self) -> dict[str, Any]:
         """The config.json dict that transformers' class `architecture` reads."""
         hf = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in _OURS and f.name != "id2label"
+            **super().to_hf(),
+            "id2label": {str(i): label for i, label in self.id2label.items()},
+            "label2id": self.label2id,
         }
-        for name in ("image_size", "patch_size"):
-            if isinstance(hf[name], tuple):
-                hf[name] = list(hf[name])
         if self.architecture == "ViTModel" and not self.add_pooling_layer:
             # Not a transformers field (it is a ViTModel argument); read back by from_hf.
             hf["add_pooling_layer"] = False
-        return {
-            "model_type": self.model_type,
-            "architectures": [self.architecture],
-            "dtype": jnp.dtype(self.param_dtype).name,
-            "id2label": {str(i): label for i, label in self.id2label.items()},
-            "label2id": self.label2id,
-            **hf,
-        }
+        return hf

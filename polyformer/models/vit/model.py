@@ -185,7 +185,7 @@ class ViTModel(nnx.Module):
     """
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
-        self.config = config = dataclasses.replace(config, architecture=type(self).__name__)
+        self.config = config = dataclasses.replace(config, architectures=(type(self).__name__,))
         self.embeddings, self.encoder, self.layernorm = _vit_body(config, rngs)
         self.dropout = nnx.Dropout(config.hidden_dropout_prob)
         if config.add_pooling_layer:
@@ -223,7 +223,7 @@ class ViTForImageClassification(nnx.Module):
     """
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
-        self.config = config = dataclasses.replace(config, architecture=type(self).__name__)
+        self.config = config = dataclasses.replace(config, architectures=(type(self).__name__,))
         self.vit = ViTModel(dataclasses.replace(config, add_pooling_layer=False), rngs=rngs)
         self.classifier = _head(config, config.num_labels, rngs)
         self.deterministic = True
@@ -300,5 +300,5 @@ CLASSES = {"ViTForImageClassification": ViTForImageClassification, "ViTModel": V
 
 
 def build(config: ViTConfig, *, rngs: nnx.Rngs) -> ViTForImageClassification | ViTModel:
-    """The class that `config.architecture` names (what hub.from_pretrained builds)."""
+    """The class that `config.architecture` names (what `from_pretrained` builds)."""
     return CLASSES[config.architecture](config, rngs=rngs)

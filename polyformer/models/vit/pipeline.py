@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from polyformer import hub
+from polyformer.checkpoint_io import read_config
 from polyformer.models.vit.model import ViTForImageClassification
 from polyformer.models.vit.processing import Image, ViTImageProcessor, image_list, load_image
 
@@ -83,14 +82,13 @@ class ImageClassificationPipeline:
             )
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **load_kwargs) -> ImageClassificationPipeline:
-        """The model (`load_kwargs` go to `hub.from_pretrained`) and preprocessor_config.json
-        of a checkpoint directory; scores as transformers picks them from config.json's
-        `problem_type` and the number of labels."""
-        model = hub.from_pretrained(path, **load_kwargs)
-        problem_type = json.loads((Path(path) / hub.CONFIG).read_text()).get("problem_type")
+    def from_model(cls, model: Any, directory: str | os.PathLike) -> ImageClassificationPipeline:
+        """A loaded model with the preprocessor_config.json of its checkpoint `directory`;
+        scores as transformers picks them from config.json's `problem_type` and the number of
+        labels."""
+        problem_type = read_config(directory).get("problem_type")
         function = default_score_function(problem_type, len(model.config.id2label))
-        return cls(model, ViTImageProcessor.from_pretrained(path), function)
+        return cls(model, ViTImageProcessor.from_pretrained(directory), function)
 
     def __call__(
         self, images: Image | Sequence[Image], *, top_k: int | None = 5

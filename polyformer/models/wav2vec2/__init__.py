@@ -1,5 +1,7 @@
-"""Wav2Vec2: `Wav2Vec2ForCTC` and `Wav2Vec2Model`, their config and conversion table."""
+"""Wav2Vec2: `Wav2Vec2ForCTC` and `Wav2Vec2Model`, their config and conversion table; `FAMILY`
+is its record in `polyformer.models.FAMILIES`."""
 
+from polyformer.models.family import Family
 from polyformer.models.wav2vec2 import convert
 from polyformer.models.wav2vec2.config import Wav2Vec2Config
 from polyformer.models.wav2vec2.model import (
@@ -12,8 +14,21 @@ from polyformer.models.wav2vec2.model import (
     frame_mask,
     spec_augment_mask,
 )
+from polyformer.models.wav2vec2.pipeline import AutomaticSpeechRecognitionPipeline
+
+FAMILY = Family(
+    model_type="wav2vec2",
+    config=Wav2Vec2Config,
+    build=build,
+    table=convert.table,
+    pipelines={"automatic-speech-recognition": AutomaticSpeechRecognitionPipeline},
+    objectives=("ctc",),
+    command="transcribe",
+    try_command="transcribe {model} SPEECH.wav",
+)
 
 __all__ = [
+    "FAMILY",
     "CTCOutput",
     "Wav2Vec2BaseModelOutput",
     "Wav2Vec2Config",

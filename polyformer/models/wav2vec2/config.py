@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import jax.numpy as jnp
-
-from polyformer.attention import AttentionKernel, Dense
 from polyformer.models.activations import check_activation
-
-# The head classes this port builds, by the name config.json's `architectures` gives them.
-ARCHITECTURES = ("Wav2Vec2ForCTC", "Wav2Vec2Model")
-
-# Tuple-valued fields: config.json stores them as lists.
-_TUPLES = ("conv_dim", "conv_stride", "conv_kernel", "tdnn_dim", "tdnn_kernel", "tdnn_dilation")
+from polyformer.models.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class Wav2Vec2Config:
+class Wav2Vec2Config(ModelConfig):
     """Field names and defaults are transformers' `Wav2Vec2Config` (facebook/wav2vec2-base-960h's
-    architecture); `architectures`, `attention`, `dtype` and `param_dtype` are ours.
+    architecture); the fields of ModelConfig (`architectures`, `attention`, `dtype`,
+    `param_dtype`) are ours.
 
     Attributes:
       architectures: the head class, as config.json names it: "Wav2Vec2ForCTC" (logits over
@@ -34,13 +28,22 @@ class Wav2Vec2Config:
         `masked_spec_embed`, the vector that masked frames are replaced with (checkpoints hold it).
       attention: the kernel of every attention layer; None means
         `Dense(dropout_rate=attention_dropout)`.
-      dtype: computation dtype; logits stay float32. param_dtype: storage dtype of parameters.
 
     Fields for heads and training setups this port does not build (quantizer, TDNN, adapters,
     CTC loss options) are kept so that a config.json round-trips; adapters raise ValueError.
     """
 
     model_type: ClassVar[str] = "wav2vec2"
+    ARCHITECTURES: ClassVar[tuple[str, ...]] = ("Wav2Vec2ForCTC", "Wav2Vec2Model")
+    ATTENTION_DROPOUT: ClassVar[str] = "attention_dropout"
+    TUPLES: ClassVar[tuple[str, ...]] = (
+        *ModelConfig.TUPLES,
+        *("conv_dim", "conv_stride", "conv_kernel", "tdnn_dim", "tdnn_kernel", "tdnn_dilation"),
+    )
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        "intermediate_size", "num_conv_pos_embeddings",
+    )  # fmt: skip
 
     vocab_size: int = 32
     hidden_size: int = 768
@@ -98,15 +101,8 @@ class Wav2Vec2Config:
     output_hidden_size: int | None = None
     adapter_attn_dim: int | None = None
 
-    architectures: tuple[str, ...] = ("Wav2Vec2ForCTC",)
-    attention: AttentionKernel | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
     def __post_init__(self):
-        for name in _TUPLES:
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        object.__setattr__(self, "architectures", tuple(self.architectures))
+        super().__post_init__()
         check_activation(self.hidden_act)
         check_activation(self.feat_extract_activation)
         if self.feat_extract_norm not in ("group", "layer"):
@@ -129,24 +125,11 @@ class Wav2Vec2Config:
                 f"hidden_size={self.hidden_size} is not divisible by "
                 f"num_conv_pos_embedding_groups={self.num_conv_pos_embedding_groups}"
             )
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "num_conv_pos_embeddings"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.add_adapter or self.adapter_attn_dim is not None:
             raise ValueError(
                 "config sets add_adapter or adapter_attn_dim: Wav2Vec2 adapter layers are not "
                 "supported"
             )
-        if len(self.architectures) != 1 or self.architectures[0] not in ARCHITECTURES:
-            raise ValueError(
-                f"architectures {list(self.architectures)} is not supported; expected one of "
-                f"{', '.join(ARCHITECTURES)}"
-            )
-
-    @property
-    def architecture(self) -> str:
-        return self.architectures[0]
 
     @property
     def num_feat_extract_layers(self) -> int:
@@ -161,12 +144,6 @@ class Wav2Vec2Config:
     def inputs_to_logits_ratio(self) -> int:
         """Samples per frame: the product of the conv strides (320 for the official models)."""
         return math.prod(self.conv_stride)
-
-    @property
-    def kernel(self) -> AttentionKernel:
-        if self.attention is None:
-            return Dense(dropout_rate=self.attention_dropout)
-        return self.attention
 
     # Named constructors: the official sizes and the one the tests use.
     @classmethod
@@ -205,15 +182,11 @@ class Wav2Vec2Config:
         return cls(**{**defaults, **overrides})
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> Wav2Vec2Config:
-        """From a config.json dict; generic HF keys and ones older versions wrote
-        (`gradient_checkpointing`, `feat_extract_dropout`, ...) are ignored, adapters raise
-        ValueError. Without `architectures` the CTC head is built."""
-        ours = {"attention", "dtype", "param_dtype"}
-        fields = {f.name for f in dataclasses.fields(cls)} - ours
-        kwargs = {k: v for k, v in hf.items() if k in fields}
-        if kwargs.get("architectures") is None:
-            kwargs.pop("architectures", None)
+    def kwargs_from_hf(cls, hf: Mapping[str, Any]) -> dict[str, Any]:
+        """ModelConfig's; keys older versions wrote (`gradient_checkpointing`,
+        `feat_extract_dropout`, ...) are ignored, a `num_feat_extract_layers` that disagrees with
+        `conv_dim` raises ValueError."""
+        kwargs = super().kwargs_from_hf(hf)
         # HF writes hidden_size there when there is no adapter; None keeps a replace() of
         # hidden_size consistent.
         if kwargs.get("output_hidden_size") == kwargs.get("hidden_size", cls.hidden_size):
@@ -224,21 +197,12 @@ class Wav2Vec2Config:
                 f"config.json has num_feat_extract_layers={layers} but "
                 f"{len(hf['conv_dim'])} conv_dim entries"
             )
-        return cls(**kwargs)
+        return kwargs
 
     def to_hf(self) -> dict[str, Any]:
         """The config.json dict that transformers' Wav2Vec2ForCTC / Wav2Vec2Model reads."""
-        hf = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("attention", "dtype", "param_dtype")
-        }
-        hf.update({name: list(getattr(self, name)) for name in (*_TUPLES, "architectures")})
-        hf["output_hidden_size"] = self.output_hidden_size or self.hidden_size
         return {
-            "model_type": self.model_type,
+            **super().to_hf(),
             "num_feat_extract_layers": self.num_feat_extract_layers,
-            # HF's name for the dtype the weights are stored in.
-            "dtype": jnp.dtype(self.param_dtype).name,
-            **hf,
+            "output_hidden_size": self.output_hidden_size or self.hidden_size,
         }

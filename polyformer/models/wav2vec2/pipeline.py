@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from polyformer import hub
 from polyformer.models.wav2vec2.model import Wav2Vec2ForCTC
 from polyformer.models.wav2vec2.processing import (
     AudioInfo,
@@ -106,18 +105,17 @@ class AutomaticSpeechRecognitionPipeline:
     stride_length_s: float | tuple[float, float] | None = None
 
     @classmethod
-    def from_pretrained(
-        cls, path: str | os.PathLike, **load_kwargs: Any
+    def from_model(
+        cls, model: Any, directory: str | os.PathLike
     ) -> AutomaticSpeechRecognitionPipeline:
-        """The model (`load_kwargs` go to `hub.from_pretrained`), preprocessor_config.json and
-        vocab.json of a checkpoint directory."""
-        model = hub.from_pretrained(path, **load_kwargs)
+        """A loaded model with the preprocessor_config.json and vocab.json of its checkpoint
+        `directory`."""
         if not isinstance(model, Wav2Vec2ForCTC):
-            raise ValueError(f"{path} holds a {type(model).__name__}, not a Wav2Vec2ForCTC")
+            raise ValueError(f"{directory} holds a {type(model).__name__}, not a Wav2Vec2ForCTC")
         return cls(
             model,
-            Wav2Vec2FeatureExtractor.from_pretrained(path),
-            Wav2Vec2CTCTokenizer.from_pretrained(path),
+            Wav2Vec2FeatureExtractor.from_pretrained(directory),
+            Wav2Vec2CTCTokenizer.from_pretrained(directory),
         )
 
     @property

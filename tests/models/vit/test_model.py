@@ -175,7 +175,7 @@ def test_ours_saved_loads_in_transformers_with_the_same_outputs(tmp_path):
 
 
 def test_a_vit_model_without_pooler_round_trips(tmp_path):
-    config = vit.ViTConfig.tiny(architecture="ViTModel", add_pooling_layer=False)
+    config = vit.ViTConfig.tiny(architectures=("ViTModel",), add_pooling_layer=False)
     ours = random_model(vit.ViTModel, config, seed=1)
     pf.save_pretrained(ours, tmp_path)
     assert not any(k.startswith("pooler") for k in load_file(tmp_path / "model.safetensors"))

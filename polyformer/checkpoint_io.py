@@ -1,0 +1,106 @@
+"""Reading Hugging Face checkpoint directories: `config.json` and the weights.
+
+A directory holds `config.json` and the weights as `model.safetensors`, sharded safetensors
+(`model.safetensors.index.json`) or `pytorch_model.bin` (sharded too), looked for in that order.
+Pickled PyTorch files are read with `torch.load(weights_only=True)`, so a checkpoint never runs
+code; torch is imported only for them. This module knows no model family: `polyformer.hub` and
+the families' own loaders (`tapas.from_bert`) build on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import safetensors.flax
+from safetensors import SafetensorError
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+TORCH = "pytorch_model.bin"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: corrupt, truncated, refused or of an unknown type."""
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The config.json dict of a checkpoint directory.
+
+    Raises FileNotFoundError without one, CheckpointError when it is not a JSON object."""
+    file = Path(directory) / CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"no {CONFIG} in {directory}: not a checkpoint directory")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds a {type(config).__name__}, not a JSON object")
+    return config
+
+
+def read_safetensors(file: Path) -> dict[str, jax.Array]:
+    try:
+        return safetensors.flax.load_file(file)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file} is truncated or not a safetensors file: {e}") from e
+
+
+def read_torch(file: Path) -> dict[str, jax.Array]:
+    """A pickled PyTorch state dict, refusing any object other than tensors."""
+    import torch  # only this format needs torch
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{file} holds objects other than tensors; refusing to unpickle them, as that could "
+            f"run code: {e}"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{file} is truncated or not a PyTorch checkpoint: {e}") from e
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{file} is not a state dict (a dict of tensor names to tensors)")
+    # numpy has no bfloat16; widening to float32 is exact and the loader casts to param_dtype.
+    return {
+        name: jnp.asarray((t.float() if t.dtype == torch.bfloat16 else t).numpy())
+        for name, t in state.items()
+    }
+
+
+def read_sharded(index: Path, read: Callable[[Path], dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    """Every shard an `*.index.json` lists, each read with `read`, merged."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index} is not a shard index (JSON with a weight_map): {e}") from e
+    tensors = {}
+    for shard in sorted(set(weight_map.values())):
+        file = index.parent / shard
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}, a shard listed in {index}, does not exist")
+        tensors.update(read(file))
+    return tensors
+
+
+def read_weights(directory: str | os.PathLike) -> tuple[dict[str, jax.Array], str]:
+    """All tensors of a checkpoint directory, HF name -> array, and the file they came from."""
+    directory = Path(directory)
+    formats = (
+        (SAFETENSORS, read_safetensors),
+        (SAFETENSORS + ".index.json", lambda f: read_sharded(f, read_safetensors)),
+        (TORCH, read_torch),
+        (TORCH + ".index.json", lambda f: read_sharded(f, read_torch)),
+    )
+    for name, read in formats:
+        if (directory / name).is_file():
+            return read(directory / name), str(directory / name)
+    names = ", ".join(name for name, _ in formats)
+    raise FileNotFoundError(f"no weights in {directory}: looked for {names}")
