@@ -41,6 +41,11 @@ from polyformer.training import config as run_config
 ROOT = Path(__file__).resolve().parent
 CONFIG = ROOT / "configs" / "asr_digits.py"
 TEMPLATE = ROOT / "templates" / "asr_digits.md"
+# What the report quotes of the summary as it is.
+SUMMARY_FIELDS = (
+    "command", "machine", "load_before", "load_after", "train_utterances", "eval_utterances",
+    "steps", "batch_size",
+)  # fmt: skip
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -201,15 +206,8 @@ def report(summary: dict, png: Path) -> str:
     check = summary["chunking"]
     return harness.render(
         TEMPLATE,
-        command=summary["command"],
-        machine=summary["machine"],
-        load_before=summary["load_before"],
-        load_after=summary["load_after"],
-        train_utterances=summary["train_utterances"],
-        eval_utterances=summary["eval_utterances"],
+        **{k: summary[k] for k in SUMMARY_FIELDS},
         parameters=f"{summary['parameters']:,}",
-        steps=summary["steps"],
-        batch_size=summary["batch_size"],
         png=png.name,
         rows="\n".join(
             f"| {r['step']} | {r['seconds'] / 60:.1f} | {100 * r['cer']:.1f}% | "

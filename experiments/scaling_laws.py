@@ -52,6 +52,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BASE_CONFIG = HERE / "configs" / "scaling_laws.py"
 TEMPLATE = HERE / "templates" / "scaling_laws.md"
+# What the report quotes of the protocol as it is.
+PROTOCOL_FIELDS = (
+    "steps", "batch_size", "seq_len", "warmup_steps", "dropout", "precision", "vocab_size",
+    "eval_every",
+)  # fmt: skip
 
 # Kaplan et al. (2020), eqs. 1.1 and 1.3 (WebText2, GPT-2's 50257-token BPE, converged models):
 # L(N) = (N_c / N)^0.076 with N_c = 8.8e13; L(C_min) = (C_c / C_min)^0.050 with C_c = 3.1e8
@@ -458,12 +463,8 @@ def report(result: dict, figures: str) -> str:
     return harness.render(
         TEMPLATE,
         command=result["command"],
-        cpu=info["cpu"],
-        cores=info["cores"],
+        **{k: info[k] for k in ("cpu", "cores", "python", "jax", "date")},
         devices=", ".join(info["devices"]),
-        python=info["python"],
-        jax=info["jax"],
-        date=info["date"],
         load_start=f"{result['load_average_start'][0]:.1f}",
         load_end=f"{result['load_average_end'][0]:.1f}",
         wall_min=f"{result['wall_s'] / 60:.1f}",
@@ -476,19 +477,12 @@ def report(result: dict, figures: str) -> str:
         n_min=f"{min(n):,}",
         n_max=f"{max(n):,}",
         n_ratio=f"{max(n) / min(n):.0f}",
-        steps=protocol["steps"],
-        batch_size=protocol["batch_size"],
-        seq_len=protocol["seq_len"],
+        **{k: protocol[k] for k in PROTOCOL_FIELDS},
         tokens=f"{tokens:,}",
         epoch_share=f"{tokens / epoch:.1%}",
         epoch=f"{epoch:,}",
-        warmup_steps=protocol["warmup_steps"],
         end_lr=f"{protocol['end_lr_ratio']:.0%}",
-        dropout=protocol["dropout"],
-        precision=protocol["precision"],
-        vocab_size=protocol["vocab_size"],
         eval_tokens=f"{protocol['eval_batches'] * protocol['batch_size'] * protocol['seq_len']:,}",
-        eval_every=protocol["eval_every"],
         run_rows="\n".join(run_rows),
         resamples=pn["resamples"],
         fit_rows="\n".join(fit_rows),

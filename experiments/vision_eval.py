@@ -181,10 +181,7 @@ def _timing(timing: dict | None) -> str:
 def report(result: dict) -> str:
     parts = [
         harness.render(
-            TEMPLATES / "vision_eval.md",
-            command=result["command"],
-            machine=result["machine"],
-            date=result["date"],
+            TEMPLATES / "vision_eval.md", **{k: result[k] for k in ("command", "machine", "date")}
         )
     ]
     if "vit" in result:
@@ -192,12 +189,9 @@ def report(result: dict) -> str:
         parts.append(
             harness.render(
                 TEMPLATES / "vision_eval_vit.md",
+                **{k: v[k] for k in ("steps", "batch_size", "objective", "images")},
                 params=f"{v['params']:,}",
-                steps=v["steps"],
-                batch_size=v["batch_size"],
-                objective=v["objective"],
                 timing=_timing(result.get("vit_timing")),
-                images=v["images"],
                 accuracy=_pct(v["accuracy"]),
                 eval_accuracy=_pct(v["trainer"]["eval"]["accuracy"]),
                 eval_loss=f"{v['trainer']['eval']['loss']:.3f}",
@@ -210,14 +204,10 @@ def report(result: dict) -> str:
         parts.append(
             harness.render(
                 TEMPLATES / "vision_eval_clip.md",
+                **{k: c[k] for k in ("steps", "batch_size", "dataset", "caption_space", "images")},
                 params=f"{c['params']:,}",
-                steps=c["steps"],
-                batch_size=c["batch_size"],
-                dataset=c["dataset"],
                 logit_scale=f"{c['logit_scale']:.1f}",
                 timing=_timing(result.get("clip_timing")),
-                caption_space=c["caption_space"],
-                images=c["images"],
                 caption_chance=_pct(1 / c["caption_space"]),
                 caption_exact=_pct(z["caption_exact"]),
                 digit=_pct(z["digit"]),
