@@ -47,7 +47,7 @@ from flax import nnx
 
 import polyformer as pf
 from benchmarks import harness
-from benchmarks.harness import median, run_rounds, thread_label, timed, torch_thread_counts
+from benchmarks.harness import median, thread_label, timed, torch_thread_counts
 from polyformer.models.gpt import generate
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "gpt_benchmark.md"
@@ -128,14 +128,7 @@ def bench_forward(hf, ours, rounds: int, cores: int, peak_probe, log=print) -> d
         lambda: hf(ids_t, use_cache=False),
         cores,
     )
-    peaks: list[float] = []
-    contestants["matmul peak"] = lambda: peaks.append(peak_probe())
-    for fn in contestants.values():  # warm-up
-        fn()
-    peaks.clear()
-    samples = run_rounds(contestants, rounds, log)
-    samples.pop("matmul peak")
-    loads = samples.pop("load_1min")
+    samples, loads, peaks = harness.measure(contestants, rounds, log, peak=peak_probe)
     return {
         "round_loads": loads,
         "compile_s": compile_s,
@@ -179,8 +172,7 @@ def bench_generate(hf, ours, rounds: int, cores: int, log=print) -> dict:
     same = ours_tokens.shape == hf_tokens.shape and bool((ours_tokens == hf_tokens).all())
     log(f"generate: shapes {ours_tokens.shape} / {hf_tokens.shape}, same tokens: {same}")
 
-    samples = run_rounds(contestants, rounds, log)
-    loads = samples.pop("load_1min")
+    samples, loads, _ = harness.measure(contestants, rounds, log, warm_up=False)
     return {
         "round_loads": loads,
         "first_call_s": first_wall,

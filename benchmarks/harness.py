@@ -189,6 +189,30 @@ def matmul_peak(size: int = 2048) -> Callable[[], float]:
     return probe
 
 
+def measure(
+    contestants: dict[str, Callable[[], object]],
+    rounds: int,
+    log=print,
+    peak: Callable[[], float] | None = None,
+    warm_up: bool = True,
+) -> tuple[dict, list[float], list[float]]:
+    """The protocol: one warm-up call each (unless `warm_up` is False: the caller has called
+    them), then `rounds` rotating rounds; with `peak` (a `matmul_peak()` probe), a "matmul peak"
+    contestant too. Returns (`run_rounds`' samples of the contestants, the 1-minute load after
+    each round, the peak FLOP/s of each round)."""
+    contestants = dict(contestants)
+    peaks: list[float] = []
+    if peak is not None:
+        contestants["matmul peak"] = lambda: peaks.append(peak())
+    if warm_up:
+        for fn in contestants.values():
+            fn()
+    peaks.clear()
+    samples = run_rounds(contestants, rounds, log)
+    samples.pop("matmul peak", None)
+    return samples, samples.pop("load_1min"), peaks
+
+
 def median(xs) -> float:
     return statistics.median(xs)
 

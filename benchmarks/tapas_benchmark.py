@@ -36,7 +36,6 @@ from flax import nnx
 
 import polyformer as pf
 from benchmarks import harness
-from benchmarks.harness import run_rounds
 from polyformer.models.tapas import TapasConfig
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "tapas_benchmark.md"
@@ -123,10 +122,7 @@ def bench_forward(hf, ours, rounds: int, cores: int, log=print) -> dict:
         jax.block_until_ready(compiled(state, *args))
 
     contestants = harness.contestants(ours_forward, lambda: hf(**torch_inputs), cores)
-    for fn in contestants.values():  # warm-up
-        fn()
-    samples = run_rounds(contestants, rounds, log)
-    loads = samples.pop("load_1min")
+    samples, loads, _ = harness.measure(contestants, rounds, log)
     return {"round_loads": loads, "compile_s": compile_s, "parity": parity, "samples": samples}
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import harness
-from benchmarks.harness import median, run_rounds, thread_label, torch_thread_counts
+from benchmarks.harness import median, thread_label, torch_thread_counts
 from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel
 from polyformer.training import metrics, objectives, optim
 from polyformer.training.step import init_state, make_train_step
@@ -197,18 +197,12 @@ def main(argv=None) -> dict:
     inputs, targets = make_batch()
     ours, non_embedding, compile_s, ours_losses = ours_step(args.dropout, inputs, targets, log)
     hf, hf_losses, hf_attention = hf_step(args.dropout, inputs, targets)
-    peak_probe = harness.matmul_peak()
-    peaks: list[float] = []
     contestants = {"ours": ours}
     for n in torch_thread_counts(cores):
         contestants[thread_label(n)] = lambda n=n: hf(n)
-    contestants["matmul peak"] = lambda: peaks.append(peak_probe())
-    for fn in contestants.values():  # warm-up
-        fn()
-    peaks.clear()
-    samples = run_rounds(contestants, rounds, log)
-    samples.pop("matmul peak")
-    round_loads = samples.pop("load_1min")
+    samples, round_loads, peaks = harness.measure(
+        contestants, rounds, log, peak=harness.matmul_peak()
+    )
     harness.finish(info, start)
     import torch
 

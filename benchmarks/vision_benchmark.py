@@ -35,7 +35,6 @@ from flax import nnx
 
 import polyformer as pf
 from benchmarks import harness
-from benchmarks.harness import run_rounds
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "vision_benchmark.md"
 MARKS = harness.marks("vision-benchmark")
@@ -112,10 +111,7 @@ def bench(case, rounds: int, cores: int, log=print) -> dict:
     contestants = harness.contestants(
         lambda: compiled(state, ours_inputs).block_until_ready(), lambda: hf(**hf_inputs), cores
     )
-    for fn in contestants.values():  # warm-up
-        fn()
-    samples = run_rounds(contestants, rounds, log)
-    loads = samples.pop("load_1min")
+    samples, loads, _ = harness.measure(contestants, rounds, log)
     result = {
         "round_loads": loads,
         "compile_s": compile_s,

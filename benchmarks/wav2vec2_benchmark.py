@@ -33,7 +33,6 @@ from flax import nnx
 
 import polyformer as pf
 from benchmarks import harness
-from benchmarks.harness import run_rounds
 from polyformer.models.wav2vec2 import Wav2Vec2Config
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "wav2vec2_benchmark.md"
@@ -85,10 +84,7 @@ def bench_forward(hf, ours, seconds: float, rounds: int, cores: int, log=print) 
     contestants = harness.contestants(
         lambda: compiled(state, x).block_until_ready(), lambda: hf(audio_t), cores
     )
-    for fn in contestants.values():  # warm-up
-        fn()
-    samples = run_rounds(contestants, rounds, log)
-    loads = samples.pop("load_1min")
+    samples, loads, _ = harness.measure(contestants, rounds, log)
     return {
         "audio_seconds": seconds,
         "frames": int(ours_logits.shape[1]),

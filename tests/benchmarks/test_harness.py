@@ -48,6 +48,20 @@ def test_rounds_rotate_the_order_and_record_every_call():
     assert all(len(s["wall"]) == len(s["cpu"]) == 3 for s in samples.values())
 
 
+@pytest.mark.parametrize("warm_up", [True, False])
+def test_measure_warms_up_times_rounds_and_probes_the_peak(warm_up):
+    calls = []
+    contestants = {name: (lambda name=name: calls.append(name)) for name in ("ours", "theirs")}
+    probes = iter(range(100))
+    samples, loads, peaks = harness.measure(
+        contestants, 3, log=lambda _: None, peak=lambda: float(next(probes)), warm_up=warm_up
+    )
+    assert calls.count("ours") == 3 + warm_up
+    assert set(samples) == {"ours", "theirs"} and len(samples["ours"]["wall"]) == 3
+    assert len(loads) == 3
+    assert peaks == ([1.0, 2.0, 3.0] if warm_up else [0.0, 1.0, 2.0])  # warm-up probe dropped
+
+
 def _summary(ours, anchor, target=0.8):
     samples = {
         "ours": {"wall": ours, "cpu": [2 * x for x in ours]},
