@@ -3,19 +3,19 @@
     python experiments/igpt.py [--quick] [--levels 17] [--samples 4] [--results PATH]
                                [--set key=value ...]
 
-Data: the 1797 8x8 digit images that scikit-learn ships (`sklearn.datasets.load_digits`, no
-download), gray values 0..16. Each image is quantised to `--levels` gray levels,
-`round(v * (levels - 1) / 16)`; the default, 17, is the identity: the images have exactly 17
-values, so nothing is lost and the bits per pixel are those of the dataset itself (`--levels 8`
-gives a coarser, iGPT-style palette). One image is one sequence: a start token (id `levels`)
-then its 64 pixels in raster order; the model reads the start token and pixels 0..62 and
-predicts pixels 0..63, so every target is a pixel. A fixed permutation (seed 0) holds out 10%
-of the images (180), the same on every run and machine.
+Data: the 1797 8x8 digit images that scikit-learn ships, gray values 0..16, from the embedded
+TFDS set `sklearn_digits/gray8` (polyformer/datasets/digits.py; nothing downloaded) through the
+data config `DigitPixels` (polyformer/training/data/vision.py). Each image is quantised to
+`--levels` gray levels, `round(v * (levels - 1) / 16)`; the default, 17, is the identity: the
+images have exactly 17 values, so nothing is lost and the bits per pixel are those of the dataset
+itself (`--levels 8` gives a coarser, iGPT-style palette). One image is one sequence: a start
+token (id `levels`) then its 64 pixels in raster order; the model reads the start token and
+pixels 0..62 and predicts pixels 0..63, so every target is a pixel. The dataset holds out about
+10% of the images by a hash of their index, the same on every run and machine.
 
 Training: polyformer's Trainer on the run config experiments/configs/igpt.py (overridable with
-`--set`), through `DigitsData`, which implements the trainer's data protocol with a resumable
-grain iterator like `polyformer.training.data.LMData`. `--quick` trains a few minutes on two CPU
-cores (and writes to runs/igpt_quick); a run whose out_dir holds checkpoints resumes.
+`--set`; `polyformer train` runs it too). `--quick` trains a few minutes on two CPU cores (and
+writes to runs/igpt_quick); a run whose out_dir holds checkpoints resumes.
 
 Evaluation, on all held-out images:
 - bits per pixel: the mean of -log2 p(pixel | start token, earlier pixels) over all 64 pixels,
@@ -52,7 +52,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,6 +62,7 @@ from polyformer.models.gpt import GPT2LMHeadModel
 from polyformer.models.gpt.generate import generate
 from polyformer.training import config as run_config
 from polyformer.training.data import ArrayData
+from polyformer.training.data.vision import DigitPixels, dequantise
 from polyformer.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,60 +73,18 @@ MARK_END = "<!-- igpt:end -->"
 SIDE = 8
 PIXELS = SIDE * SIDE
 CONDITION = PIXELS // 2  # the top four rows condition, the bottom four are sampled
-MAX_VALUE = 16  # the digits' gray values are 0..16
-HELDOUT_FRACTION = 0.1
-SPLIT_SEED = 0
 # --quick: the run config's model, fewer steps, its own out_dir (so it never resumes a full run).
 QUICK = ("steps=600", "eval_every=200", "checkpoint_every=200", "out_dir=runs/igpt_quick")
 
 
 # ----------------------------------------------------------------------------------------------
-# Pixels and sequences
-
-
-def quantise(images: np.ndarray, levels: int) -> np.ndarray:
-    """Gray values 0..16 (any shape) -> int32 levels 0..levels-1, rounding to the nearest."""
-    if not 2 <= levels <= MAX_VALUE + 1:
-        raise ValueError(f"levels must be in 2..{MAX_VALUE + 1}, got {levels}")
-    return np.rint(np.asarray(images, np.float64) * (levels - 1) / MAX_VALUE).astype(np.int32)
-
-
-def dequantise(tokens: np.ndarray, levels: int) -> np.ndarray:
-    """Levels 0..levels-1 -> gray values on the 0..16 scale (float32)."""
-    return np.asarray(tokens, np.float32) * MAX_VALUE / (levels - 1)
-
-
-def to_sequences(pixels: np.ndarray, start_id: int) -> np.ndarray:
-    """Quantised images `[n, 8, 8]` (or `[n, 64]`) -> int32 `[n, 65]`: the start token, then the
-    pixels in raster order (row by row, left to right)."""
-    flat = np.asarray(pixels, np.int32).reshape(len(pixels), PIXELS)
-    start = np.full((len(flat), 1), start_id, np.int32)
-    return np.concatenate([start, flat], axis=1)
-
-
-def split_indices(n: int, fraction: float = HELDOUT_FRACTION, seed: int = SPLIT_SEED):
-    """(train, held-out) indices, each sorted: a fixed seeded permutation's first
-    `ceil(fraction * n)` are held out."""
-    order = np.random.default_rng(seed).permutation(n)
-    held = math.ceil(fraction * n)
-    return np.sort(order[held:]), np.sort(order[:held])
-
-
-def _pairs(sequences: np.ndarray) -> dict[str, np.ndarray]:
-    """Sequences -> inputs (start token, pixels 0..62) and targets (pixels 0..63), int32
-    `[n, 64]`."""
-    return {"inputs": sequences[:, :-1], "targets": sequences[:, 1:]}
+# The images
 
 
 @dataclasses.dataclass(frozen=True)
-class DigitsData:
-    """Digit images as pixel sequences, in the shape polyformer's Trainer reads.
-
-    Attributes:
-      train, heldout: int32 `[n, 65]` sequences (start token, then 64 pixel levels).
-      train_labels, heldout_labels: the digit (0..9) of each image.
-      levels: gray levels; the vocabulary is the levels plus the start token.
-    """
+class Digits:
+    """The run's images for the evaluation: int32 sequences `[n, 65]` (start token, then 64
+    pixel levels) and the digit (0..9) of each, training and held-out."""
 
     train: np.ndarray
     heldout: np.ndarray
@@ -134,62 +92,12 @@ class DigitsData:
     heldout_labels: np.ndarray
     levels: int
 
-    @property
-    def vocab_size(self) -> int:
-        return self.levels + 1
 
-    @property
-    def end_of_text_id(self) -> int:
-        """The start token; it never ends a sequence (every image is 64 pixels long)."""
-        return self.levels
-
-    @functools.cached_property
-    def _arrays(self) -> ArrayData:
-        start = self.end_of_text_id
-        return ArrayData(
-            _pairs(self.train),
-            _pairs(self.heldout),
-            tokens_per_example=PIXELS,
-            model_overrides={
-                "vocab_size": self.vocab_size,
-                "bos_token_id": start,
-                "eos_token_id": start,
-            },
-        )
-
-    @property
-    def model_overrides(self) -> dict[str, int]:
-        return self._arrays.model_overrides
-
-    @property
-    def tokens_per_example(self) -> int:
-        return PIXELS
-
-    def train_iterator(
-        self, batch_size: int, seed: int, shard_index: int, shard_count: int
-    ) -> grain.DatasetIterator:
-        """This host's `[batch_size, 64]` rows of global batches of `batch_size * shard_count`
-        training images, shuffled anew every epoch, forever (see ArrayData)."""
-        return self._arrays.train_iterator(batch_size, seed, shard_index, shard_count)
-
-    def eval_batches(self, batch_size: int, count: int) -> list[dict[str, np.ndarray]]:
-        """The first `count` full global batches of held-out images in order, this process's
-        `[batch_size, 64]` share of each: the same every call."""
-        return self._arrays.eval_batches(batch_size, count)
-
-    def save(self, directory: str | Path) -> None:
-        """Nothing to write: the token ids are the pixel levels themselves."""
-
-
-def load_digits_data(levels: int) -> DigitsData:
-    """scikit-learn's digits, quantised to `levels`, split 90 / 10."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    sequences = to_sequences(quantise(digits.images, levels), start_id=levels)
-    train, held = split_indices(len(sequences))
-    labels = np.asarray(digits.target, np.int32)
-    return DigitsData(sequences[train], sequences[held], labels[train], labels[held], levels)
+def load_digits(data: DigitPixels) -> Digits:
+    """Both splits of the run's data config as sequences with their labels."""
+    train, train_labels = data.sequences("train")
+    heldout, heldout_labels = data.sequences("validation")
+    return Digits(train, heldout, train_labels, heldout_labels, data.levels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +193,7 @@ def histogram_completions(
     return out
 
 
-def fit_digit_classifier(data: DigitsData):
+def fit_digit_classifier(data: Digits):
     """A 5-nearest-neighbour digit classifier over the (dequantised) training images: "reads as
     digit d" means "lies among training images of d" (about 98% right on held-out originals)."""
     from sklearn.neighbors import KNeighborsClassifier
@@ -373,7 +281,7 @@ def machine_info() -> dict:
     }
 
 
-def train(config: run_config.RunConfig, data: DigitsData, progress: bool = True):
+def train(config: run_config.RunConfig, data: ArrayData, progress: bool = True):
     """Runs (or resumes) the Trainer; returns (trainer, its TrainResult, the step it began at)."""
     trainer = Trainer(config, data)
     begun = trainer.checkpointer.latest_step() or 0
@@ -382,7 +290,7 @@ def train(config: run_config.RunConfig, data: DigitsData, progress: bool = True)
 
 
 def evaluate(
-    model: GPT2LMHeadModel, data: DigitsData, sampling: Sampling, shown: int, first: int
+    model: GPT2LMHeadModel, data: Digits, sampling: Sampling, shown: int, first: int
 ) -> dict:
     """Bits per pixel against the baselines, completions, digit agreement; all held-out images.
     `first`: how many held-out images (from the start) the trainer's evaluation read, to check
@@ -413,7 +321,7 @@ def evaluate(
             "histogram_completion": agree(baseline),
             "bottom_half_blank": agree(blank),
         },
-        "sampled_start_tokens": int(np.sum(completions == data.end_of_text_id)),
+        "sampled_start_tokens": int(np.sum(completions == data.levels)),
         "completions": completions,
         "shown": shown,
     }
@@ -468,9 +376,9 @@ def report(info: dict) -> str:
         "",
         f"Data: scikit-learn's digits (1797 images, gray 0..16), {info['levels']} levels "
         f"(`round(v * {info['levels'] - 1} / 16)`"
-        + (", the identity: lossless" if info["levels"] == MAX_VALUE + 1 else "")
+        + (", the identity: lossless" if info["levels"] == DigitPixels().levels else "")
         + f"); a start token then 64 pixels in raster order; {info['train_images']} training and "
-        f"{info['heldout_images']} held-out images (fixed permutation, seed {SPLIT_SEED}).  ",
+        f"{info['heldout_images']} held-out images (by a hash of the image index).  ",
         f"Model and training: {info['config']}. Final train loss {train_bits}; the trainer's "
         f"last evaluation, on the first {info['trainer_eval_images']} held-out images: "
         f"{trainer_bits} per pixel (this script's own computation on them: "
@@ -538,7 +446,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
     p.add_argument("--config", type=Path, default=CONFIG, help="the run config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
-    p.add_argument("--levels", type=int, default=MAX_VALUE + 1, help="gray levels, 2..17")
+    p.add_argument("--levels", type=int, help="gray levels, 2..17 (data.levels; default 17)")
     p.add_argument("--samples", type=int, default=4, help="completions per held-out image")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0: no top-k filter")
@@ -558,13 +466,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     load_start = os.getloadavg()
     args = parse_args(argv)
     config = run_config.load(args.config)
-    config = run_config.apply_overrides(config, [*(QUICK if args.quick else ()), *args.overrides])
-    if config.data.seq_len != PIXELS:
-        raise ValueError(f"data.seq_len must be {PIXELS} (one target per pixel)")
+    levels = [f"data.levels={args.levels}"] if args.levels else []
+    overrides = [*(QUICK if args.quick else ()), *levels, *args.overrides]
+    config = run_config.apply_overrides(config, overrides)
+    if not isinstance(config.data, DigitPixels):
+        raise ValueError(f"data must be DigitPixels, got {type(config.data).__name__}")
     sampling = Sampling(args.samples, args.temperature, args.top_k, args.sample_seed)
-    data = load_digits_data(args.levels)
+    data = load_digits(config.data)
 
-    trainer, result, begun = train(config, data, progress=not args.no_progress)
+    trainer, result, begun = train(config, config.data.load(), progress=not args.no_progress)
     trained = time.perf_counter()
     model = trainer.model()
     trainer_eval_images = config.batch_size * min(

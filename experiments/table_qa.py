@@ -1,44 +1,34 @@
-"""Table question answering: fine-tune a small TAPAS on questions about generated tables.
+"""Table question answering: train a small TAPAS from scratch on questions about generated tables.
 
     python experiments/table_qa.py [--quick] [--steps N] [--results PATH] [--out DIR]
+                                   [--set key=value ...]
 
-Data (nothing downloaded): tables of 4-6 rows cut from scikit-learn's bundled iris and wine
-measurements (`sklearn.datasets.load_iris`, `load_wine`). Each table has a `name` column (a
-distinct name per row from a fixed set of 60 Python standard-library module names,
-`sys.stdlib_module_names`), a category
-column (iris species; wine cultivars relabelled alpha/beta/gamma) and two or three measurement
-columns, all cells strings as TAPAS expects. Each dataset's rows are split once (seed 0) into 70%
-for training tables and 30% for held-out tables, so evaluation tables share no row with training.
+Data: the embedded `table_questions` TFDS set (polyformer/datasets/table_questions.py, nothing
+downloaded) through `TableQuestionsData`: tables of 4-6 rows cut from scikit-learn's iris and
+wine measurements, with lookup, SUM, AVERAGE and COUNT questions and WikiSQL-style strong
+supervision (answer cells and the aggregation operator given); held-out tables share no row with
+the training tables.
 
-Questions, with the supervision of WikiSQL-supervised TAPAS (answer cells and the aggregation
-operator given):
-* lookup (NONE): "what is the {column} of {name}?", "which name has {column} {value}?" (the
-  value unique in its column);
-* SUM / AVERAGE: "what is the total / average {column} of {category}?" over the rows of that
-  category;
-* COUNT: "how many rows are {category}?" (the answer cells: the category cells of those rows).
-
-Model: TapasForQuestionAnswering from scratch (no pre-training), 2 layers of width 64, WikiSQL-
-supervised heads (`TapasConfig.base_wikisql_supervised`), no dropout, trained for 4000 steps of
-32 questions (1000 training tables per dataset, 10,000 questions) with polyformer's train step
-(`make_train_step`, AdamW at 2e-3 with warmup and cosine decay, `OBJECTIVES["tapas"]`). Inputs
-come from polyformer's TapasTokenizer over a WordPiece vocabulary written for these tables (the
-template words, the column and category words, the module names, the numbers 0-1999 and 00-09).
+Training: polyformer's Trainer on the run config experiments/configs/table_qa.py (overridable
+with `--set`): TapasForQuestionAnswering from scratch, 2 layers of width 64, WikiSQL-supervised
+heads, no dropout, 4000 steps of 32 questions, AdamW at 2e-3 with warmup and cosine decay, the
+"tapas" objective. `--quick` trains a smaller model for 10 steps on a few tables.
 
 Evaluation on the held-out tables: cells selected by `convert_logits_to_predictions` (mean
 probability > 0.5) and the argmax operator, turned into an answer: for NONE the selected cell
 texts must equal the gold cells; for SUM, AVERAGE, COUNT the operator applied to the selected
-cells must equal the gold number (relative 1e-6). Accuracy per gold operator, and overall.
+cells must equal the gold number (relative 1e-6). Accuracy per gold operator, and overall,
+before and after training.
 
-Outputs: `--out` (default runs/table_qa, quick runs/table_qa_quick) gets table_qa.json and
-table_qa.md; the markdown also goes to --results (default experiments/results/table_qa.md;
---quick writes it only when given).
+Outputs: the run's out_dir (default runs/table_qa, quick runs/table_qa_quick; `--out`) gets the
+trainer's checkpoints, metrics.jsonl and loss.png, then table_qa.json and table_qa.md; the
+markdown also goes to --results (default experiments/results/table_qa.md; --quick writes it only
+when given).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -46,178 +36,37 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from flax import nnx
 
-from polyformer.models.tapas import TapasConfig, TapasForQuestionAnswering
+from polyformer import hub
+from polyformer.datasets.table_questions import AGGREGATIONS
 from polyformer.models.tapas.decoding import answer, convert_logits_to_predictions
-from polyformer.models.tapas.tokenizer import TapasTokenizer
-from polyformer.training import objectives
-from polyformer.training.optim import OptimizerConfig, make_optimizer
-from polyformer.training.step import init_state, make_train_step
+from polyformer.training import config as run_config
+from polyformer.training import metrics, trainer
+from polyformer.training.data.tables import TableQuestion
 
-AGGREGATIONS = ("NONE", "SUM", "AVERAGE", "COUNT")
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EMPTY]")
-TEMPLATE_WORDS = ["what", "is", "the", "of", "which", "name", "has", "total", "average", "how"]
-TEMPLATE_WORDS += ["many", "rows", "are", "?"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """One sklearn dataset as table material: measurement columns and a category per row."""
-
-    columns: dict[str, np.ndarray]  # column name -> values as cell strings
-    category_column: str
-    categories: np.ndarray  # per row
+ROOT = Path(__file__).resolve().parent
+CONFIG = ROOT / "configs" / "table_qa.py"
+# --quick: a smaller model for a few steps on a few tables, in its own out_dir.
+QUICK = (
+    "steps=10", "batch_size=8", "model.num_hidden_layers=1", "model.hidden_size=32",
+    "model.intermediate_size=128", "data.train_tables=4", "data.validation_tables=2",
+    "eval_every=10", "eval_batches=2", "checkpoint_every=10", "log_every=1",
+    "out_dir=runs/table_qa_quick",
+)  # fmt: skip
 
 
-def sources() -> list[Source]:
-    from sklearn.datasets import load_iris, load_wine
-
-    iris = load_iris()
-    iris_columns = ("sepal length", "sepal width", "petal length", "petal width")
-    wine = load_wine()
-    picked = {"alcohol": "alcohol", "magnesium": "magnesium", "hue": "hue", "proline": "proline"}
-    features = list(wine.feature_names)
-
-    def cells(values: np.ndarray) -> np.ndarray:
-        return np.array([f"{v:g}" for v in values])
-
-    return [
-        Source(
-            {name: cells(iris.data[:, i]) for i, name in enumerate(iris_columns)},
-            "species",
-            np.asarray(iris.target_names)[iris.target],
-        ),
-        Source(
-            {ours: cells(wine.data[:, features.index(f)]) for f, ours in picked.items()},
-            "cultivar",
-            np.array(["alpha", "beta", "gamma"])[wine.target],
-        ),
-    ]
-
-
-def module_names(count: int = 60) -> list[str]:
-    """`count` standard-library module names (a fixed choice): few enough that each one occurs
-    in many training questions, as a model trained from scratch needs to learn to match it."""
-    names = sorted(
-        n for n in sys.stdlib_module_names if n.isalpha() and n.islower() and len(n) < 11
-    )
-    return sorted(np.random.default_rng(0).choice(names, size=count, replace=False).tolist())
-
-
-def vocabulary(sources_: list[Source], names: list[str]) -> dict[str, int]:
-    words = list(SPECIALS) + TEMPLATE_WORDS + names + [".", "-"]
-    for source in sources_:
-        words += [w for column in source.columns for w in column.split()]
-        words += source.category_column.split() + sorted(set(source.categories))
-    words += [str(i) for i in range(2000)] + [f"{i:02d}" for i in range(10)]
-    return {word: i for i, word in enumerate(dict.fromkeys(words))}
-
-
-@dataclasses.dataclass(frozen=True)
-class Question:
-    text: str
-    coordinates: list[tuple[int, int]]
-    aggregation: int
-    float_answer: float  # NaN for lookups
-    gold_cells: list[str]
-
-
-def make_table(source: Source, rows: np.ndarray, names: list[str], rng) -> pd.DataFrame:
-    count = int(rng.integers(4, 7))
-    chosen = rng.choice(rows, size=count, replace=False)
-    measure = rng.choice(list(source.columns), size=int(rng.integers(2, 4)), replace=False)
-    table = {"name": rng.choice(names, size=count, replace=False)}
-    table[source.category_column] = source.categories[chosen]
-    for column in measure:
-        table[column] = source.columns[column][chosen]
-    return pd.DataFrame(table).astype(str)
-
-
-def make_questions(table: pd.DataFrame, category_column: str, rng) -> list[Question]:
-    cells = table.to_numpy()
-    columns = list(table.columns)
-    measures = [c for c in columns if c not in ("name", category_column)]
-    cat = columns.index(category_column)
-    questions = []
-    r = int(rng.integers(len(table)))
-    column = str(rng.choice(measures))
-    c = columns.index(column)
-    questions.append(
-        Question(f"what is the {column} of {cells[r, 0]}?", [(r, c)], 0, np.nan, [cells[r, c]])
-    )
-    column = str(rng.choice(measures))
-    c = columns.index(column)
-    values = list(cells[:, c])
-    unique = [i for i, v in enumerate(values) if values.count(v) == 1]
-    if unique:
-        r = int(rng.choice(unique))
-        text = f"which name has {column} {cells[r, c]}?"
-        questions.append(Question(text, [(r, 0)], 0, np.nan, [cells[r, 0]]))
-    for aggregation, word in ((1, "total"), (2, "average")):
-        category = str(rng.choice(cells[:, cat]))
-        column = str(rng.choice(measures))
-        c = columns.index(column)
-        rows = [i for i in range(len(table)) if cells[i, cat] == category]
-        numbers = [float(cells[i, c]) for i in rows]
-        result = sum(numbers) if aggregation == 1 else sum(numbers) / len(numbers)
-        questions.append(
-            Question(
-                f"what is the {word} {column} of {category}?",
-                [(i, c) for i in rows],
-                aggregation,
-                result,
-                [cells[i, c] for i in rows],
-            )
-        )
-    category = str(rng.choice(cells[:, cat]))
-    rows = [i for i in range(len(table)) if cells[i, cat] == category]
-    questions.append(
-        Question(
-            f"how many rows are {category}?",
-            [(i, cat) for i in rows],
-            3,
-            float(len(rows)),
-            [cells[i, cat] for i in rows],
-        )
-    )
-    return questions
-
-
-def build_set(tokenizer, sources_, splits, names, tables_per_source, length, rng):
-    """Encoded examples (dict of arrays) and, per example, (table cells, Question)."""
-    parts, meta = [], []
-    for source, rows in zip(sources_, splits, strict=True):
-        for _ in range(tables_per_source):
-            table = make_table(source, rows, names, rng)
-            questions = make_questions(table, source.category_column, rng)
-            encoded = tokenizer(
-                table,
-                [q.text for q in questions],
-                answer_coordinates=[q.coordinates for q in questions],
-                answer_text=[q.gold_cells for q in questions],
-                float_answer=[q.float_answer for q in questions],
-                padding="max_length",
-                max_length=length,
-            )
-            encoded["aggregation_labels"] = np.array([q.aggregation for q in questions], np.int32)
-            parts.append(encoded)
-            meta += [(table.to_numpy().tolist(), q) for q in questions]
-    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return data, meta
-
-
-def is_correct(cells_table, question: Question, coordinates, aggregation: int) -> bool:
-    predicted = answer(cells_table, coordinates, aggregation, dict(enumerate(AGGREGATIONS)))
-    if question.aggregation == 0:
-        return aggregation == 0 and sorted(predicted.cells) == sorted(question.gold_cells)
+def is_correct(asked: TableQuestion, coordinates, aggregation: int) -> bool:
+    """Whether the predicted cells and operator answer `asked`: for NONE the selected cells are
+    the gold cells, for SUM, AVERAGE and COUNT the operator gives the gold number."""
+    predicted = answer(asked.cells, coordinates, aggregation, dict(enumerate(AGGREGATIONS)))
+    if asked.question.aggregation == 0:
+        return aggregation == 0 and sorted(predicted.cells) == sorted(asked.gold_cells)
     if predicted.result is None:
         return False
-    return bool(np.isclose(predicted.result, question.float_answer, rtol=1e-6, atol=1e-9))
+    return bool(np.isclose(predicted.result, asked.question.float_answer, rtol=1e-6, atol=1e-9))
 
 
 @nnx.jit
@@ -225,26 +74,26 @@ def forward(model, batch):
     return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
 
-def evaluate(model, data, meta, batch_size: int) -> dict:
+def evaluate(model, data: dict, questions: list[TableQuestion], batch_size: int) -> dict:
+    """Answer accuracy per gold operator and overall, and the first few answers."""
     keys = ("input_ids", "attention_mask", "token_type_ids")
     correct = {name: [] for name in AGGREGATIONS}
     examples = []
-    for start in range(0, len(meta), batch_size):
+    for start in range(0, len(questions), batch_size):
         batch = {k: data[k][start : start + batch_size] for k in keys}
         out = forward(model, {k: jnp.asarray(v) for k, v in batch.items()})
         coordinates, aggregations = convert_logits_to_predictions(
             batch, np.asarray(out.logits), np.asarray(out.logits_aggregation)
         )
-        for (cells_table, question), coords, agg in zip(
-            meta[start : start + batch_size], coordinates, aggregations, strict=True
+        for asked, coords, agg in zip(
+            questions[start : start + batch_size], coordinates, aggregations, strict=True
         ):
-            ok = is_correct(cells_table, question, coords, agg)
-            correct[AGGREGATIONS[question.aggregation]].append(ok)
+            ok = is_correct(asked, coords, agg)
+            correct[AGGREGATIONS[asked.question.aggregation]].append(ok)
             if len(examples) < 8:
-                predicted = answer(cells_table, coords, agg, dict(enumerate(AGGREGATIONS)))
-                examples.append(
-                    {"question": question.text, "predicted": str(predicted), "correct": ok}
-                )
+                predicted = answer(asked.cells, coords, agg, dict(enumerate(AGGREGATIONS)))
+                text = asked.question.text
+                examples.append({"question": text, "predicted": str(predicted), "correct": ok})
     per_type = {k: {"accuracy": float(np.mean(v)), "count": len(v)} for k, v in correct.items()}
     overall = float(np.mean([x for v in correct.values() for x in v]))
     return {"per_type": per_type, "overall": overall, "examples": examples}
@@ -271,7 +120,8 @@ def report(result: dict) -> str:
         f"{r['train_tables']} tables, {r['eval_examples']} held-out questions on "
         f"{r['eval_tables']} tables built from rows no training table uses.",
         "",
-        f"Training loss: first {r['loss_first']:.3f}, last 50 steps' mean {r['loss_last']:.3f}.",
+        f"Training loss: first logged {r['loss_first']:.3f}, mean over the last 50 steps' "
+        f"records {r['loss_last']:.3f}.",
         "",
         "## Answer accuracy on held-out tables",
         "",
@@ -307,104 +157,59 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, help="training steps (default 4000, quick 10)")
     parser.add_argument("--results", type=Path, help="markdown report to write")
     parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    quick = args.quick
-    steps = args.steps or (10 if quick else 4000)
-    out = args.out or Path("runs/table_qa_quick" if quick else "runs/table_qa")
-    results = args.results or (None if quick else Path("experiments/results/table_qa.md"))
-    settings = dict(
-        steps=steps,
-        batch_size=8 if quick else 32,
-        layers=1 if quick else 2,
-        hidden=32 if quick else 64,
-        length=112,
-        learning_rate=2e-3,
-        warmup=min(200, steps // 10),
-    )
+    overrides = [*(QUICK if args.quick else ()), *args.set]
+    overrides += [f"steps={args.steps}"] if args.steps else []
+    overrides += [f"out_dir={args.out}"] if args.out else []
+    run = run_config.apply_overrides(run_config.load(CONFIG), overrides)
+    out = Path(run.out_dir)
+    results = args.results or (None if args.quick else ROOT / "results" / "table_qa.md")
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     load_start = os.getloadavg()[0]
 
-    rng = np.random.default_rng(0)
-    sources_ = sources()
-    names = module_names()
-    splits = []
-    for source in sources_:
-        rows = rng.permutation(len(source.categories))
-        cut = int(0.7 * len(rows))
-        splits.append((rows[:cut], rows[cut:]))
-    vocab = vocabulary(sources_, names)
-    settings["vocab"] = len(vocab)
-    tokenizer = TapasTokenizer(vocab, model_max_length=settings["length"])
-    train_tables, eval_tables = (4, 2) if quick else (1000, 40)
-    train, _ = build_set(
-        tokenizer, sources_, [s[0] for s in splits], names, train_tables, settings["length"], rng
-    )
-    held_out, meta = build_set(
-        tokenizer, sources_, [s[1] for s in splits], names, eval_tables, settings["length"], rng
-    )
-    log(f"{len(train['input_ids'])} training, {len(meta)} held-out questions")
-
-    config = TapasConfig.base_wikisql_supervised(
-        vocab_size=len(vocab),
-        hidden_size=settings["hidden"],
-        num_hidden_layers=settings["layers"],
-        num_attention_heads=4,
-        intermediate_size=4 * settings["hidden"],
-        max_position_embeddings=settings["length"],
-        # 10,000 generated questions for a few epochs: no dropout.
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    model = TapasForQuestionAnswering(config, rngs=nnx.Rngs(0))
-    before = evaluate(model, held_out, meta, 64)
-    model.train()
-    graphdef, params = nnx.split(model)
-    optimizer = make_optimizer(
-        OptimizerConfig(
-            learning_rate=settings["learning_rate"],
-            warmup_steps=settings["warmup"],
-            weight_decay=0.01,
-            b2=0.999,
-        ),
-        steps,
-    )
-    state = init_state(params, optimizer, jax.random.key(0))
-    step = jax.jit(make_train_step(graphdef, objectives.OBJECTIVES["tapas"], optimizer))
-    keys = ("input_ids", "attention_mask", "token_type_ids", "labels", "aggregation_labels")
-    size, batch_size = len(train["input_ids"]), settings["batch_size"]
-    losses = []
+    data = run.data.load()
+    held_out, questions = run.data.encode("validation")
+    log(f"{len(data.train['input_ids'])} training, {len(questions)} held-out questions")
+    job = trainer.Trainer(run, data)
+    # The model the trainer starts from: its family's build with the run's seed.
+    untrained = hub.FAMILIES[run.model.model_type].build(job.model_config, rngs=nnx.Rngs(run.seed))
+    untrained.eval()
+    before = evaluate(untrained, held_out, questions, 64)
     start = time.perf_counter()
-    order = np.random.default_rng(1).permutation(size)
-    for i in range(steps):
-        index = np.take(order, np.arange(i * batch_size, (i + 1) * batch_size), mode="wrap")
-        batch = {k: jnp.asarray(train[k][index]) for k in keys}
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
-        if i % 100 == 0 or i == steps - 1:
-            accuracy = float(metrics["cell_accuracy"])
-            log(f"step {i}: loss {losses[-1]:.4f}, cell accuracy {accuracy:.2f}")
+    trained = job.run(progress=not args.quick)
     train_s = time.perf_counter() - start
-    trained = nnx.merge(graphdef, state.params)
-    trained.eval()
-    after = evaluate(trained, held_out, meta, 64)
+    after = evaluate(job.model(), held_out, questions, 64)
 
+    logged = [r for r in metrics.read_metrics(trained.metrics_path) if r["split"] == "train"]
+    losses = [r["loss"] for r in logged]
+    model = job.model_config
+    settings = dict(
+        steps=run.steps,
+        batch_size=run.batch_size,
+        layers=model.num_hidden_layers,
+        hidden=model.hidden_size,
+        length=run.data.max_length,
+        learning_rate=run.optimizer.learning_rate,
+        warmup=min(run.optimizer.warmup_steps, run.steps - 1),
+        vocab=model.vocab_size,
+    )
     result = {
-        "command": " ".join(
-            [".venv/bin/python", "experiments/table_qa.py", *(argv or sys.argv[1:])]
-        ),
+        "command": " ".join(["python", "experiments/table_qa.py", *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": len(os.sched_getaffinity(0)),
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
         "settings": settings,
-        "train_examples": size,
-        "train_tables": 2 * train_tables,
-        "eval_examples": len(meta),
-        "eval_tables": 2 * eval_tables,
+        "train_examples": len(data.train["input_ids"]),
+        "train_tables": 2 * run.data.train_tables,
+        "eval_examples": len(questions),
+        "eval_tables": 2 * run.data.validation_tables,
         "train_s": train_s,
         "losses": losses,
+        "loss_steps": [r["step"] for r in logged],
         "loss_first": losses[0],
-        "loss_last": float(np.mean(losses[-50:])),
+        "loss_last": float(np.mean([r["loss"] for r in logged if r["step"] > run.steps - 50])),
         "before": before,
         "after": after,
     }

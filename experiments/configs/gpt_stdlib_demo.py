@@ -7,7 +7,8 @@ polyformer train experiments/configs/gpt_stdlib_demo.py --set steps=2000   # con
 import dataclasses
 
 from polyformer.models.gpt import GPT2Config
-from polyformer.training.config import DataConfig, RunConfig
+from polyformer.training.config import RunConfig
+from polyformer.training.data import TextData
 from polyformer.training.optim import OptimizerConfig
 
 
@@ -24,7 +25,7 @@ def config() -> RunConfig:
     )
     return RunConfig(
         model=model,
-        data=DataConfig(dataset="python_stdlib", vocab_size=4096, seq_len=128),
+        data=TextData(dataset="python_stdlib", vocab_size=4096, seq_len=128),
         optimizer=OptimizerConfig(learning_rate=2e-3, warmup_steps=50, weight_decay=0.1),
         steps=600,
         batch_size=16,

@@ -4,15 +4,18 @@ python experiments/igpt.py --quick                   # a few minutes on 2 CPU co
 python experiments/igpt.py                           # the full run: 3000 steps
 python experiments/igpt.py --set model.n_layer=4     # any field of this config, from the CLI
 
-Not for `polyformer train`: that reads text corpora through `data`. Here the data object is
-experiments/igpt.py's DigitsData, and of `data` only `seq_len` counts (64: one target per
-pixel, the inputs being the start token and the first 63 pixels); `dataset` is a label.
+polyformer train experiments/configs/igpt.py      # training alone, no evaluation
+
+Data: `DigitPixels` (polyformer/training/data/vision.py): the embedded `sklearn_digits/gray8`
+TFDS set as 65-token sequences (a start token, then 64 pixel levels); the model reads the start
+token and pixels 0..62 and predicts pixels 0..63.
 """
 
 import dataclasses
 
 from polyformer.models.gpt import GPT2Config
-from polyformer.training.config import DataConfig, RunConfig
+from polyformer.training.config import RunConfig
+from polyformer.training.data.vision import DigitPixels
 from polyformer.training.optim import OptimizerConfig
 
 
@@ -30,12 +33,12 @@ def config() -> RunConfig:
     )
     return RunConfig(
         model=model,
-        data=DataConfig(dataset="sklearn_digits", tokenizer="bytes", seq_len=64),
+        data=DigitPixels(levels=17),
         optimizer=OptimizerConfig(learning_rate=2e-3, warmup_steps=50, weight_decay=0.1),
         steps=3000,
         batch_size=32,
         eval_every=250,
-        eval_batches=5,  # 5 x 32 = 160 of the 180 held-out images; the report uses all 180
+        eval_batches=4,  # 4 x 32 = 128 of the held-out images; the report uses all of them
         checkpoint_every=500,
         log_every=25,
         out_dir="runs/igpt",

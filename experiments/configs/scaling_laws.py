@@ -10,7 +10,8 @@ shape, the corpus) comes from here.
 """
 
 from polyformer.models.gpt import GPT2Config
-from polyformer.training.config import DataConfig, RunConfig
+from polyformer.training.config import RunConfig
+from polyformer.training.data import TextData
 from polyformer.training.optim import OptimizerConfig
 
 
@@ -27,7 +28,7 @@ def config() -> RunConfig:
     )
     return RunConfig(
         model=model,
-        data=DataConfig(dataset="python_stdlib", vocab_size=4096, seq_len=64),
+        data=TextData(dataset="python_stdlib", vocab_size=4096, seq_len=64),
         # Kaplan et al.'s LR(N) = 0.003239 - 0.0001395 ln N for this size's N = 100,096.
         optimizer=OptimizerConfig(learning_rate=1.633e-3, warmup_steps=15, weight_decay=0.1),
         steps=300,

@@ -1,4 +1,4 @@
-"""TFDS builders for corpora that ship with the installed software: nothing is downloaded.
+"""TFDS builders for data made from the installed software: nothing is downloaded.
 
 Importing this package registers the builders with TFDS, so `tfds.builder("python_stdlib")` and
 `tfds.data_source("python_stdlib", download=True)` find them. They write array_record files,
@@ -9,11 +9,10 @@ import os
 from pathlib import Path
 
 from polyformer.datasets.digits import DigitsConfig, SklearnDigits
+from polyformer.datasets.embedded import EmbeddedBuilder
 from polyformer.datasets.python_stdlib import PythonStdlib, StdlibConfig
 from polyformer.datasets.spoken_digits import SpokenDigits, SpokenDigitsConfig
-
-# The builders whose data are made on this machine, so preparing them never needs the network.
-EMBEDDED = (PythonStdlib, SklearnDigits, SpokenDigits)
+from polyformer.datasets.table_questions import TableQuestions, TableQuestionsConfig
 
 
 def default_data_dir() -> Path:
@@ -24,12 +23,14 @@ def default_data_dir() -> Path:
 
 
 __all__ = [
-    "EMBEDDED",
+    "EmbeddedBuilder",
     "DigitsConfig",
     "PythonStdlib",
     "SpokenDigits",
     "SpokenDigitsConfig",
     "SklearnDigits",
     "StdlibConfig",
+    "TableQuestions",
+    "TableQuestionsConfig",
     "default_data_dir",
 ]

@@ -6,7 +6,8 @@ foreground color over a background color. Every example carries its digit (`labe
 and a caption that names all three, "a red seven on a blue background", so the same set serves
 image classification (ViT) and image/caption contrastive training (CLIP).
 
-Configs: `gray32` paints every digit white on black (captions then differ only in the digit).
+Configs: `gray32` paints every digit white on black (captions then differ only in the digit);
+`gray8` too, at the images' own 8x8, from which `gray_values` recovers the 0..16 values exactly.
 `color32` draws the two colors per example from a palette of eight, seeded by the example's
 index: 560 distinct captions. `color4_32` draws them from four (black, white, red, green): 120
 captions, so that in a batch of 64 every image has about five others of the same two colors,
@@ -24,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from polyformer.datasets.python_stdlib import split_of
+from polyformer.datasets.embedded import EmbeddedBuilder, split_of
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Named colors far apart in RGB, so that a caption's color is recoverable from the pixels.
@@ -81,6 +82,13 @@ def upsample(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(ink.resize((size, size), Image.Resampling.BICUBIC)), 0.0, 1.0)
 
 
+def gray_values(images: np.ndarray) -> np.ndarray:
+    """White-on-black images `[..., side, side, 3]` of a config at the digits' own 8x8 (`gray8`,
+    where nothing is resampled) -> their gray values 0..16, int32 `[..., side, side]`: the
+    inverse of `paint`, exact because 255 / 16 levels lie far apart."""
+    return np.rint(np.asarray(images)[..., 0] * (MAX_VALUE / 255.0)).astype(np.int32)
+
+
 def paint(ink: np.ndarray, foreground: str, background: str) -> np.ndarray:
     """Ink intensity `[h, w]` in [0, 1] -> uint8 RGB `[h, w, 3]`, blending the two colors."""
     fg = np.asarray(PALETTE[foreground], np.float32)
@@ -106,20 +114,17 @@ def _config(name: str, num_colors: int, size: int = 32) -> DigitsConfig:
     return DigitsConfig(name=name, description=description, image_size=size, num_colors=num_colors)
 
 
-class SklearnDigits(tfds.core.GeneratorBasedBuilder):
+class SklearnDigits(EmbeddedBuilder):
     """scikit-learn's digits, upsampled and painted, with captions."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
         _config("gray32", num_colors=0),
+        _config("gray8", num_colors=0, size=8),
         _config("color32", num_colors=8),
         _config("color4_32", num_colors=4),
     ]
-
-    def __init__(self, *, file_format: str = "array_record", **kwargs):
-        # array_record: written and read without TensorFlow (see python_stdlib.PythonStdlib).
-        super().__init__(file_format=file_format, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size

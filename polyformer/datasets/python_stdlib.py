@@ -11,7 +11,6 @@ interpreters never mix in one data_dir.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import sysconfig
 import tokenize
@@ -19,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tensorflow_datasets as tfds
+
+from polyformer.datasets.embedded import EmbeddedBuilder, split_of
 
 # Directories that are not the standard library's own source, or are its tests (a third of the
 # files, mostly fixtures rather than code worth modelling).
@@ -54,18 +55,11 @@ def stdlib_files(root: Path, max_files: int | None = None) -> list[str]:
     return paths
 
 
-def split_of(relative_path: str, validation_percent: int) -> str:
-    """The split of a file, "validation" or "train", from a hash of its path: stable across
-    runs, machines and Python versions (unlike `hash()`, which is salted per process)."""
-    bucket = int.from_bytes(hashlib.sha256(relative_path.encode()).digest()[:8], "big") % 100
-    return "validation" if bucket < validation_percent else "train"
-
-
 def _config_name() -> str:
     return f"py{sys.version_info.major}.{sys.version_info.minor}"
 
 
-class PythonStdlib(tfds.core.GeneratorBasedBuilder):
+class PythonStdlib(EmbeddedBuilder):
     """The running interpreter's standard library source, one example per file."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -73,11 +67,6 @@ class PythonStdlib(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         StdlibConfig(name=_config_name(), description="Every standard library source file."),
     ]
-
-    def __init__(self, *, file_format: str = "array_record", **kwargs):
-        # array_record is what TFDS writes and reads without TensorFlow (and what grain reads);
-        # TFDS's own default, tfrecord, needs TensorFlow.
-        super().__init__(file_format=file_format, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         # DatasetInfo directly, not `dataset_info_from_configs`: that one reads metadata files

@@ -22,8 +22,8 @@ import numpy as np
 import soundfile
 import tensorflow_datasets as tfds
 
-from polyformer.datasets.python_stdlib import split_of
-from polyformer.models.wav2vec2.processing import resample
+from polyformer.audio import resample
+from polyformer.datasets.embedded import EmbeddedBuilder, split_of
 
 SYMBOLS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # espeak-ng voices and variants (`espeak-ng --voices=en`, `--voices=variant`): several accents,
@@ -150,7 +150,7 @@ class SpokenDigitsConfig(tfds.core.BuilderConfig):
     symbols: str = SYMBOLS
 
 
-class SpokenDigits(tfds.core.GeneratorBasedBuilder):
+class SpokenDigits(EmbeddedBuilder):
     """Digit and letter sequences read by espeak-ng in several voices, 16 kHz int16 audio."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -161,10 +161,6 @@ class SpokenDigits(tfds.core.GeneratorBasedBuilder):
             name="digits", description="2000 utterances of 3-6 digits.", symbols="0123456789"
         ),
     ]
-
-    def __init__(self, *, file_format: str = "array_record", **kwargs):
-        # array_record: written and read without TensorFlow (tfrecord needs it).
-        super().__init__(file_format=file_format, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

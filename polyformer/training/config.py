@@ -17,6 +17,8 @@ from typing import Any
 
 from polyformer.attention import AttentionKernel, Favor, Sparse, patterns
 from polyformer.models.gpt import GPT2Config
+from polyformer.training.data import DataConfig, TextData
+from polyformer.training.objectives import OBJECTIVES
 from polyformer.training.optim import OptimizerConfig
 from polyformer.training.sharding import MeshConfig
 
@@ -27,30 +29,12 @@ ATTENTION: dict[str, AttentionKernel | None] = {
     "band": Sparse(patterns.band(128)),
     "longformer": Sparse(patterns.longformer(256, [0])),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Causal-LM input: a TFDS dataset's text feature, tokenised and cut into windows."""
-
-    dataset: str = "python_stdlib"
-    text_feature: str = "text"
-    data_dir: str | None = None
-    tokenizer: str = "bpe"  # "bpe" (trained on the train split) or "bytes"
-    vocab_size: int = 4096
-    seq_len: int = 128
-
-    def load(self):
-        """The corpus (built, tokenised and cached on first use) as `LMData`."""
-        from polyformer.training import data
-
-        corpus = data.prepare_lm_corpus(
-            self.dataset,
-            vocab_size=self.vocab_size if self.tokenizer == "bpe" else None,
-            text_key=self.text_feature,
-            data_dir=self.data_dir,
-        )
-        return data.LMData(corpus, self.seq_len)
+PRECISIONS = ("float32", "bfloat16")
+# Counts and intervals that must be at least 1.
+POSITIVE = (
+    "steps", "batch_size", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+    "log_every",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +42,18 @@ class RunConfig:
     """Everything a training run needs.
 
     `model` is the config of any model family `polyformer.hub.FAMILIES` knows (HF field names;
-    the model trained is the class the family builds from it). `data` is a data config whose
-    `load()` returns what `trainer.Trainer` reads (see its docstring): `DataConfig` for causal-LM
-    text, `polyformer.training.data.ArrayData` behind the vision, speech and table configs.
-    `objective` names the loss in `objectives.OBJECTIVES`.
+    the model trained is the class the family builds from it). `data` is a data config
+    (`polyformer.training.data.DataConfig`: `TextData` for causal-LM text, or the vision, speech
+    and table configs of `polyformer.training.data`) whose `load()` returns the `TrainData` the
+    trainer reads. `objective` names the loss in `objectives.OBJECTIVES`. Every field is checked
+    here, when the config is built, so a bad value fails before anything compiles.
     """
 
     model: Any = GPT2Config.tiny()
     attention: str = "dense"
     precision: str = "float32"  # or "bfloat16": bfloat16 compute, float32 master weights
     optimizer: OptimizerConfig = OptimizerConfig()
-    data: Any = DataConfig()
+    data: DataConfig = TextData()
     mesh: MeshConfig = MeshConfig()
     objective: str = "causal_lm"
     steps: int = 1000
@@ -84,16 +69,28 @@ class RunConfig:
     def __post_init__(self):
         if self.attention not in ATTENTION:
             raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION)}")
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
-        for name in ("model", "data"):
-            if not dataclasses.is_dataclass(getattr(self, name)):
-                raise ValueError(f"{name} must be a config dataclass, got {getattr(self, name)!r}")
-        if not hasattr(self.data, "load"):
-            raise ValueError(f"data={type(self.data).__name__} has no load() method")
-        if self.steps < 1 or self.batch_size < 1:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not dataclasses.is_dataclass(self.model):
+            raise ValueError(f"model must be a model config dataclass, got {self.model!r}")
+        if not dataclasses.is_dataclass(self.data) or not isinstance(self.data, DataConfig):
             raise ValueError(
-                f"steps and batch_size must be positive: {self.steps}, {self.batch_size}"
+                f"data must be a data config dataclass with load(), got {type(self.data).__name__}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        for name in POSITIVE:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not self.out_dir:
+            raise ValueError("out_dir must name a directory, got an empty string")
+        if self.batch_size % self.optimizer.accumulation_steps:
+            raise ValueError(
+                f"batch_size={self.batch_size} does not split into "
+                f"optimizer.accumulation_steps={self.optimizer.accumulation_steps} micro-batches"
             )
 
 

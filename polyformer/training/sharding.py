@@ -13,8 +13,11 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from polyformer.training.step import TrainState
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -75,15 +78,34 @@ def to_mesh_spec(
     return PartitionSpec(*spec)
 
 
-def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules) -> nnx.State:
+def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules) -> nnx.State:
     """A NamedSharding for every variable of an (abstract) nnx state, from its logical axes."""
-    logical = nnx.get_partition_spec(abstract_state)
+    logical = nnx.get_partition_spec(abstract_params)
     return jax.tree.map(
         lambda spec, leaf: NamedSharding(mesh, to_mesh_spec(spec, leaf.shape, mesh, rules)),
         logical,
-        abstract_state,
+        abstract_params,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
+
+
+def state_shardings(
+    abstract_state: TrainState, optimizer: optax.GradientTransformation, mesh: Mesh, rules
+) -> TrainState:
+    """Shardings for a whole (abstract) TrainState: parameters from their logical axes, each
+    optimizer moment as the parameter it belongs to (`optax.tree_map_params` finds them
+    exactly), counters and keys replicated."""
+    params = param_shardings(abstract_state.params, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = optax.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        abstract_state.opt_state,
+        params,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+    )
+    return TrainState(replicated, params, opt_state, replicated)
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

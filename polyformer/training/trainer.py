@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from polyformer import hub
 from polyformer.training import checkpoint, metrics, objectives, sharding
 from polyformer.training.config import ATTENTION, RunConfig
+from polyformer.training.data import TrainData
 from polyformer.training.optim import make_optimizer, schedule
 from polyformer.training.step import TrainState, init_state, make_eval_step, make_train_step
 
@@ -62,25 +62,6 @@ def _path_key(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
-def state_shardings(abstract: TrainState, param_shardings: Any, mesh) -> Any:
-    """Shardings for a whole TrainState: optimizer moments follow the parameter they belong to
-    (matched by path suffix); counters and keys are replicated."""
-    by_path = {
-        _path_key(path): s for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
-    }
-    longest = max(map(len, by_path))
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def pick(path, leaf):
-        key = _path_key(path)
-        for n in range(min(longest, len(key)), 0, -1):
-            if key[-n:] in by_path and leaf.ndim:
-                return by_path[key[-n:]]
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(pick, abstract)
-
-
 def non_embedding_params(params: nnx.State) -> int:
     """Parameters less the lookup tables (`nnx.Embed`'s `embedding`), which cost no FLOPs, as
     Kaplan et al. count N."""
@@ -117,18 +98,16 @@ def flops_per_example(graphdef: nnx.GraphDef, params: Any, loss_fn, example: dic
 class Trainer:
     """Builds everything a run needs from a RunConfig and its data, then `run()`s it.
 
-    `data` (what `config.data.load()` returns) provides:
-      train_iterator(batch_size, seed, shard_index, shard_count): an iterator of this host's
-        numpy batches (dicts of `[batch, ...]` arrays, the keys the objective reads) with
-        `get_state() -> dict` and `set_state(dict)`;
-      eval_batches(batch_size, count): a list of such batches, the same at every call;
-      model_overrides: model config fields the data decides (vocab_size, num_labels, ...);
-      tokens_per_example: what one example counts for in the throughput;
-      save(directory): writes its tokenizer or processor beside an exported model.
+    `data` is what `config.data.load()` returns: a `polyformer.training.data.TrainData`.
     The model is the class `hub.FAMILIES[config.model.model_type]` builds.
     """
 
-    def __init__(self, config: RunConfig, data: Any):
+    def __init__(self, config: RunConfig, data: TrainData):
+        if not isinstance(data, TrainData):
+            raise ValueError(
+                f"data must be a TrainData (train_iterator, eval_batches, model_overrides, "
+                f"tokens_per_example, save), got {type(data).__name__}"
+            )
         self.config = config
         self.data = data
         self.out_dir = Path(config.out_dir)
@@ -148,10 +127,9 @@ class Trainer:
 
         abstract_model = nnx.eval_shape(build)
         abstract_model.train()
-        self.graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+        self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
         abstract_model.eval()
         self.eval_graphdef, _ = nnx.split(abstract_model, nnx.Param)
-        param_shardings = sharding.state_shardings(abstract_params, self.mesh, self.rules)
         rng = jax.random.key(config.seed + 1)
 
         def init():
@@ -159,14 +137,17 @@ class Trainer:
             return init_state(params, self.optimizer, rng)
 
         abstract_state = jax.eval_shape(init)
-        self.state_shardings = state_shardings(abstract_state, param_shardings, self.mesh)
+        self.state_shardings = sharding.state_shardings(
+            abstract_state, self.optimizer, self.mesh, self.rules
+        )
         self._init = jax.jit(init, out_shardings=self.state_shardings)
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             abstract_state,
             self.state_shardings,
         )
-        loss_fn = objectives.OBJECTIVES[config.objective]
+        self.objective = objectives.OBJECTIVES[config.objective]
+        loss_fn = self.objective
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
         self.train_step = jax.jit(
             make_train_step(
@@ -213,9 +194,7 @@ class Trainer:
         for local in batches:
             for k, v in jax.device_get(self.eval_step(params, self.global_batch(local))).items():
                 totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
-        if c.objective == "causal_lm":
-            totals["perplexity"] = math.exp(min(totals["loss"], 50.0))
-        return totals
+        return totals | self.objective.derived(totals)
 
     def run(self, *, progress: bool = True) -> TrainResult:
         c = self.config

@@ -6,7 +6,7 @@ from sklearn.datasets import load_digits
 
 from polyformer.datasets import SklearnDigits
 from polyformer.datasets import digits as d
-from polyformer.datasets.python_stdlib import split_of
+from polyformer.datasets.embedded import split_of
 
 
 def records(builder, split):

@@ -5,7 +5,8 @@ import textwrap
 import pytest
 
 from polyformer.datasets import PythonStdlib, StdlibConfig
-from polyformer.datasets.python_stdlib import split_of, stdlib_files, stdlib_root
+from polyformer.datasets.embedded import split_of
+from polyformer.datasets.python_stdlib import stdlib_files, stdlib_root
 
 # Few files, many of them for validation: a build of a second or two with both splits filled.
 TINY = StdlibConfig(name="tiny", max_files=40, validation_percent=20)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from polyformer.datasets import SpokenDigits, SpokenDigitsConfig
-from polyformer.datasets.python_stdlib import split_of
+from polyformer.datasets.embedded import split_of
 from polyformer.datasets.spoken_digits import (
     SYMBOLS,
     VOICES,

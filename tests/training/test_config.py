@@ -1,9 +1,11 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from polyformer import cli
 from polyformer.training import config as C
+from polyformer.training.optim import OptimizerConfig
 
 DEMO = "experiments/configs/gpt_stdlib_demo.py"
 
@@ -51,7 +53,34 @@ def test_the_command_line_takes_several_assignments_after_one_set():
     assert args.set == ["model.n_layer=4", "attention=favor", "steps=3"]
 
 
-def test_every_experiment_config_loads():
-    for path in ("experiments/configs/gpt_stdlib_demo.py", "experiments/configs/scaling_laws.py"):
-        run = C.load(path)
-        assert dataclasses.is_dataclass(run)
+@pytest.mark.parametrize("path", sorted(Path("experiments/configs").glob("*.py")), ids=str)
+def test_every_experiment_config_loads(path):
+    run = C.load(path)
+    assert dataclasses.is_dataclass(run) and dataclasses.is_dataclass(run.data)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("log_every", 0, "log_every must be a positive integer, got 0"),
+        ("eval_every", 0, "eval_every must be"),
+        ("checkpoint_every", -1, "checkpoint_every must be"),
+        ("eval_batches", 0, "eval_batches must be"),
+        ("keep_checkpoints", 0, "keep_checkpoints must be"),
+        ("steps", 0, "steps must be"),
+        ("batch_size", 2.0, "batch_size must be a positive integer"),
+        ("seed", -1, "seed must be a non-negative integer"),
+        ("objective", "bogus", "objective='bogus' is not one of causal_lm, "),
+        ("out_dir", "", "out_dir must name a directory"),
+        ("data", 3, "data must be a data config"),
+        ("model", "gpt2", "model must be a model config"),
+    ],
+)
+def test_every_field_is_checked_when_the_config_is_built(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        C.RunConfig(**{field: value})
+
+
+def test_the_batch_must_split_into_the_accumulation_steps():
+    with pytest.raises(ValueError, match="batch_size=6 does not split into"):
+        C.RunConfig(batch_size=6, optimizer=OptimizerConfig(accumulation_steps=4))

@@ -8,7 +8,8 @@ from flax import nnx
 
 from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel
 from polyformer.training import objectives, optim, step, trainer
-from polyformer.training.config import DataConfig, RunConfig
+from polyformer.training.config import RunConfig
+from polyformer.training.data import TextData
 
 CONFIG = dataclasses.replace(
     GPT2Config.tiny(), n_positions=16, n_embd=32, n_head=4, n_layer=2, vocab_size=64,
@@ -28,7 +29,7 @@ def run_steps(model_config, accumulation_steps, steps=3):
     opt = optim.make_optimizer(optim.OptimizerConfig(warmup_steps=1), 10)
     state = step.init_state(params, opt, jax.random.key(0))
     train_step = jax.jit(
-        step.make_train_step(graphdef, objectives.causal_lm, opt, accumulation_steps)
+        step.make_train_step(graphdef, objectives.lm.causal_lm, opt, accumulation_steps)
     )
     for _ in range(steps):
         state, metrics = train_step(state, batch())
@@ -44,7 +45,7 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 
 
 def test_bfloat16_compute_keeps_float32_master_weights():
-    run = RunConfig(model=CONFIG, precision="bfloat16", data=DataConfig(seq_len=16))
+    run = RunConfig(model=CONFIG, precision="bfloat16", data=TextData(seq_len=16))
     model_config = trainer.model_config(run, {})
     model = GPT2LMHeadModel(model_config, rngs=nnx.Rngs(0))
     out = model(batch()["inputs"], output_hidden_states=True)

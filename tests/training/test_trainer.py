@@ -14,7 +14,8 @@ import pytest
 
 from polyformer.models.gpt import GPT2Config
 from polyformer.training import data, objectives, trainer
-from polyformer.training.config import DataConfig, RunConfig
+from polyformer.training.config import RunConfig
+from polyformer.training.data import TextData
 
 WORKER = Path(__file__).with_name("worker.py")
 pytestmark = pytest.mark.heavy
@@ -137,7 +138,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     poisoned_step = 5
 
     def poisoned(model, batch, rngs):
-        loss, aux = objectives.causal_lm(model, batch, rngs)
+        loss, aux = objectives.lm.causal_lm(model, batch, rngs)
         return loss + batch["poison"][0], aux
 
     @dataclasses.dataclass(frozen=True)
@@ -160,10 +161,10 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
             return Poison()
 
     lm = PoisonedData(corpus, seq_len=8)
-    monkeypatch.setitem(objectives.OBJECTIVES, "causal_lm", poisoned)
+    monkeypatch.setitem(objectives.OBJECTIVES, "causal_lm", objectives.Objective(poisoned))
     config = RunConfig(
         model=dataclasses.replace(GPT2Config.tiny(), n_positions=8, n_embd=16, n_head=2, n_layer=1),
-        data=DataConfig(seq_len=8),
+        data=TextData(seq_len=8),
         steps=10,
         batch_size=4,
         checkpoint_every=2,

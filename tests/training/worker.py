@@ -66,7 +66,8 @@ def main() -> None:
 
     from polyformer.models.gpt import GPT2Config
     from polyformer.training import data, trainer
-    from polyformer.training.config import DataConfig, RunConfig
+    from polyformer.training.config import RunConfig
+    from polyformer.training.data import TextData
     from polyformer.training.optim import OptimizerConfig
     from polyformer.training.sharding import MeshConfig
 
@@ -81,7 +82,7 @@ def main() -> None:
         model=dataclasses.replace(
             GPT2Config.tiny(), n_positions=16, n_embd=32, n_head=4, n_layer=2, resid_pdrop=0.1
         ),
-        data=DataConfig(seq_len=16),
+        data=TextData(seq_len=16),
         optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=2, accumulation_steps=2),
         mesh=MeshConfig(data=data_fraction, fsdp=fsdp, tensor=tensor),
         steps=args.steps,

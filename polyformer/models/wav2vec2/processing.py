@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import soundfile
-import soxr
+
+from polyformer.audio import resample
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -177,16 +178,6 @@ def _as_waveforms(raw_speech: Any) -> list[np.ndarray]:
             raise ValueError("empty waveform")
         out.append(np.asarray(wave, np.float32))
     return out
-
-
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """`audio` `[samples]` at `from_rate` Hz -> float32 at `to_rate` Hz (soxr, high quality)."""
-    if from_rate <= 0 or to_rate <= 0:
-        raise ValueError(f"sample rates must be positive, got {from_rate} and {to_rate}")
-    audio = np.asarray(audio, np.float32)
-    if from_rate == to_rate:
-        return audio
-    return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

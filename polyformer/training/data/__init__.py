@@ -1,5 +1,8 @@
-"""Input pipelines: TFDS text -> tokenizer -> cached token ids -> sharded, resumable LM batches;
-in-memory arrays (ArrayData) for the small vision, speech and table sets.
+"""Input pipelines and every data config. The contract the trainer reads is `TrainData`
+(protocol.py); `LMData` implements it for TFDS text -> tokenizer -> cached token ids -> sharded,
+resumable LM batches, `ArrayData` for the small in-memory vision, speech and table sets. The data
+configs: `TextData` (lm.py), `DigitImages` and `DigitCaptions` (vision.py), `SpokenDigitsData`
+(speech.py), `TableQuestionsData` (tables.py).
 
 corpus = prepare_lm_corpus("python_stdlib", vocab_size=4096)   # built and cached once
 train = lm_dataset(corpus.tokens["train"], seq_len=256, global_batch=32, seed=0)
@@ -9,7 +12,14 @@ state = batches.get_state()              # {"next_index": step}; set_state(state
 
 from polyformer.training.data.arrays import ArrayData, array_dataset
 from polyformer.training.data.corpus import LMCorpus, prepare_lm_corpus, token_ids
-from polyformer.training.data.lm import LMData, batch_iterator, lm_dataset, num_windows
+from polyformer.training.data.lm import (
+    LMData,
+    TextData,
+    batch_iterator,
+    lm_dataset,
+    num_windows,
+)
+from polyformer.training.data.protocol import Batch, DataConfig, TrainData, TrainIterator
 from polyformer.training.data.sources import data_source, texts
 from polyformer.training.data.tokenizer import (
     END_OF_TEXT,
@@ -23,6 +33,8 @@ from polyformer.training.data.tokenizer import (
 __all__ = [
     "END_OF_TEXT",
     "ArrayData",
+    "Batch",
+    "DataConfig",
     "LMCorpus",
     "LMData",
     "array_dataset",
@@ -35,6 +47,9 @@ __all__ = [
     "num_windows",
     "prepare_lm_corpus",
     "save_tokenizer",
+    "TextData",
+    "TrainData",
+    "TrainIterator",
     "texts",
     "token_ids",
     "train_bpe",

@@ -19,8 +19,7 @@ import jax
 import numpy as np
 
 from polyformer.training.data.lm import batch_iterator
-
-Batch = dict[str, np.ndarray]
+from polyformer.training.data.protocol import Batch
 
 
 def _check(arrays: Batch, split: str) -> int:

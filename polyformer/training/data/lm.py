@@ -25,7 +25,7 @@ import grain
 import jax
 import numpy as np
 
-from polyformer.training.data.corpus import LMCorpus
+from polyformer.training.data.corpus import LMCorpus, prepare_lm_corpus
 from polyformer.training.data.tokenizer import save_tokenizer
 
 
@@ -87,8 +87,8 @@ def _gather_windows(
 def batch_iterator(dataset: grain.MapDataset, prefetch: int = 4) -> grain.DatasetIterator:
     """An iterator over `dataset` that reads up to `prefetch` batches ahead on one thread (0: on
     demand). `get_state()` -> `{"next_index": step}` and `set_state(state)` save and restore its
-    position, ahead-read batches notwithstanding; orbax saves it with
-    `grain.checkpoint.CheckpointSave(iterator)`."""
+    position, ahead-read batches notwithstanding (the trainer's checkpoints store that state as
+    JSON beside the train state)."""
     options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
     return iter(dataset.to_iter_dataset(options))
 
@@ -149,3 +149,43 @@ class LMData:
             num_epochs=1,
         )
         return [dataset[step] for step in range(min(count, len(dataset)))]
+
+
+TOKENIZERS = ("bpe", "bytes")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextData:
+    """Causal-LM input: a TFDS dataset's text feature, tokenised and cut into windows.
+
+    Attributes:
+      dataset, text_feature, data_dir: the TFDS dataset and feature (see `data_source`).
+      tokenizer: "bpe" (trained on the train split, `vocab_size` tokens) or "bytes".
+      seq_len: tokens per training window.
+    """
+
+    dataset: str = "python_stdlib"
+    text_feature: str = "text"
+    data_dir: str | None = None
+    tokenizer: str = "bpe"
+    vocab_size: int = 4096
+    seq_len: int = 128
+
+    def __post_init__(self):
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"data.tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+        if self.seq_len < 1 or self.vocab_size < 1:
+            raise ValueError(
+                f"data.seq_len and data.vocab_size must be positive, got {self.seq_len}, "
+                f"{self.vocab_size}"
+            )
+
+    def load(self) -> LMData:
+        """The corpus (built, tokenised and cached on first use) as `LMData`."""
+        corpus = prepare_lm_corpus(
+            self.dataset,
+            vocab_size=self.vocab_size if self.tokenizer == "bpe" else None,
+            text_key=self.text_feature,
+            data_dir=self.data_dir,
+        )
+        return LMData(corpus, self.seq_len)

@@ -13,7 +13,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from polyformer.datasets import EMBEDDED, default_data_dir
+from polyformer.datasets import EmbeddedBuilder, default_data_dir
 
 
 def data_source(
@@ -31,7 +31,7 @@ def data_source(
     """
     data_dir = os.fspath(data_dir or default_data_dir())
     builder = tfds.builder(name, data_dir=data_dir, **builder_kwargs)
-    if isinstance(builder, EMBEDDED):
+    if isinstance(builder, EmbeddedBuilder):
         builder.download_and_prepare()  # A no-op once built.
     elif not builder.is_prepared():
         raise FileNotFoundError(

@@ -11,11 +11,11 @@ that the train step compiles once) and its transcript through the CTC tokenizer.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 
 import numpy as np
 
+from polyformer.datasets.embedded import config_name
 from polyformer.datasets.spoken_digits import SYMBOLS, SpokenDigitsConfig
 from polyformer.models.wav2vec2.processing import Wav2Vec2FeatureExtractor
 from polyformer.models.wav2vec2.tokenizer import Wav2Vec2CTCTokenizer
@@ -87,10 +87,8 @@ class SpokenDigitsData:
     def dataset_config(self) -> SpokenDigitsConfig:
         fields = (self.num_utterances, self.dataset_seed, self.validation_percent,
                   self.min_symbols, self.max_symbols, self.symbols)  # fmt: skip
-        # One TFDS config per parameter set, so that sets of different sizes never mix on disk.
-        digest = hashlib.sha256(repr(fields).encode()).hexdigest()[:10]
         return SpokenDigitsConfig(
-            name=f"n{self.num_utterances}_{digest}",
+            name=config_name(f"n{self.num_utterances}", fields),
             num_utterances=self.num_utterances,
             seed=self.dataset_seed,
             validation_percent=self.validation_percent,

@@ -1,5 +1,6 @@
-"""Data configs for the vision objectives: digit images for ViT, digit images with captions for
-CLIP. Each is a frozen dataclass whose `load()` returns the `ArrayData` the trainer reads.
+"""Data configs over the digit images: images for ViT, images with captions for CLIP, pixel
+sequences for an Image GPT. Each is a frozen dataclass whose `load()` returns the `ArrayData` the
+trainer reads.
 
 The images come from the embedded TFDS dataset `sklearn_digits` (polyformer.datasets.digits),
 built on first use; they go through the model family's own image processor, so the processor
@@ -203,4 +204,75 @@ class DigitCaptions:
             tokens_per_example=(self.image_size // self.patch_size) ** 2 + 1 + self.max_length,
             saver=save,
             transform=_shift_transform(self.max_shift),
+        )
+
+
+PIXELS = 64  # the digits' 8x8
+
+
+def quantise(values: np.ndarray, levels: int) -> np.ndarray:
+    """Gray values 0..16 (any shape) -> int32 levels 0..levels-1, rounding to the nearest."""
+    if not 2 <= levels <= digits.MAX_VALUE + 1:
+        raise ValueError(f"levels must be in 2..{digits.MAX_VALUE + 1}, got {levels}")
+    scaled = np.asarray(values, np.float64) * (levels - 1) / digits.MAX_VALUE
+    return np.rint(scaled).astype(np.int32)
+
+
+def dequantise(tokens: np.ndarray, levels: int) -> np.ndarray:
+    """Levels 0..levels-1 -> gray values on the 0..16 scale (float32)."""
+    return np.asarray(tokens, np.float32) * digits.MAX_VALUE / (levels - 1)
+
+
+def to_sequences(pixels: np.ndarray, start_id: int) -> np.ndarray:
+    """Quantised images `[n, 8, 8]` (or `[n, 64]`) -> int32 `[n, 65]`: the start token, then the
+    pixels in raster order (row by row, left to right)."""
+    flat = np.asarray(pixels, np.int32).reshape(len(pixels), PIXELS)
+    start = np.full((len(flat), 1), start_id, np.int32)
+    return np.concatenate([start, flat], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitPixels:
+    """scikit-learn's 8x8 digits as pixel sequences for `GPT2LMHeadModel` (Image GPT): batches of
+    "inputs" (the start token, pixels 0..62) and "targets" (pixels 0..63), int32 `[batch, 64]`,
+    so that every target is a pixel.
+
+    Attributes:
+      levels: gray levels, `round(v * (levels - 1) / 16)`; 17 is the identity (the images hold
+        exactly 17 values). The vocabulary is the levels and the start token (id `levels`).
+      dataset: a white-on-black `sklearn_digits` config at 8x8 ("sklearn_digits/gray8").
+    """
+
+    levels: int = digits.MAX_VALUE + 1
+    dataset: str = "sklearn_digits/gray8"
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        quantise(np.zeros(1), self.levels)  # checks levels
+
+    @property
+    def start_id(self) -> int:
+        return self.levels
+
+    def sequences(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The images of `split` as int32 sequences `[n, 65]`, and their digits `[n]`."""
+        records = _records(self.dataset, split, self.data_dir)
+        pixels = quantise(digits.gray_values(records["image"]), self.levels)
+        return to_sequences(pixels, self.start_id), records["label"].astype(np.int32)
+
+    def load(self) -> ArrayData:
+        def pairs(split: str) -> dict[str, np.ndarray]:
+            sequences, _ = self.sequences(split)
+            return {"inputs": sequences[:, :-1], "targets": sequences[:, 1:]}
+
+        start = self.start_id
+        return ArrayData(
+            pairs("train"),
+            pairs("validation"),
+            tokens_per_example=PIXELS,
+            model_overrides={
+                "vocab_size": self.levels + 1,
+                "bos_token_id": start,
+                "eos_token_id": start,
+            },
         )

@@ -12,7 +12,7 @@ from flax import nnx
 from polyformer.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC
 from polyformer.models.wav2vec2.model import feat_extract_output_lengths
 from polyformer.training.objectives import OBJECTIVES
-from polyformer.training.objectives_ctc import ctc, ctc_feasible, ctc_loss
+from polyformer.training.objectives.ctc import ctc, ctc_feasible, ctc_loss
 
 
 def torch_ctc(logits, frames, labels, label_lengths, reduction, zero_infinity):

@@ -4,18 +4,15 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
-from transformers.models.clip.modeling_clip import image_text_contrastive_loss as clip_loss
 
-from polyformer.training import objectives
-from polyformer.training import objectives_vision as ov
-from tests.training.vision_worker import LinearClassifier
+from polyformer.training.objectives import vision as ov
+from tests.training.objectives.sharded_worker import LinearClassifier
 
-WORKER = Path(__file__).with_name("vision_worker.py")
+WORKER = Path(__file__).with_name("sharded_worker.py")
 
 
 def log_softmax(x):
@@ -76,45 +73,10 @@ def test_classification_options_are_checked():
         ov.image_classification(mixup_alpha=-0.1)
 
 
-def test_contrastive_loss_and_gradient_match_hf_clip_loss():
-    logits = np.random.default_rng(1).normal(size=(7, 7)).astype(np.float32) * 5
-    loss, grad = jax.value_and_grad(ov.contrastive_loss)(jnp.asarray(logits))
-    torch_logits = torch.from_numpy(logits).requires_grad_()
-    expected = clip_loss(torch_logits)
-    expected.backward()
-    np.testing.assert_allclose(loss, expected.item(), rtol=1e-6)
-    np.testing.assert_allclose(grad, torch_logits.grad.numpy(), atol=1e-7)
-    with pytest.raises(ValueError, match="square"):
-        ov.contrastive_loss(jnp.zeros((3, 4)))
-
-
-def test_temperature_is_clamped_at_100():
-    rng = np.random.default_rng(2)
-    text, image = (rng.normal(size=(4, 8)).astype(np.float32) for _ in range(2))
-    text /= np.linalg.norm(text, axis=-1, keepdims=True)
-    image /= np.linalg.norm(image, axis=-1, keepdims=True)
-    cosine = text @ image.T
-    # Below the cap: HF's logits_per_text, exp(logit_scale) * cosine similarities.
-    np.testing.assert_allclose(ov.clip_logits(text, image, jnp.float32(2.6592)),
-                               np.exp(2.6592) * cosine, rtol=1e-5)  # fmt: skip
-    np.testing.assert_allclose(ov.clip_logits(text, image, jnp.float32(5.0)), 100 * cosine,
-                               rtol=1e-5)  # fmt: skip
-
-    def loss_at(scale):
-        return ov.contrastive_loss(ov.clip_logits(text, image, scale))
-
-    assert jax.grad(loss_at)(jnp.float32(5.0)) == 0.0
-    assert jax.grad(loss_at)(jnp.float32(2.0)) != 0.0
-
-
-def test_registered_with_the_trainer():
-    for name in ("image_classification", "image_classification_mixup", "clip_contrastive"):
-        assert objectives.OBJECTIVES[name] is ov.OBJECTIVES[name]
-
-
 def test_sharded_over_8_devices_equals_one_device(tmp_path):
-    """Loss and gradients of both objectives with the batch sharded over 8 simulated devices
-    equal those on one device: the contrastive similarities span the global batch."""
+    """Loss and gradients of image classification with mixup and of CLIP's contrastive loss,
+    with the batch sharded over 8 simulated devices, equal those on one device: the contrastive
+    similarities span the global batch."""
     run = subprocess.run(
         [sys.executable, str(WORKER), str(tmp_path / "out.json")],
         capture_output=True,

@@ -8,7 +8,15 @@ from polyformer.models.clip import CLIPTextConfig
 from polyformer.models.clip.tokenizer import CLIPTokenizer
 from polyformer.training import config as run_config
 from polyformer.training import trainer
-from polyformer.training.data.vision import DigitCaptions, DigitImages, random_shift
+from polyformer.training.data.vision import (
+    DigitCaptions,
+    DigitImages,
+    DigitPixels,
+    dequantise,
+    quantise,
+    random_shift,
+    to_sequences,
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +128,45 @@ def test_two_steps_of_each_config_export_the_model_they_trained(name, tiny, data
     trained = dict(nnx.to_flat_state(nnx.state(job.model(), nnx.Param)))
     for path, variable in nnx.to_flat_state(nnx.state(exported, nnx.Param)):
         np.testing.assert_array_equal(variable.get_value(), trained[path].get_value())
+
+
+def test_quantise_levels():
+    values = np.arange(17)
+    np.testing.assert_array_equal(quantise(values, 17), values)  # 17: the identity
+    eight = quantise(values, 8)
+    assert eight.dtype == np.int32 and eight.min() == 0 and eight.max() == 7
+    assert np.all(np.diff(eight) >= 0)
+    np.testing.assert_allclose(dequantise(eight, 8), np.rint(values * 7 / 16) * 16 / 7)
+    with pytest.raises(ValueError, match="levels"):
+        quantise(values, 18)
+    with pytest.raises(ValueError, match="levels"):
+        DigitPixels(levels=1)
+
+
+def test_sequences_are_start_token_then_raster_order():
+    images = np.arange(2 * 64).reshape(2, 8, 8) % 17
+    sequences = to_sequences(images, start_id=17)
+    assert sequences.shape == (2, 65) and sequences.dtype == np.int32
+    assert np.all(sequences[:, 0] == 17)
+    assert sequences[1, 1 + 8 * 3 + 5] == images[1, 3, 5]  # row 3, column 5
+
+
+def test_digit_pixels_are_the_digits_own_gray_values(data_dir):
+    from sklearn.datasets import load_digits
+
+    pixels = DigitPixels(data_dir=data_dir)
+    train, train_labels = pixels.sequences("train")
+    held, held_labels = pixels.sequences("validation")
+    assert len(train) + len(held) == 1797 and 100 < len(held) < 260
+    assert np.all(train[:, 0] == 17) and train[:, 1:].max() == 16
+    # Every sequence is one of scikit-learn's images, exactly, with its label.
+    digits_ = load_digits()
+    images = {tuple(image.astype(np.int32).ravel()): label
+              for image, label in zip(digits_.images, digits_.target, strict=True)}  # fmt: skip
+    for sequence, label in zip(held, held_labels, strict=True):
+        assert images[tuple(sequence[1:])] == label
+    data = pixels.load()
+    assert data.model_overrides == {"vocab_size": 18, "bos_token_id": 17, "eos_token_id": 17}
+    batch = next(data.train_iterator(8, 0, 0, 1))
+    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+    np.testing.assert_array_equal(data.eval_batches(32, 1)[0]["targets"], held[:32, 1:])

@@ -1,8 +1,8 @@
-"""The vision objectives on 8 simulated CPU devices, in a process of their own (the device count is
-fixed when JAX starts): loss, metrics and gradients with the batch on one device and sharded over
-a mesh of 8, written to a JSON file for tests/training/test_objectives_vision.py.
+"""The vision and CLIP objectives on 8 simulated CPU devices, in a process of their own (the
+device count is fixed when JAX starts): loss, metrics and gradients with the batch on one device
+and sharded over a mesh of 8, written to a JSON file for tests/training/objectives/test_vision.py.
 
-    python tests/training/vision_worker.py OUT.json
+    python tests/training/objectives/sharded_worker.py OUT.json
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from polyformer.training import objectives_vision as ov
+from polyformer.training.objectives import OBJECTIVES
 from polyformer.training.sharding import MeshConfig, batch_sharding, make_mesh
 
 BATCH = 16  # two rows per device
@@ -67,7 +67,7 @@ def models_and_batches():
 
 
 def compare(name, model, batch) -> dict:
-    loss_fn = ov.OBJECTIVES[name]
+    loss_fn = OBJECTIVES[name]
     model.eval()  # no dropout: the comparison is of the objective, not of random masks
     graphdef, state = nnx.split(model)
 

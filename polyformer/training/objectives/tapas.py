@@ -1,35 +1,19 @@
-"""Training objectives: `loss_fn(model, batch, rngs) -> (loss, metrics)` (see step.LossFn)."""
+"""TAPAS question answering: the model's own cell-selection and aggregation loss."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from polyformer.training import objectives_ctc, objectives_vision
-
-
-def causal_lm(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None):
-    """Next-token cross-entropy. batch: "inputs" and "targets" `[batch, length]` int32, and
-    optionally "weights" `[batch, length]` (0 where a target does not count)."""
-    logits = model(batch["inputs"], rngs=rngs).logits
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    weights = batch.get("weights", jnp.ones_like(losses))
-    count = jnp.maximum(jnp.sum(weights), 1.0)
-    loss = jnp.sum(losses * weights) / count
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * weights) / count
-    return loss, {"accuracy": accuracy}
-
-
 # The batch keys of the TAPAS loss besides the inputs; all but labels are optional.
-_TAPAS_SUPERVISION = (
+SUPERVISION = (
     "labels", "table_mask", "aggregation_labels", "float_answer", "numeric_values",
     "numeric_values_scale",
 )  # fmt: skip
 
 
-def tapas_objective(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None):
+def tapas(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None):
     """The TAPAS loss (polyformer.models.tapas.loss.tapas_loss) of a TapasForQuestionAnswering.
     batch: "input_ids", "attention_mask" `[batch, length]`, "token_type_ids" `[batch, length,
     7]`, "labels" `[batch, length]` and what the config's supervision needs ("aggregation_labels"
@@ -37,7 +21,7 @@ def tapas_objective(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rn
     `[batch, length]`). Metrics: cell_accuracy, the share of examples whose selected cells
     (probability > 0.5) are exactly the labelled ones; aggregation_accuracy when labelled."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-    supervision = {k: batch[k] for k in _TAPAS_SUPERVISION if k in batch}
+    supervision = {k: batch[k] for k in SUPERVISION if k in batch}
     out = model(**inputs, **supervision, rngs=rngs)
     table = (batch["token_type_ids"][..., 2] > 0) & (batch["attention_mask"] > 0)
     wrong = ((out.logits > 0) != (batch["labels"] > 0)) & table
@@ -46,9 +30,3 @@ def tapas_objective(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rn
         predicted = jnp.argmax(out.logits_aggregation, axis=-1)
         metrics["aggregation_accuracy"] = jnp.mean(predicted == batch["aggregation_labels"])
     return out.loss, metrics
-
-
-OBJECTIVES = {"causal_lm": causal_lm}
-OBJECTIVES.update(objectives_vision.OBJECTIVES)  # image_classification(_mixup), clip_contrastive
-OBJECTIVES["ctc"] = objectives_ctc.ctc
-OBJECTIVES["tapas"] = tapas_objective

@@ -1,0 +1,33 @@
+"""What every embedded dataset shares: array_record files, the split by a stable hash, and one
+TFDS config name per parameter set."""
+
+from __future__ import annotations
+
+import hashlib
+
+import tensorflow_datasets as tfds
+
+
+def split_of(key: str, validation_percent: int) -> str:
+    """The split of an example, "validation" or "train", from a hash of its `key` (a file path,
+    a transcript, an index): stable across runs, machines and Python versions (unlike `hash()`,
+    which is salted per process)."""
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 100
+    return "validation" if bucket < validation_percent else "train"
+
+
+def config_name(prefix: str, parameters: tuple) -> str:
+    """`prefix` and a digest of `parameters`: one TFDS config per parameter set, so that sets of
+    different sizes never mix on disk."""
+    return f"{prefix}_{hashlib.sha256(repr(parameters).encode()).hexdigest()[:10]}"
+
+
+class EmbeddedBuilder(tfds.core.GeneratorBasedBuilder):
+    """A builder whose data are made on this machine: preparing it never needs the network.
+
+    It writes array_record files, which TFDS writes and reads without TensorFlow (and grain
+    reads); TFDS's own default, tfrecord, needs TensorFlow.
+    """
+
+    def __init__(self, *, file_format: str = "array_record", **kwargs):
+        super().__init__(file_format=file_format, **kwargs)

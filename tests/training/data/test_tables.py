@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from polyformer.models.tapas.tokenizer import TapasTokenizer
+from polyformer.training.data.tables import BATCH_KEYS, TableQuestionsData, vocabulary
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    return TableQuestionsData(train_tables=2, validation_tables=1, data_dir=data_dir)
+
+
+def test_questions_are_encoded_row_for_row_with_their_tables(tables):
+    encoded, questions = tables.encode("validation")
+    assert len(questions) == len(encoded["input_ids"]) > 0
+    assert encoded["input_ids"].shape == (len(questions), tables.max_length)
+    assert encoded["token_type_ids"].shape == (len(questions), tables.max_length, 7)
+    np.testing.assert_array_equal(
+        encoded["aggregation_labels"], [q.question.aggregation for q in questions]
+    )
+    for row, asked in enumerate(questions):
+        # Every answer cell is labelled, and nothing outside the table is.
+        assert encoded["labels"][row].sum() >= len(asked.question.coordinates)
+        assert asked.gold_cells == [asked.cells[r][c] for r, c in asked.question.coordinates]
+    # The question after a table's first carries the previous answer in prev_labels.
+    assert encoded["token_type_ids"][1, :, 3].sum() > 0
+
+
+def test_load_gives_the_strongly_supervised_batches(tables, tmp_path):
+    data = tables.load()
+    assert set(data.train) == set(BATCH_KEYS)
+    assert data.model_overrides == {"vocab_size": len(vocabulary()), "max_position_embeddings": 112}
+    data.save(tmp_path)
+    tokenizer = TapasTokenizer.from_pretrained(tmp_path)
+    assert tokenizer.convert_tokens_to_ids(["[PAD]", "what", "setosa"]) == [
+        vocabulary()[w] for w in ("[PAD]", "what", "setosa")
+    ]
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="data.train_tables"):
+        TableQuestionsData(train_tables=0)
+    with pytest.raises(ValueError, match="data.train_percent"):
+        TableQuestionsData(train_percent=100)
