@@ -30,20 +30,27 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read: corrupt, truncated, refused or of an unknown type."""
 
 
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The config.json dict of a checkpoint directory.
+def read_json(directory: str | os.PathLike, name: str) -> dict[str, Any]:
+    """The JSON object in file `name` of a checkpoint directory (config.json,
+    preprocessor_config.json, ...).
 
-    Raises FileNotFoundError without one, CheckpointError when it is not a JSON object."""
-    file = Path(directory) / CONFIG
+    Raises FileNotFoundError without the file, CheckpointError (a ValueError) naming the file
+    when it is not a JSON object."""
+    file = Path(directory) / name
     if not file.is_file():
-        raise FileNotFoundError(f"no {CONFIG} in {directory}: not a checkpoint directory")
+        raise FileNotFoundError(f"no {name} in {directory}")
     try:
-        config = json.loads(file.read_text())
+        value = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file} is not valid JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{file} holds a {type(config).__name__}, not a JSON object")
-    return config
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file} holds a {type(value).__name__}, not a JSON object")
+    return value
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The config.json dict of a checkpoint directory (see read_json)."""
+    return read_json(directory, CONFIG)
 
 
 def read_safetensors(file: Path) -> dict[str, jax.Array]:
@@ -81,6 +88,10 @@ def read_sharded(index: Path, read: Callable[[Path], dict[str, jax.Array]]) -> d
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index} is not a shard index (JSON with a weight_map): {e}") from e
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise CheckpointError(
+            f"{index}: weight_map must map tensor names to shard file names, got {weight_map!r:.80}"
+        )
     tensors = {}
     for shard in sorted(set(weight_map.values())):
         file = index.parent / shard

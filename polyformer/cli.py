@@ -1,34 +1,19 @@
-"""The `polyformer` command."""
+"""The `polyformer` command: `train`, and one command per model family (`FAMILIES`), which
+runs the family's pipeline on a checkpoint."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 from collections.abc import Sequence
 
-
-def _generate(args: argparse.Namespace) -> None:
-    from polyformer.pipelines import pipeline
-
-    pipe = pipeline("text-generation", args.checkpoint)
-    sampling = (
-        {
-            "do_sample": True,
-            "temperature": args.temperature,
-            "top_k": args.top_k,
-            "top_p": args.top_p,
-            "rng": args.seed,
-        }
-        if args.sample
-        else {}
-    )
-    for result in pipe(args.prompts, max_new_tokens=args.max_new_tokens, **sampling):
-        print(result[0]["generated_text"])
+from polyformer.models import FAMILIES
+from polyformer.pipelines import pipeline
 
 
 def _train(args: argparse.Namespace) -> None:
-    from polyformer.models import FAMILIES
     from polyformer.training import config, trainer
 
     if args.distributed:
@@ -83,86 +68,13 @@ def _sample(job, exported, args: argparse.Namespace) -> str:
     return args.prompt + tokenizer.decode(tokens[0, prompt_length:], skip_special_tokens=True)
 
 
-def _table_qa(args: argparse.Namespace) -> None:
-    import json
-
-    from polyformer.models.tapas.decoding import Answer
-    from polyformer.pipelines import pipeline
-
-    pipe = pipeline("table-question-answering", args.checkpoint)
-    answers = pipe(args.table, args.questions, sequential=args.sequential)
-    for question, answer in zip(args.questions, answers, strict=True):
-        if args.json:
-            print(json.dumps({"question": question, **answer}))
-        else:
-            print(f"{question}\n  {Answer(**answer)}")
-
-
-def _print_scores(images: Sequence[str], results: list[list[dict]]) -> None:
-    for image, scores in zip(images, results, strict=True):
-        print(image)
-        for result in scores:
-            print(f"  {result['score']:.4f}  {result['label']}")
-
-
-def _classify(args: argparse.Namespace) -> None:
-    from polyformer.pipelines import pipeline
-
-    pipe = pipeline("image-classification", args.checkpoint)
-    _print_scores(args.images, pipe(args.images, top_k=args.top_k))
-
-
-def _zero_shot(args: argparse.Namespace) -> None:
-    from polyformer.pipelines import pipeline
-
-    labels = [label.strip() for label in args.labels.split(",")]
-    if not all(labels):
-        raise ValueError(f"--labels is a comma-separated list of labels, got {args.labels!r}")
-    template = {} if args.template is None else {"hypothesis_template": args.template}
-    pipe = pipeline("zero-shot-image-classification", args.checkpoint)
-    _print_scores(args.images, pipe(args.images, candidate_labels=labels, **template))
-
-
-def _transcribe(args: argparse.Namespace) -> None:
-    import json
-    import warnings
-
-    from polyformer.pipelines import pipeline
-
-    pipe = pipeline("automatic-speech-recognition", args.checkpoint)
-    options = {"chunk_length_s": args.chunk_length_s, "return_timestamps": args.timestamps}
-    if args.stride_length_s is not None:
-        options["stride_length_s"] = args.stride_length_s
-    with warnings.catch_warnings():
-        # The conversions are printed below, once, with the file they concern.
-        warnings.simplefilter("ignore")
-        results = pipe(args.audio, **options)
-    for audio, result in zip(args.audio, results, strict=True):
-        for note in result.get("conversions", []):
-            print(f"note: {note}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"audio": audio, **result}))
-            continue
-        print(f"{audio}: {result['text']}")
-        for chunk in result.get("chunks", []):
-            start, end = chunk["timestamp"]
-            print(f"  {start:7.2f} {end:7.2f}  {chunk['text']}")
+def _run_pipeline(task: str, args: argparse.Namespace) -> None:
+    pipeline(task, args.checkpoint).run_command(args)
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="polyformer", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
-
-    gen = commands.add_parser("generate", help="continue prompts with a GPT-2 checkpoint")
-    gen.add_argument("checkpoint", help="a checkpoint directory (config.json, weights, tokenizer)")
-    gen.add_argument("prompts", nargs="+", help="one or more prompts")
-    gen.add_argument("--max-new-tokens", type=int, default=50)
-    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=50)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.set_defaults(run=_generate)
 
     train = commands.add_parser("train", help="train a model from a run config file")
     train.add_argument(
@@ -188,68 +100,14 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-tokens", type=int, default=80)
     train.set_defaults(run=_train)
 
-    table_qa = commands.add_parser(
-        "table-qa", help="answer questions about a CSV table with a TAPAS checkpoint"
-    )
-    table_qa.add_argument("checkpoint", help="a TAPAS checkpoint directory (with vocab.txt)")
-    table_qa.add_argument("table", help="a CSV file with a header row; cells are read as text")
-    table_qa.add_argument("questions", nargs="+", help="one or more questions")
-    table_qa.add_argument(
-        "--sequential",
-        action="store_true",
-        help="conversational (SQA) models: each question sees the previous answer",
-    )
-    table_qa.add_argument("--json", action="store_true", help="one JSON object per answer")
-    table_qa.set_defaults(run=_table_qa)
+    for family in FAMILIES.values():
+        # A family's command runs its first pipeline; the pipeline class says what it takes.
+        task, pipe = next(iter(family.pipelines.items()))
+        command = commands.add_parser(family.command, help=pipe.COMMAND_HELP)
+        command.add_argument("checkpoint", help=pipe.CHECKPOINT_HELP)
+        pipe.add_arguments(command)
+        command.set_defaults(run=functools.partial(_run_pipeline, task))
 
-    classify = commands.add_parser("classify", help="label images with a ViT checkpoint")
-    classify.add_argument(
-        "checkpoint", help="a ViTForImageClassification directory (with preprocessor_config.json)"
-    )
-    classify.add_argument("images", nargs="+", help="one or more image files")
-    classify.add_argument("--top-k", type=int, default=5, help="labels shown per image")
-    classify.set_defaults(run=_classify)
-
-    zero_shot = commands.add_parser(
-        "zero-shot", help="score label texts for images with a CLIP checkpoint"
-    )
-    zero_shot.add_argument(
-        "checkpoint", help="a CLIP directory (with preprocessor_config.json and tokenizer files)"
-    )
-    zero_shot.add_argument("images", nargs="+", help="one or more image files")
-    zero_shot.add_argument(
-        "--labels", required=True, help='comma-separated, e.g. "a photo of a cat,a photo of a dog"'
-    )
-    zero_shot.add_argument(
-        "--template",
-        help="the sentence each label is put into, {} marking where (default: the pipeline's, "
-        '"This is a photo of {}.")',
-    )
-    zero_shot.set_defaults(run=_zero_shot)
-
-    transcribe = commands.add_parser(
-        "transcribe", help="speech to text with a Wav2Vec2ForCTC checkpoint"
-    )
-    transcribe.add_argument(
-        "checkpoint", help="a Wav2Vec2ForCTC directory (with preprocessor_config.json, vocab.json)"
-    )
-    transcribe.add_argument(
-        "audio", nargs="+", help="sound files (WAV, FLAC, OGG); resampled and mixed down as needed"
-    )
-    transcribe.add_argument(
-        "--chunk-length-s",
-        type=float,
-        default=30.0,
-        help="longer audio is transcribed in overlapping chunks of this many seconds (0: never)",
-    )
-    transcribe.add_argument(
-        "--stride-length-s", type=float, help="overlap per side of a chunk (default: chunk / 6)"
-    )
-    transcribe.add_argument(
-        "--timestamps", choices=("char", "word"), help="print the time span of each char or word"
-    )
-    transcribe.add_argument("--json", action="store_true", help="one JSON object per file")
-    transcribe.set_defaults(run=_transcribe)
     return root
 
 

@@ -1,8 +1,8 @@
 """The model families. Each one is a subpackage: config.py, model.py (nnx modules), convert.py
-(its Hugging Face conversion table), the pre/post-processing and pipelines it needs, and an
-`__init__.py` exporting `FAMILY`. `FAMILIES` lists them by config.json's `model_type`: adding a
-family is one folder and one line here. `config.py`, `convert.py` and `encoder.py` here are the
-machinery the families share.
+(its Hugging Face conversion table), the pre/post-processing and pipeline it needs, and
+family.py, whose `FAMILY` record its `__init__.py` exports. `FAMILIES` lists them by config.json's
+`model_type`: adding a family is one folder and one line here. `config.py`, `convert.py`,
+`encoder.py` and `layers.py` here are the machinery the families share.
 """
 
 from polyformer.models import clip, gpt, tapas, vit, wav2vec2

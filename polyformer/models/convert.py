@@ -79,6 +79,58 @@ def split(hf: str, paths: tuple[Path, ...], axis: int) -> Entry:
     )
 
 
+def linear(hf: str, path: Path, *, bias: bool = True, transposed: bool = True) -> list[Entry]:
+    """A torch nn.Linear (`{hf}.weight` [out, in], `{hf}.bias`) <-> an nnx.Linear at `path`
+    (kernel [in, out], bias). transposed=False: HF stores the weight [in, out] already (GPT-2's
+    Conv1D)."""
+    weight = (transpose if transposed else copy)(f"{hf}.weight", (*path, "kernel"))
+    return [weight, copy(f"{hf}.bias", (*path, "bias"))] if bias else [weight]
+
+
+def layer_norm(hf: str, path: Path) -> list[Entry]:
+    """A torch LayerNorm or GroupNorm (`weight`, `bias`) <-> nnx's (`scale`, `bias`)."""
+    return [copy(f"{hf}.weight", (*path, "scale")), copy(f"{hf}.bias", (*path, "bias"))]
+
+
+def conv(hf: str, path: Path, *, bias: bool = True) -> list[Entry]:
+    """A torch ConvNd (weight [out, in, *window]) <-> an nnx.Conv (kernel [*window, in, out])."""
+
+    def to_ours(x):
+        return (jnp.transpose(x, (*range(2, x.ndim), 1, 0)),)
+
+    def to_hf(x):
+        return jnp.transpose(x, (x.ndim - 1, x.ndim - 2, *range(x.ndim - 2)))
+
+    weight = Entry(f"{hf}.weight", ((*path, "kernel"),), to_ours, to_hf)
+    return [weight, copy(f"{hf}.bias", (*path, "bias"))] if bias else [weight]
+
+
+def embedding(hf: str, path: Path) -> list[Entry]:
+    """A torch nn.Embedding (`{hf}.weight` [vocab, width]) <-> an nnx.Embed at `path`."""
+    return [copy(f"{hf}.weight", (*path, "embedding"))]
+
+
+def reshape(hf: str, path: Path, hf_shape: tuple[int, ...], shape: tuple[int, ...]) -> Entry:
+    """A tensor stored with a different shape (same element order) on each side."""
+    return Entry(hf, (path,), lambda x: (x.reshape(shape),), lambda x: x.reshape(hf_shape))
+
+
+def encoder_layer(
+    hf: str, path: Path, names: Mapping[tuple[str, ...], str], qkv_bias: bool = True
+) -> list[Entry]:
+    """One `polyformer.models.encoder.EncoderLayer`: `hf` its HF prefix (ending in "."), `path`
+    its state path, `names` our sub-modules -> the family's HF names (`layer_norm*` modules are
+    LayerNorms, the others linear layers; without `qkv_bias`, query, key and value have none)."""
+    entries = []
+    for module, name in names.items():
+        if module[0].startswith("layer_norm"):
+            entries += layer_norm(hf + name, (*path, *module))
+        else:
+            has_bias = qkv_bias or module[-1] not in ("query", "key", "value")
+            entries += linear(hf + name, (*path, *module), bias=has_bias)
+    return entries
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
     """The complete mapping between a family's HF checkpoints and one model configuration.

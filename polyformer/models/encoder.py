@@ -17,23 +17,9 @@ import jax
 from flax import nnx
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
-from polyformer.attention.layer import linear, logical
+from polyformer.attention.layer import linear
 from polyformer.models.activations import ACTIVATIONS
-
-
-def layer_norm(width: int, epsilon: float, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
-    """torch.nn.LayerNorm's computation over the last axis `[..., width]`."""
-    return nnx.LayerNorm(
-        width,
-        epsilon=epsilon,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        # E[(x - mean)^2] as torch computes it: E[x^2] - mean^2 loses digits on the residual stream.
-        use_fast_variance=False,
-        scale_init=logical(nnx.initializers.ones_init(), ("embed",)),
-        bias_init=logical(nnx.initializers.zeros_init(), ("embed",)),
-        rngs=rngs,
-    )
+from polyformer.models.layers import layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,13 +141,3 @@ class Encoder(nnx.Module):
             x = layer(x, mask, causal, rngs)
             hidden.append(x)
         return x, tuple(hidden)
-
-
-def training_rngs(model: nnx.Module, rngs: nnx.Rngs | None) -> nnx.Rngs | None:
-    """The rngs a model's call uses for dropout: None in evaluation mode (`model.deterministic`,
-    which model.train() / model.eval() flip); required in training mode."""
-    if model.deterministic:
-        return None
-    if rngs is None:
-        raise ValueError("the model is in training mode: pass rngs=nnx.Rngs(dropout=...)")
-    return rngs

@@ -1,7 +1,8 @@
 """`Family`: everything the rest of polyformer needs to know about one model family.
 
-Each family's `__init__.py` exports one `FAMILY`; `polyformer.models.FAMILIES` lists them by
-`model_type`, and hub, pipelines, the CLI and the trainer read that one list.
+Each family's `family.py` defines one `FAMILY`, which its `__init__.py` exports;
+`polyformer.models.FAMILIES` lists them by `model_type`, and hub, pipelines, the CLI and the
+trainer read that one list.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ class Family:
       build: `build(config, *, rngs)` makes the model config.json's `architectures` names.
       table: `table(config)` is the conversion table for that configuration.
       pipelines: task name (as Hugging Face names it) -> pipeline class; each has
-        `from_model(model, directory)`, the directory holding its tokenizer or processor files.
+        `from_model(model, directory)`, the directory holding its tokenizer or processor files,
+        and, for the CLI, COMMAND_HELP, CHECKPOINT_HELP, `add_arguments(parser)` and
+        `run_command(args)`.
       objectives: names in `polyformer.training.objectives.OBJECTIVES` that train the family;
         the first is the default.
-      command: the `polyformer` subcommand that runs a checkpoint of the family.
+      command: the `polyformer` subcommand that runs the family's first pipeline on a checkpoint.
       try_command: that command's arguments for an exported model, `{model}` its directory.
     """
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from polyformer.models import convert
 from polyformer.models.clip.config import CLIPConfig
-from polyformer.models.convert import copy
-from polyformer.models.vit.convert import conv, dense, encoder_layer, layer_norm
+from polyformer.models.convert import conv, copy, embedding, encoder_layer, layer_norm, linear
 
 # Our encoder-layer modules (polyformer.models.encoder.EncoderLayer) -> CLIP's HF names.
 LAYER_NAMES = {
@@ -41,20 +40,20 @@ def table(config: CLIPConfig) -> convert.Table:
     text, vision = "text_model.", "vision_model."
     emb = ("vision_model", "embeddings")
     entries = [
-        copy(text + "embeddings.token_embedding.weight",
-             ("text_model", "embeddings", "token_embedding", "embedding")),
-        copy(text + "embeddings.position_embedding.weight",
-             ("text_model", "embeddings", "position_embedding", "embedding")),
+        *embedding(text + "embeddings.token_embedding",
+                   ("text_model", "embeddings", "token_embedding")),
+        *embedding(text + "embeddings.position_embedding",
+                   ("text_model", "embeddings", "position_embedding")),
         *_encoder(text, ("text_model",), config.text_config.num_hidden_layers),
         *layer_norm(text + "final_layer_norm", ("text_model", "final_layer_norm")),
         copy(vision + "embeddings.class_embedding", (*emb, "class_embedding")),
-        conv(vision + "embeddings.patch_embedding.weight", (*emb, "patch_embedding", "kernel")),
+        *conv(vision + "embeddings.patch_embedding", (*emb, "patch_embedding"), bias=False),
         copy(vision + "embeddings.position_embedding.weight", (*emb, "position_embedding")),
         *layer_norm(vision + "pre_layrnorm", ("vision_model", "pre_layrnorm")),
         *_encoder(vision, ("vision_model",), config.vision_config.num_hidden_layers),
         *layer_norm(vision + "post_layernorm", ("vision_model", "post_layernorm")),
-        *dense("visual_projection", ("visual_projection",), bias=False),
-        *dense("text_projection", ("text_projection",), bias=False),
+        *linear("visual_projection", ("visual_projection",), bias=False),
+        *linear("text_projection", ("text_projection",), bias=False),
         copy("logit_scale", ("logit_scale",)),
     ]  # fmt: skip
     buffers = frozenset(f"{tower}embeddings.position_ids" for tower in (text, vision))

@@ -17,7 +17,8 @@ from flax import nnx
 
 from polyformer.attention.layer import linear, logical
 from polyformer.models.clip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from polyformer.models.encoder import Encoder, EncoderInit, layer_norm, training_rngs
+from polyformer.models.encoder import Encoder, EncoderInit
+from polyformer.models.layers import layer_norm, training_rngs
 from polyformer.models.vit.config import size_pair
 from polyformer.models.vit.model import BaseModelOutputWithPooling, VisionEmbeddings
 

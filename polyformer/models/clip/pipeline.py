@@ -3,6 +3,7 @@ each label."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from flax import nnx
 from polyformer.models.clip.model import CLIPModel
 from polyformer.models.clip.processing import CLIPImageProcessor
 from polyformer.models.clip.tokenizer import CLIPTokenizer
-from polyformer.models.vit.pipeline import pipeline_images, rank
+from polyformer.models.vit.pipeline import pipeline_images, print_scores, rank
 from polyformer.models.vit.processing import Image
 
 HYPOTHESIS_TEMPLATE = "This is a photo of {}."  # transformers' default
@@ -93,3 +94,29 @@ class ZeroShotImageClassificationPipeline:
             logits = _logits_per_image(self.model, input_ids, pixel_values, attention_mask)[0]
             results.append(rank(np.asarray(jax.nn.softmax(logits)), labels, len(labels)))
         return results[0] if single else results
+
+    # `polyformer zero-shot`: its help and the arguments after the checkpoint.
+    COMMAND_HELP = "score label texts for images with a CLIP checkpoint"
+    CHECKPOINT_HELP = "a CLIP directory (with preprocessor_config.json and tokenizer files)"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("images", nargs="+", help="one or more image files")
+        parser.add_argument(
+            "--labels",
+            required=True,
+            help='comma-separated, e.g. "a photo of a cat,a photo of a dog"',
+        )
+        parser.add_argument(
+            "--template",
+            help="the sentence each label is put into, {} marking where (default: the "
+            'pipeline\'s, "This is a photo of {}.")',
+        )
+
+    def run_command(self, args: argparse.Namespace) -> None:
+        """Prints each image's labels with their scores."""
+        labels = [label.strip() for label in args.labels.split(",")]
+        if not all(labels):
+            raise ValueError(f"--labels is a comma-separated list of labels, got {args.labels!r}")
+        template = {} if args.template is None else {"hypothesis_template": args.template}
+        print_scores(args.images, self(args.images, candidate_labels=labels, **template))

@@ -1,24 +1,12 @@
 """GPT-2: `GPT2LMHeadModel`, its config, conversion table, tokenizer and `generate`; `FAMILY`
 is its record in `polyformer.models.FAMILIES`."""
 
-from polyformer.models.family import Family
 from polyformer.models.gpt import convert
 from polyformer.models.gpt.config import GPT2Config
+from polyformer.models.gpt.family import FAMILY
 from polyformer.models.gpt.generate import generate
 from polyformer.models.gpt.model import GPT2MLP, CausalLMOutput, GPT2Block, GPT2LMHeadModel
-from polyformer.models.gpt.pipeline import TextGenerationPipeline
 from polyformer.models.gpt.tokenizer import GPT2Tokenizer
-
-FAMILY = Family(
-    model_type="gpt2",
-    config=GPT2Config,
-    build=GPT2LMHeadModel,
-    table=convert.table,
-    pipelines={"text-generation": TextGenerationPipeline},
-    objectives=("causal_lm",),
-    command="generate",
-    try_command='generate {model} "def "',
-)
 
 __all__ = [
     "FAMILY",

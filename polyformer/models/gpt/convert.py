@@ -8,29 +8,26 @@ except lm_head, a torch nn.Linear ([out, in]). The fused attention projection `a
 from __future__ import annotations
 
 from polyformer.models import convert
-from polyformer.models.convert import copy, split, transpose
+from polyformer.models.convert import embedding, layer_norm, linear, split, transpose
 from polyformer.models.gpt.config import GPT2Config
 
 BASE = "transformer."  # GPT2LMHeadModel's prefix; GPT2Model checkpoints have none
 
 
-def _layer_norm(hf: str, ours: tuple) -> list[convert.Entry]:
-    return [copy(f"{hf}.weight", (*ours, "scale")), copy(f"{hf}.bias", (*ours, "bias"))]
-
-
 def _conv1d(hf: str, ours: tuple) -> list[convert.Entry]:
-    return [copy(f"{hf}.weight", (*ours, "kernel")), copy(f"{hf}.bias", (*ours, "bias"))]
+    """HF's Conv1D: a linear layer whose weight is stored [in, out] already."""
+    return linear(hf, ours, transposed=False)
 
 
 def _block(i: int) -> list[convert.Entry]:
     hf, ours = f"{BASE}h.{i}.", ("h", i)
     qkv = tuple((*ours, "attn", name) for name in ("query", "key", "value"))
     return [
-        *_layer_norm(hf + "ln_1", (*ours, "ln_1")),
+        *layer_norm(hf + "ln_1", (*ours, "ln_1")),
         split(hf + "attn.c_attn.weight", tuple((*p, "kernel") for p in qkv), axis=1),
         split(hf + "attn.c_attn.bias", tuple((*p, "bias") for p in qkv), axis=0),
         *_conv1d(hf + "attn.c_proj", (*ours, "attn", "out")),
-        *_layer_norm(hf + "ln_2", (*ours, "ln_2")),
+        *layer_norm(hf + "ln_2", (*ours, "ln_2")),
         *_conv1d(hf + "mlp.c_fc", (*ours, "mlp", "c_fc")),
         *_conv1d(hf + "mlp.c_proj", (*ours, "mlp", "c_proj")),
     ]
@@ -39,10 +36,10 @@ def _block(i: int) -> list[convert.Entry]:
 def table(config: GPT2Config) -> convert.Table:
     """The table for one configuration (its number of layers, tied or separate lm_head)."""
     entries = [
-        copy(BASE + "wte.weight", ("wte", "embedding")),
-        copy(BASE + "wpe.weight", ("wpe", "embedding")),
+        *embedding(BASE + "wte", ("wte",)),
+        *embedding(BASE + "wpe", ("wpe",)),
         *(entry for i in range(config.n_layer) for entry in _block(i)),
-        *_layer_norm(BASE + "ln_f", ("ln_f",)),
+        *layer_norm(BASE + "ln_f", ("ln_f",)),
     ]
     if not config.tie_word_embeddings:
         entries.append(transpose("lm_head.weight", ("lm_head", "kernel")))

@@ -14,8 +14,8 @@ from flax import nnx
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.encoder import layer_norm
 from polyformer.models.gpt.config import GPT2Config
+from polyformer.models.layers import layer_norm, training_rngs
 
 
 @flax.struct.dataclass
@@ -254,9 +254,7 @@ class GPT2LMHeadModel(nnx.Module):
         in transformers; left-padded batches that want HF's generation positions pass
         cumsum(attention_mask) - 1). rngs: needed in training mode, for dropout."""
         self._check_length(input_ids.shape[1])
-        if not self.deterministic and rngs is None:
-            raise ValueError("the model is in training mode: pass rngs=nnx.Rngs(dropout=...)")
-        rngs = None if self.deterministic else rngs
+        rngs = training_rngs(self, rngs)
         if position_ids is None:
             position_ids = jnp.arange(input_ids.shape[1])[None]
         mask = None if attention_mask is None else attention_mask.astype(bool)

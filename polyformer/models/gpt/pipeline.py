@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -49,3 +50,33 @@ class TextGenerationPipeline:
     def from_model(cls, model: Any, directory: str | os.PathLike) -> TextGenerationPipeline:
         """A loaded model with the tokenizer files of its checkpoint `directory`."""
         return cls(model, GPT2Tokenizer.from_pretrained(directory))
+
+    # `polyformer generate`: its help and the arguments after the checkpoint.
+    COMMAND_HELP = "continue prompts with a GPT-2 checkpoint"
+    CHECKPOINT_HELP = "a checkpoint directory (config.json, weights, tokenizer)"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("prompts", nargs="+", help="one or more prompts")
+        parser.add_argument("--max-new-tokens", type=int, default=50)
+        parser.add_argument("--sample", action="store_true", help="sample, not greedy decoding")
+        parser.add_argument("--temperature", type=float, default=1.0)
+        parser.add_argument("--top-k", type=int, default=50)
+        parser.add_argument("--top-p", type=float, default=1.0)
+        parser.add_argument("--seed", type=int, default=0)
+
+    def run_command(self, args: argparse.Namespace) -> None:
+        """Prints the completion of each prompt."""
+        sampling = (
+            {
+                "do_sample": True,
+                "temperature": args.temperature,
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "rng": args.seed,
+            }
+            if args.sample
+            else {}
+        )
+        for result in self(args.prompts, max_new_tokens=args.max_new_tokens, **sampling):
+            print(result[0]["generated_text"])

@@ -18,7 +18,7 @@ from flax import nnx
 
 from polyformer.checkpoint_io import CheckpointError, read_config, read_weights
 from polyformer.models import convert
-from polyformer.models.convert import copy, transpose
+from polyformer.models.convert import copy, embedding, layer_norm, linear
 from polyformer.models.tapas.config import TapasConfig
 from polyformer.models.tapas.model import build
 
@@ -27,25 +27,17 @@ BASE = "tapas."  # TapasForQuestionAnswering's prefix; TapasModel checkpoints ha
 _LEGACY_LAYER_NORM = {".LayerNorm.gamma": ".LayerNorm.weight", ".LayerNorm.beta": ".LayerNorm.bias"}
 
 
-def _linear(hf: str, ours: tuple) -> list[convert.Entry]:
-    return [transpose(f"{hf}.weight", (*ours, "kernel")), copy(f"{hf}.bias", (*ours, "bias"))]
-
-
-def _layer_norm(hf: str, ours: tuple) -> list[convert.Entry]:
-    return [copy(f"{hf}.weight", (*ours, "scale")), copy(f"{hf}.bias", (*ours, "bias"))]
-
-
 def _layer(hf: str, ours: tuple) -> list[convert.Entry]:
     attention = (*ours, "attention")
     return [
-        *_linear(hf + "attention.self.query", (*attention, "query")),
-        *_linear(hf + "attention.self.key", (*attention, "key")),
-        *_linear(hf + "attention.self.value", (*attention, "value")),
-        *_linear(hf + "attention.output.dense", (*attention, "out")),
-        *_layer_norm(hf + "attention.output.LayerNorm", (*ours, "attention_norm")),
-        *_linear(hf + "intermediate.dense", (*ours, "intermediate")),
-        *_linear(hf + "output.dense", (*ours, "output")),
-        *_layer_norm(hf + "output.LayerNorm", (*ours, "output_norm")),
+        *linear(hf + "attention.self.query", (*attention, "query")),
+        *linear(hf + "attention.self.key", (*attention, "key")),
+        *linear(hf + "attention.self.value", (*attention, "value")),
+        *linear(hf + "attention.output.dense", (*attention, "out")),
+        *layer_norm(hf + "attention.output.LayerNorm", (*ours, "attention_norm")),
+        *linear(hf + "intermediate.dense", (*ours, "intermediate")),
+        *linear(hf + "output.dense", (*ours, "output")),
+        *layer_norm(hf + "output.LayerNorm", (*ours, "output_norm")),
     ]
 
 
@@ -56,24 +48,21 @@ def encoder_entries(
     seven token-type tables when not `token_types` (a BERT checkpoint has one of its own)."""
     hf, embeddings = hf_prefix + "embeddings.", (*ours, "embeddings")
     entries = [
-        copy(hf + "word_embeddings.weight", (*embeddings, "word_embeddings", "embedding")),
-        copy(hf + "position_embeddings.weight", (*embeddings, "position_embeddings", "embedding")),
-        *_layer_norm(hf + "LayerNorm", (*embeddings, "LayerNorm")),
+        *embedding(hf + "word_embeddings", (*embeddings, "word_embeddings")),
+        *embedding(hf + "position_embeddings", (*embeddings, "position_embeddings")),
+        *layer_norm(hf + "LayerNorm", (*embeddings, "LayerNorm")),
         *(
             entry
             for i in range(config.num_hidden_layers)
             for entry in _layer(f"{hf_prefix}encoder.layer.{i}.", (*ours, "encoder", "layer", i))
         ),
-        *_linear(hf_prefix + "pooler.dense", (*ours, "pooler", "dense")),
+        *linear(hf_prefix + "pooler.dense", (*ours, "pooler", "dense")),
     ]  # fmt: skip
     if token_types:
-        entries += [
-            copy(
-                f"{hf_prefix}embeddings.token_type_embeddings_{i}.weight",
-                (*embeddings, "token_type_embeddings", i, "embedding"),
+        for i in range(len(config.type_vocab_sizes)):
+            entries += embedding(
+                f"{hf}token_type_embeddings_{i}", (*embeddings, "token_type_embeddings", i)
             )
-            for i in range(len(config.type_vocab_sizes))
-        ]
     return entries
 
 
@@ -100,7 +89,7 @@ def table(config: TapasConfig) -> convert.Table:
         copy("column_output_bias", ("column_output_bias",)),
     ]
     if config.num_aggregation_labels > 0:
-        entries += _linear("aggregation_classifier", ("aggregation_classifier",))
+        entries += linear("aggregation_classifier", ("aggregation_classifier",))
     return _with_legacy_names(entries)
 
 

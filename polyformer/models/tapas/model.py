@@ -22,7 +22,7 @@ from flax import nnx
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.encoder import layer_norm
+from polyformer.models.layers import layer_norm, training_rngs
 from polyformer.models.tapas import segments
 from polyformer.models.tapas.config import TOKEN_TYPES, TapasConfig
 from polyformer.models.tapas.loss import tapas_loss
@@ -260,9 +260,7 @@ class TapasModel(nnx.Module):
         `[batch | 1, length]` (None: per-cell positions when reset_position_index_per_cell,
         else 0..length-1). rngs: needed in training mode, for dropout."""
         _check_inputs(self.config, input_ids, token_type_ids)
-        if not self.deterministic and rngs is None:
-            raise ValueError("the model is in training mode: pass rngs=nnx.Rngs(dropout=...)")
-        rngs = None if self.deterministic else rngs
+        rngs = training_rngs(self, rngs)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((*input_ids.shape, len(TOKEN_TYPES)), jnp.int32)
         if position_ids is None:
@@ -351,6 +349,7 @@ class TapasForQuestionAnswering(nnx.Module):
         `labels` `[batch, length]` are given. rngs: needed in training mode (dropout, and the
         Gumbel samples of configs that use them)."""
         c = self.config
+        rngs = training_rngs(self, rngs)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((*input_ids.shape, len(TOKEN_TYPES)), jnp.int32)
         out = self.tapas(
@@ -361,7 +360,6 @@ class TapasForQuestionAnswering(nnx.Module):
             output_hidden_states=output_hidden_states,
             rngs=rngs,
         )
-        rngs = None if self.deterministic else rngs
         sequence = self.dropout(
             out.last_hidden_state, deterministic=rngs is None, rngs=rngs
         ).astype(jnp.float32)

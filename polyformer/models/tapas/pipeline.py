@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -187,6 +189,30 @@ class TableQuestionAnsweringPipeline:
             previous = example
         aggregation = None if aggregations[0] is None else np.concatenate(aggregations)
         return np.concatenate(logits), aggregation
+
+    # `polyformer table-qa`: its help and the arguments after the checkpoint.
+    COMMAND_HELP = "answer questions about a CSV table with a TAPAS checkpoint"
+    CHECKPOINT_HELP = "a TAPAS checkpoint directory (with vocab.txt)"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("table", help="a CSV file with a header row; cells are read as text")
+        parser.add_argument("questions", nargs="+", help="one or more questions")
+        parser.add_argument(
+            "--sequential",
+            action="store_true",
+            help="conversational (SQA) models: each question sees the previous answer",
+        )
+        parser.add_argument("--json", action="store_true", help="one JSON object per answer")
+
+    def run_command(self, args: argparse.Namespace) -> None:
+        """Prints each question's answer."""
+        answers = self(args.table, args.questions, sequential=args.sequential)
+        for question, answer in zip(args.questions, answers, strict=True):
+            if args.json:
+                print(json.dumps({"question": question, **answer}))
+            else:
+                print(f"{question}\n  {decoding.Answer(**answer)}")
 
 
 @nnx.jit

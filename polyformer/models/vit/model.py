@@ -19,7 +19,8 @@ from flax import nnx
 
 from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.encoder import Encoder, EncoderInit, layer_norm, training_rngs
+from polyformer.models.encoder import Encoder, EncoderInit
+from polyformer.models.layers import layer_norm, training_rngs
 from polyformer.models.vit.config import ViTConfig, size_pair
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -49,6 +50,14 @@ def rank(scores: np.ndarray, labels: Sequence[str], top_k: int) -> list[dict[str
     as transformers' stable sort does."""
     best = sorted(range(len(labels)), key=lambda i: -scores[i])[:top_k]
     return [{"label": labels[i], "score": float(scores[i])} for i in best]
+
+
+def print_scores(images: Sequence[str], results: list[list[dict]]) -> None:
+    """Each image's name, then its labels with their scores (the classify commands' output)."""
+    for image, scores in zip(images, results, strict=True):
+        print(image)
+        for result in scores:
+            print(f"  {result['score']:.4f}  {result['label']}")
 
 
 @dataclasses.dataclass
@@ -109,3 +118,16 @@ class ImageClassificationPipeline:
             scores = np.asarray(SCORE_FUNCTIONS[self.function_to_apply](logits))
             results.append(rank(scores, labels, top_k))
         return results[0] if single else results
+
+    # `polyformer classify`: its help and the arguments after the checkpoint.
+    COMMAND_HELP = "label images with a ViT checkpoint"
+    CHECKPOINT_HELP = "a ViTForImageClassification directory (with preprocessor_config.json)"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("images", nargs="+", help="one or more image files")
+        parser.add_argument("--top-k", type=int, default=5, help="labels shown per image")
+
+    def run_command(self, args: argparse.Namespace) -> None:
+        """Prints the top labels of each image with their scores."""
+        print_scores(args.images, self(args.images, top_k=args.top_k))

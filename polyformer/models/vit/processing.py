@@ -22,6 +22,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from polyformer.checkpoint_io import read_json
+
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
@@ -191,14 +193,7 @@ class ViTImageProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> ViTImageProcessor:
-        file = Path(directory) / PREPROCESSOR_CONFIG
-        if not file.is_file():
-            raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG} in {directory}")
-        try:
-            config = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{file} is not valid JSON: {e}") from e
-        return cls.from_hf(config)
+        return cls.from_hf(read_json(directory, PREPROCESSOR_CONFIG))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Writes preprocessor_config.json, which transformers' AutoImageProcessor reads."""

@@ -1,9 +1,9 @@
 """Wav2Vec2: `Wav2Vec2ForCTC` and `Wav2Vec2Model`, their config and conversion table; `FAMILY`
 is its record in `polyformer.models.FAMILIES`."""
 
-from polyformer.models.family import Family
 from polyformer.models.wav2vec2 import convert
 from polyformer.models.wav2vec2.config import Wav2Vec2Config
+from polyformer.models.wav2vec2.family import FAMILY
 from polyformer.models.wav2vec2.model import (
     CTCOutput,
     Wav2Vec2BaseModelOutput,
@@ -13,18 +13,6 @@ from polyformer.models.wav2vec2.model import (
     feat_extract_output_lengths,
     frame_mask,
     spec_augment_mask,
-)
-from polyformer.models.wav2vec2.pipeline import AutomaticSpeechRecognitionPipeline
-
-FAMILY = Family(
-    model_type="wav2vec2",
-    config=Wav2Vec2Config,
-    build=build,
-    table=convert.table,
-    pipelines={"automatic-speech-recognition": AutomaticSpeechRecognitionPipeline},
-    objectives=("ctc",),
-    command="transcribe",
-    try_command="transcribe {model} SPEECH.wav",
 )
 
 __all__ = [

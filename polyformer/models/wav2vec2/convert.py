@@ -11,10 +11,8 @@ checkpoints, the official ones among them) and `parametrizations.weight.original
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from polyformer.models import convert
-from polyformer.models.convert import copy, transpose
+from polyformer.models.convert import conv, copy, layer_norm, linear
 from polyformer.models.wav2vec2.config import Wav2Vec2Config
 
 BASE = "wav2vec2."  # Wav2Vec2ForCTC's prefix; Wav2Vec2Model checkpoints have none
@@ -26,34 +24,16 @@ WEIGHT_NORM = {
 }
 
 
-def _conv(hf: str, ours: tuple) -> convert.Entry:
-    """torch Conv1d weight `[out, in, kernel]` <-> nnx.Conv kernel `[kernel, in, out]`."""
-    return convert.Entry(
-        f"{hf}.weight",
-        ((*ours, "kernel"),),
-        lambda x: (jnp.transpose(x, (2, 1, 0)),),
-        lambda x: jnp.transpose(x, (2, 1, 0)),
-    )
-
-
-def _norm(hf: str, ours: tuple) -> list[convert.Entry]:
-    return [copy(f"{hf}.weight", (*ours, "scale")), copy(f"{hf}.bias", (*ours, "bias"))]
-
-
-def _linear(hf: str, ours: tuple) -> list[convert.Entry]:
-    return [transpose(f"{hf}.weight", (*ours, "kernel")), copy(f"{hf}.bias", (*ours, "bias"))]
-
-
 def _layer(base: str, i: int, ours: tuple) -> list[convert.Entry]:
     hf, ours = f"{base}encoder.layers.{i}.", (*ours, "encoder", "layers", i)
     projections = (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "out"))
     entries = []
     for theirs, mine in projections:
-        entries += _linear(f"{hf}attention.{theirs}", (*ours, "attention", mine))
+        entries += linear(f"{hf}attention.{theirs}", (*ours, "attention", mine))
     for dense in ("intermediate_dense", "output_dense"):
-        entries += _linear(f"{hf}feed_forward.{dense}", (*ours, "feed_forward", dense))
+        entries += linear(f"{hf}feed_forward.{dense}", (*ours, "feed_forward", dense))
     for norm in ("layer_norm", "final_layer_norm"):
-        entries += _norm(hf + norm, (*ours, norm))
+        entries += layer_norm(hf + norm, (*ours, norm))
     return entries
 
 
@@ -63,20 +43,18 @@ def _base_model(config: Wav2Vec2Config, base: str, ours: tuple) -> list[convert.
     for i in range(config.num_feat_extract_layers):
         hf, path = f"{base}feature_extractor.conv_layers.{i}.", (*ours, "feature_extractor",
                                                                   "conv_layers", i)  # fmt: skip
-        entries.append(_conv(hf + "conv", (*path, "conv")))
-        if config.conv_bias:
-            entries.append(copy(hf + "conv.bias", (*path, "conv", "bias")))
+        entries += conv(hf + "conv", (*path, "conv"), bias=config.conv_bias)
         if config.feat_extract_norm == "layer" or i == 0:
-            entries.extend(_norm(hf + "layer_norm", (*path, "layer_norm")))
+            entries += layer_norm(hf + "layer_norm", (*path, "layer_norm"))
     projection = (*ours, "feature_projection")
-    entries += _norm(base + "feature_projection.layer_norm", (*projection, "layer_norm"))
-    entries += _linear(base + "feature_projection.projection", (*projection, "projection"))
+    entries += layer_norm(base + "feature_projection.layer_norm", (*projection, "layer_norm"))
+    entries += linear(base + "feature_projection.projection", (*projection, "projection"))
     if config.has_masked_spec_embed:
         entries.append(copy(base + "masked_spec_embed", (*ours, "masked_spec_embed")))
     pos = (*ours, "encoder", "pos_conv_embed")
     entries += [copy(base + POS_CONV + WEIGHT_NORM[p][0], (*pos, p)) for p in WEIGHT_NORM]
     entries.append(copy(base + POS_CONV + "bias", (*pos, "bias")))
-    entries += _norm(base + "encoder.layer_norm", (*ours, "encoder", "layer_norm"))
+    entries += layer_norm(base + "encoder.layer_norm", (*ours, "encoder", "layer_norm"))
     for i in range(config.num_hidden_layers):
         entries += _layer(base, i, ours)
     return entries
@@ -93,5 +71,5 @@ def table(config: Wav2Vec2Config) -> convert.Table:
     ignored = frozenset(() if config.has_masked_spec_embed else (base + "masked_spec_embed",))
     entries = _base_model(config, base, ("wav2vec2",) if base else ())
     if base:
-        entries += _linear("lm_head", ("lm_head",))
+        entries += linear("lm_head", ("lm_head",))
     return convert.Table(tuple(entries), optional_prefix=base, ignored=ignored, aliases=aliases)

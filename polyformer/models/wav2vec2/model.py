@@ -19,7 +19,7 @@ from flax import nnx
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.encoder import layer_norm
+from polyformer.models.layers import layer_norm, training_rngs
 from polyformer.models.wav2vec2.config import Wav2Vec2Config
 
 # torch's nn.GroupNorm and nn.LayerNorm default, which the feature encoder's norms keep (they
@@ -427,9 +427,7 @@ class Wav2Vec2Model(nnx.Module):
             )
         if mask_time_indices is not None:
             self._check_spec_mask(mask_time_indices, (input_values.shape[0], frames))
-        if not self.deterministic and rngs is None:
-            raise ValueError("the model is in training mode: pass rngs=nnx.Rngs(dropout=...)")
-        rngs = None if self.deterministic else rngs
+        rngs = training_rngs(self, rngs)
         features = self.feature_extractor(input_values.astype(self.config.dtype))
         mask = None
         if attention_mask is not None:
@@ -517,9 +515,7 @@ class Wav2Vec2ForCTC(nnx.Module):
     ) -> CTCOutput:
         """As Wav2Vec2Model.__call__; returns float32 logits `[batch, frames, vocab_size]`.
         Frames past feat_extract_output_lengths(samples of a row) are padding."""
-        if not self.deterministic and rngs is None:
-            raise ValueError("the model is in training mode: pass rngs=nnx.Rngs(dropout=...)")
-        rngs = None if self.deterministic else rngs
+        rngs = training_rngs(self, rngs)
         out = self.wav2vec2(
             input_values,
             attention_mask,

@@ -11,8 +11,11 @@ dropped, the rest concatenated, and the whole decoded once.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -230,3 +233,47 @@ class AutomaticSpeechRecognitionPipeline:
         offsets = decoded.char_offsets if return_timestamps == "char" else decoded.word_offsets
         seconds_per_frame = self.samples_per_frame / self.sampling_rate
         return {"text": decoded.text, "chunks": offsets_in_seconds(offsets, seconds_per_frame)}
+
+    # `polyformer transcribe`: its help and the arguments after the checkpoint.
+    COMMAND_HELP = "speech to text with a Wav2Vec2ForCTC checkpoint"
+    CHECKPOINT_HELP = "a Wav2Vec2ForCTC directory (with preprocessor_config.json, vocab.json)"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "audio", nargs="+", help="sound files (WAV, FLAC, OGG); resampled and mixed down"
+        )
+        parser.add_argument(
+            "--chunk-length-s",
+            type=float,
+            default=30.0,
+            help="longer audio is transcribed in overlapping chunks of this many seconds (0: "
+            "never)",
+        )
+        parser.add_argument(
+            "--stride-length-s", type=float, help="overlap per side of a chunk (default: chunk / 6)"
+        )
+        parser.add_argument(
+            "--timestamps", choices=("char", "word"), help="the time span of each char or word"
+        )
+        parser.add_argument("--json", action="store_true", help="one JSON object per file")
+
+    def run_command(self, args: argparse.Namespace) -> None:
+        """Prints each file's transcript (and its conversions, to stderr)."""
+        options = {"chunk_length_s": args.chunk_length_s, "return_timestamps": args.timestamps}
+        if args.stride_length_s is not None:
+            options["stride_length_s"] = args.stride_length_s
+        with warnings.catch_warnings():
+            # The conversions are printed below, once, with the file they concern.
+            warnings.simplefilter("ignore")
+            results = self(args.audio, **options)
+        for audio, result in zip(args.audio, results, strict=True):
+            for note in result.get("conversions", []):
+                print(f"note: {note}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"audio": audio, **result}))
+                continue
+            print(f"{audio}: {result['text']}")
+            for chunk in result.get("chunks", []):
+                start, end = chunk["timestamp"]
+                print(f"  {start:7.2f} {end:7.2f}  {chunk['text']}")

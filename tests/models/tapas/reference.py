@@ -1,6 +1,7 @@
 """Random-weight transformers TAPAS models and hand-built table inputs: the reference of every
 parity test here."""
 
+import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
@@ -140,3 +141,20 @@ def assert_logits_match(got, want, attention_mask):
     assert kept.any() and (real & ruled_out).any()
     np.testing.assert_allclose(got[kept], want[kept], atol=1e-4, rtol=0)
     np.testing.assert_allclose(got[real & ruled_out], want[real & ruled_out], rtol=1e-6, atol=0)
+
+
+LENGTH = TINY["max_position_embeddings"]
+
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def inputs(**kwargs):
+    return table_inputs(TINY["vocab_size"], TINY["type_vocab_sizes"], LENGTH, **kwargs)
+
+
+encode = nnx.jit(lambda model, *args: model(*args))
+
+
+def ours_forward(model, x):
+    return forward(model, *(jnp.asarray(x[k]) for k in INPUT_NAMES))

@@ -1,5 +1,7 @@
 """Random-weight transformers ViT models, the reference of the parity tests here."""
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -63,3 +65,14 @@ def random_model(cls, config, seed: int = 0):
         std = 0.1 if path[-1] == "scale" else 0.05
         var.set_value(jnp.asarray(base + std * rng.standard_normal(shape), dtype))
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
+
+
+@functools.partial(nnx.jit, static_argnames=("interpolate", "hidden"))
+def forward(model, pixel_values, interpolate=False, hidden=False, rngs=None):
+    return model(
+        pixel_values, interpolate_pos_encoding=interpolate, output_hidden_states=hidden, rngs=rngs
+    )
+
+
+def close(got, want):
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4, rtol=0)

@@ -6,6 +6,8 @@ import torch
 import transformers
 from flax import nnx
 
+from polyformer.models import wav2vec2
+
 # Odd sizes (our Wav2Vec2Config.tiny()) so that a transposed or mis-split weight shows.
 TINY = dict(
     vocab_size=37, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
@@ -81,3 +83,32 @@ def hf_forward(model, input_values, attention_mask=None, **kwargs):
 def logits(model, input_values, attention_mask=None):
     """Our CTC model's logits, as `model(...).logits` computes them."""
     return model(input_values, attention_mask).logits
+
+
+ATOL = 1e-4
+
+
+LENGTHS = [1600, 1111]  # 0.1 s and 0.07 s: 79 and 55 frames at TINY's strides
+
+
+# group: GroupNorm feature encoder + post-LN encoder (base-960h, large-960h);
+# layer: LayerNorm feature encoder with conv biases + pre-LN encoder (lv60).
+VARIANTS = {
+    "group": dict(TINY),
+    "layer": dict(TINY, feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True),
+}
+
+
+def real_frames(config, attention_mask) -> np.ndarray:
+    """Boolean `[batch, frames]`: the frames HF treats as real for this sample mask."""
+    lengths = wav2vec2.feat_extract_output_lengths(config, attention_mask.sum(-1))
+    frames = wav2vec2.feat_extract_output_lengths(config, attention_mask.shape[1])
+    return np.arange(frames)[None] < lengths[:, None]
+
+
+def assert_close(ours, theirs, where=None, atol=ATOL):
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    assert ours.shape == theirs.shape
+    if where is not None:
+        ours, theirs = ours[where], theirs[where]
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=atol)
