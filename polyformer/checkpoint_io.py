@@ -40,7 +40,7 @@ def read_json(directory: str | os.PathLike, name: str) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"no {name} in {directory}")
     try:
-        value = json.loads(file.read_text())
+        value = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file} is not valid JSON: {e}") from e
     if not isinstance(value, dict):

@@ -11,6 +11,8 @@ import numpy as np
 import tokenizers
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from polyformer.checkpoint_io import read_json
+
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -118,7 +120,7 @@ class CLIPTokenizer:
         settings = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             if (directory / name).is_file():
-                settings.update(json.loads((directory / name).read_text()))
+                settings.update(read_json(directory, name))
         pad = settings.get("pad_token", END_OF_TEXT)
         kwargs = {
             "model_max_length": int(settings.get("model_max_length", MODEL_MAX_LENGTH)),

@@ -5,7 +5,6 @@ by the `tokenizers` library."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
@@ -17,6 +16,7 @@ import numpy as np
 import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers
 
+from polyformer.checkpoint_io import read_json
 from polyformer.models.tapas import numbers
 from polyformer.models.tapas.config import TOKEN_TYPES
 
@@ -169,7 +169,7 @@ class TapasTokenizer:
         settings = dict(_CONFIG_DEFAULTS)
         config_file = directory / "tokenizer_config.json"
         if config_file.is_file():
-            config = json.loads(config_file.read_text())
+            config = read_json(directory, config_file.name)
             if not config.get("do_basic_tokenize", True):
                 raise ValueError(f"{config_file}: do_basic_tokenize=false is not supported")
             for key in settings:

@@ -20,6 +20,7 @@ import numpy as np
 import soundfile
 
 from polyformer.audio import resample
+from polyformer.checkpoint_io import read_json
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -70,10 +71,7 @@ class Wav2Vec2FeatureExtractor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Wav2Vec2FeatureExtractor:
         """Reads `preprocessor_config.json` from the checkpoint directory `path`."""
-        file = Path(path) / PREPROCESSOR_CONFIG
-        if not file.is_file():
-            raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG} in {path}")
-        return cls.from_hf(json.loads(file.read_text()))
+        return cls.from_hf(read_json(path, PREPROCESSOR_CONFIG))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         directory = Path(path)

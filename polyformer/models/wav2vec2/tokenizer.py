@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from polyformer.checkpoint_io import read_json
+
 VOCAB = "vocab.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
@@ -104,12 +106,10 @@ class Wav2Vec2CTCTokenizer:
         A multilingual vocab.json (one vocabulary per language) needs the config's
         `target_lang`."""
         directory = Path(path)
-        if not (directory / VOCAB).is_file():
-            raise FileNotFoundError(f"no {VOCAB} in {path}")
-        vocab = json.loads((directory / VOCAB).read_text(encoding="utf-8"))
+        vocab = read_json(directory, VOCAB)
         config = {}
         if (directory / TOKENIZER_CONFIG).is_file():
-            config = json.loads((directory / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
+            config = read_json(directory, TOKENIZER_CONFIG)
         if vocab and all(isinstance(v, dict) for v in vocab.values()):
             lang = config.get("target_lang")
             if lang not in vocab:

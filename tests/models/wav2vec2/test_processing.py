@@ -118,3 +118,11 @@ def test_load_audio_rejects_what_is_not_audio(tmp_path):
         load_audio(tmp_path / "x.wav", 16000)
     with pytest.raises(FileNotFoundError):
         load_audio(tmp_path / "missing.wav", 16000)
+
+
+def test_an_invalid_preprocessor_config_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no preprocessor_config.json in"):
+        Wav2Vec2FeatureExtractor.from_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text("{'single': 'quotes'}")
+    with pytest.raises(ValueError, match=r"preprocessor_config\.json is not valid JSON"):
+        Wav2Vec2FeatureExtractor.from_pretrained(tmp_path)

@@ -123,3 +123,12 @@ def test_bad_vocab_and_input(tmp_path):
         Wav2Vec2CTCTokenizer.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="one sequence"):
         Wav2Vec2CTCTokenizer(VOCAB).decode(np.zeros((2, 3), int))
+
+
+def test_a_vocab_json_that_is_not_an_object_names_the_file(tmp_path):
+    (tmp_path / "vocab.json").write_text(json.dumps(list(VOCAB)))
+    with pytest.raises(ValueError, match=r"vocab\.json holds a list, not a JSON object"):
+        Wav2Vec2CTCTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "vocab.json").write_text("{")
+    with pytest.raises(ValueError, match=r"vocab\.json is not valid JSON"):
+        Wav2Vec2CTCTokenizer.from_pretrained(tmp_path)
