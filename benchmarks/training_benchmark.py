@@ -9,7 +9,7 @@ at GPT-2's 0.1 unless --dropout says otherwise.
 
 Ours: `polyformer.training.step.make_train_step` with `optim.make_optimizer(OptimizerConfig)`
 (AdamW, lr 3e-4, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only, global-norm
-clipping at 1.0) and `objectives.causal_lm`, under `jax.jit` with the state donated, as the
+clipping at 1.0) and the `causal_lm` objective, under `jax.jit` with the state donated, as the
 Trainer compiles it. It also computes what the Trainer logs (accuracy, gradient and parameter
 norms, the finiteness check). transformers: `GPT2LMHeadModel` in train mode, cross-entropy on
 the logits, `loss.backward()`, `clip_grad_norm_(1.0)` and `torch.optim.AdamW` with the same
@@ -82,7 +82,8 @@ def ours_step(dropout: float, inputs: np.ndarray, targets: np.ndarray, log=print
     )
     optimizer = optim.make_optimizer(OPTIMIZER, total_steps=1000)
     state = init_state(params, optimizer, jax.random.key(1))
-    step = jax.jit(make_train_step(graphdef, objectives.causal_lm, optimizer), donate_argnums=0)
+    loss = objectives.OBJECTIVES["causal_lm"]
+    step = jax.jit(make_train_step(graphdef, loss, optimizer), donate_argnums=0)
     batch = {"inputs": jnp.asarray(inputs, jnp.int32), "targets": jnp.asarray(targets, jnp.int32)}
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()

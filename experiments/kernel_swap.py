@@ -2,7 +2,7 @@
 several feature counts and by sparse patterns (the Performer paper's backward-compatibility
 question: how close does a model trained with exact attention stay when its kernel changes?).
 
-    python experiments/kernel_swap.py [--model DIR] [--features 16 64 256 1024] [--seeds 3]
+    python -m experiments.kernel_swap [--model DIR] [--features 16 64 256 1024] [--seeds 3]
                                       [--images N] [--finetune-steps 200] [--out DIR]
                                       [--results PATH] [--quick]
 
@@ -34,10 +34,8 @@ kernel_swap.md; `--results PATH` also writes the report to PATH and the figure b
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -50,13 +48,15 @@ import optax
 from flax import nnx
 
 import polyformer as pf
+from benchmarks import harness
 from polyformer.attention import Dense, Favor, MultiHeadAttention, Sparse, patterns
 from polyformer.models.vit import ViTConfig, ViTForImageClassification
 from polyformer.training.data.arrays import ArrayData
 from polyformer.training.data.vision import DigitImages
-from polyformer.training.objectives_vision import image_classification
+from polyformer.training.objectives.vision import image_classification
 
 ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "experiments" / "templates"
 DEFAULT_MODEL = ROOT / "runs" / "vit_digits" / "model"
 DATASET = "sklearn_digits/gray32"
 
@@ -305,55 +305,43 @@ def plot(result: dict, path: Path) -> None:
 
 
 def report(result: dict, figure: str) -> str:
-    lines = [
-        "## Kernel swap: a trained ViT under FAVOR+ and sparse attention, then briefly fine-tuned",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']}; {result['date']}; load average {result['load'][0]:.1f} "
-        f"at the start and {result['load'][1]:.1f} at the end (1-minute, 2 shared cores).  ",
-        f"Model: {result['model']}. Inputs: {result['images']} held-out digit images, "
-        f"{result['length']} tokens each (CLS + patches), head_dim {result['head_dim']}. "
-        f"Dense top-1 accuracy: **{result['dense']['accuracy']:.3f}**. "
-        f"Wall time: {result['seconds']:.0f} s.",
-        "",
-        "cosine: mean over images of the cosine similarity between the swapped model's logits "
-        "and the dense model's (worst image in brackets); agreement: share of images with the "
-        f"same top-1 class. FAVOR+: mean ± std over {result['seeds']} draws of the random "
-        "features (key = 0, 1, ...).",
-        "",
-        "| kernel | cosine | top-1 agreement | accuracy |",
-        "|---|---|---|---|",
-        f"| dense (reference) | 1 | 1 | {result['dense']['accuracy']:.3f} |",
-    ]
+    dense = f"{result['dense']['accuracy']:.3f}"
+    rows = [f"| dense (reference) | 1 | 1 | {dense} |"]
     for row in result["favor"]:
-        lines.append(
+        rows.append(
             f"| FAVOR+ m={row['num_features']} | {row['cosine']:.4f} ± {row['cosine_std']:.4f} "
             f"({row['cosine_min']:.3f}) | {row['top1_agreement']:.3f} ± "
             f"{row['top1_agreement_std']:.3f} | {row['accuracy']:.3f} |"
         )
     for row in result["sparse"]:
-        lines.append(
+        rows.append(
             f"| {row['pattern']}, keeps {row['kept']:.0%} | {row['cosine']:.4f} "
             f"({row['cosine_min']:.3f}) | {row['top1_agreement']:.3f} | {row['accuracy']:.3f} |"
         )
+    finetuned = ""
     if result.get("finetuned"):
+        tuned = "\n".join(
+            f"| {row['kernel']} | {row['cosine']:.4f} ({row['cosine_min']:.3f}) | "
+            f"{row['top1_agreement']:.3f} | {row['accuracy']:.3f} | {row['seconds']:.0f} s |"
+            for row in result["finetuned"]
+        )
         steps = result["finetuned"][0]["steps"]
-        lines += [
-            "",
-            f"After the swap, fine-tuned {steps} AdamW steps (learning rate 5e-4, batches of 64 "
-            "training images, plain cross-entropy; FAVOR+ with its fixed features, key 0), "
-            "against the same dense model:",
-            "",
-            "| kernel | cosine | top-1 agreement | accuracy | fine-tuning time |",
-            "|---|---|---|---|---|",
-        ]
-        for row in result["finetuned"]:
-            lines.append(
-                f"| {row['kernel']} | {row['cosine']:.4f} ({row['cosine_min']:.3f}) | "
-                f"{row['top1_agreement']:.3f} | {row['accuracy']:.3f} | {row['seconds']:.0f} s |"
-            )
-    lines += ["", f"![kernel swap]({figure})", ""]
-    return "\n".join(lines)
+        finetuned = "\n\n" + harness.render(
+            TEMPLATES / "kernel_swap_finetuned.md", steps=steps, rows=tuned
+        )
+    return harness.render(
+        TEMPLATES / "kernel_swap.md",
+        **{k: result[k] for k in ("command", "machine", "date", "model", "images", "length")},
+        head_dim=result["head_dim"],
+        seeds=result["seeds"],
+        load_start=f"{result['load'][0]:.1f}",
+        load_end=f"{result['load'][1]:.1f}",
+        dense_accuracy=dense,
+        seconds=f"{result['seconds']:.0f}",
+        rows="\n".join(rows),
+        finetuned=finetuned.rstrip("\n"),
+        figure=figure,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,10 +403,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result.update(
         model=name,
         seeds=args.seeds,
-        command=" ".join(["python experiments/kernel_swap.py", *argv]),
-        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-        f"({jax.default_backend()}); jax {jax.__version__}",
-        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        command=harness.command_line("experiments.kernel_swap", argv, python="python"),
+        machine=harness.machine_summary(),
+        date=harness.utc_now(),
         load=(load_start, os.getloadavg()[0]),
         seconds=time.perf_counter() - start,
     )

@@ -66,4 +66,9 @@ def test_quick_run_writes_the_table_and_plot(tmp_path):
     assert (out / "kernel_swap.png").stat().st_size > 0
     text = results.read_text()
     assert "FAVOR+ m=64" in text and "band(4) + global CLS" in text and "fine-tuned 2" in text
+    assert (
+        text.startswith("## Kernel swap") and "Command: `python -m experiments.kernel_swap" in text
+    )
+    assert "| dense (reference) | 1 | 1 |" in text and "$" not in text
+    assert text.endswith("![kernel swap](kernel_swap.png)\n")
     assert (results.parent / "kernel_swap.png").is_file()
