@@ -14,6 +14,7 @@ import polyformer as pf
 from polyformer import attention as A
 from polyformer.attention import MultiHeadAttention
 from polyformer.models import FAMILIES
+from polyformer.training.objectives import OBJECTIVES
 
 KERNELS = {
     "dense": A.Dense(),
@@ -91,3 +92,8 @@ def test_bfloat16_computation_keeps_float32_outputs(saved):
     assert out.dtype == jnp.float32 and np.all(np.isfinite(out))
     want = first_output(model(**batch))
     np.testing.assert_allclose(out, want, atol=0.1 * float(jnp.max(jnp.abs(want))) + 0.05)
+
+
+def test_every_familys_objectives_are_training_objectives():
+    for family in FAMILIES.values():
+        assert family.objectives and set(family.objectives) <= set(OBJECTIVES)
