@@ -59,6 +59,13 @@ MODULE_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 
+# Linear layers that a family's model multiplies by their kernel array instead of calling them
+# (the output heads, for float32 logits): an adapter there would never run, so none is placed.
+NOT_CALLED: dict[str, frozenset[tuple[str, ...]]] = {
+    "gpt2": frozenset({("lm_head",)}),
+    "wav2vec2": frozenset({("lm_head",)}),
+}
+
 # PEFT LoraConfig fields that change what the adapter computes and that we do not implement:
 # their value when unused. An adapter_config.json with any other value is refused.
 UNSUPPORTED_PEFT_FIELDS: dict[str, Any] = {
@@ -282,11 +289,16 @@ def _rename(model_type: str, name: str) -> str:
 
 
 def sites(model: nnx.Module) -> list[Site]:
-    """Every HF module of the model's family that is one or several of our nnx.Linear layers,
-    in the conversion table's order."""
+    """Every HF module of the model's family that is one or several of our nnx.Linear layers
+    (those its model calls), in the conversion table's order."""
     config = model.config
     table = hub.FAMILIES[config.model_type].table(config)
-    linears = {path: node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Linear)}
+    skipped = NOT_CALLED.get(config.model_type, frozenset())
+    linears = {
+        path: node
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, nnx.Linear) and path not in skipped
+    }
     found = []
     for entry in table.entries:
         modules = [path[:-1] for path in entry.ours]

@@ -254,3 +254,75 @@ def test_unsupported_peft_options_and_mismatched_adapters_are_refused(gpt_checkp
     with pytest.raises(CheckpointMismatchError, match=r"wrong shape \(18\)") as error:
         lora.load_adapter(pf.from_pretrained(gpt_checkpoint), tmp_path)
     assert "c_attn.lora_B.weight: adapter (288, 3), model (288, 2)" in str(error.value)
+
+
+def clip_case():
+    from tests.models.clip import reference as ref
+
+    text = ref.TINY["text_config"]
+    input_ids, mask = ref.texts(text["eos_token_id"], text["vocab_size"])
+    pixel_values = ref.pixels(3, 20)
+    forward = nnx.jit(lambda m, i, p, a: m(i, p, a).logits_per_image)
+
+    def compare(ours, hf):
+        want = ref.hf_outputs(hf, input_ids, pixel_values, mask).logits_per_image.numpy()
+        got = forward(ours, *map(jnp.asarray, (input_ids, pixel_values, mask)))
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+
+    return ref.random_hf_model(), ("q_proj", "v_proj", "fc1", "text_projection"), compare
+
+
+def tapas_case():
+    from tests.models.tapas import reference as ref
+
+    inputs = ref.table_inputs(ref.TINY["vocab_size"], ref.TINY["type_vocab_sizes"], 64)
+    names = ("input_ids", "attention_mask", "token_type_ids")
+
+    def compare(ours, hf):
+        got = ref.forward(ours, *(jnp.asarray(inputs[k]) for k in names)).logits
+        ref.assert_logits_match(got, ref.hf_forward(hf, inputs).logits, inputs["attention_mask"])
+
+    return ref.random_hf_model(), ("query", "key", "dense"), compare
+
+
+def wav2vec2_case():
+    from tests.models.wav2vec2 import reference as ref
+
+    audio, _ = ref.padded_audio([1600, 1111])
+
+    def compare(ours, hf):
+        want = ref.hf_forward(hf, audio).logits.numpy()
+        got = np.asarray(ref.logits(ours, jnp.asarray(audio)))
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+    targets = ("q_proj", "v_proj", "intermediate_dense", "projection")
+    return ref.random_hf_model(ref.TINY), targets, compare
+
+
+@pytest.mark.parametrize("case", [clip_case, tapas_case, wav2vec2_case])
+def test_every_family_matches_peft_both_ways(case, tmp_path):
+    hf, targets, compare = case()
+    hf.save_pretrained(tmp_path / "model")
+    config = lora.LoraConfig(rank=2, alpha=3.0, target_modules=targets)
+    ours = lora.apply(pf.from_pretrained(tmp_path / "model"), config, rngs=nnx.Rngs(6))
+    randomise_adapters(ours, 6)
+    lora.save_adapter(ours, tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(
+        type(hf).from_pretrained(tmp_path / "model"), tmp_path / "ours"
+    ).eval()
+    compare(ours, theirs)
+    compare(lora.merge(ours), theirs)
+
+    peft_config = peft.LoraConfig(r=3, lora_alpha=2, target_modules=list(targets))
+    theirs = peft.get_peft_model(type(hf).from_pretrained(tmp_path / "model"), peft_config)
+    randomise_torch_adapters(theirs, 7)
+    theirs.save_pretrained(tmp_path / "theirs")
+    ours = lora.load_adapter(pf.from_pretrained(tmp_path / "model"), tmp_path / "theirs")
+    compare(ours, theirs.eval())
+
+
+def test_output_heads_the_model_does_not_call_are_refused(tmp_path):
+    gpt_ref.random_hf_model(tie_word_embeddings=False).save_pretrained(tmp_path)
+    model = pf.from_pretrained(tmp_path)
+    with pytest.raises(lora.LoraConfigError, match=r"\['lm_head'\] match no Linear"):
+        lora.apply(model, lora.LoraConfig(target_modules=("lm_head",)))
