@@ -59,6 +59,16 @@ MODULE_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 
+# What `target_modules=()` adapts: the attention's query and value projections, PEFT's default
+# for GPT-2 and BERT (it has none for the other families).
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "gpt2": ("c_attn",),
+    "vit": ("q_proj", "v_proj"),
+    "clip": ("q_proj", "v_proj"),
+    "tapas": ("query", "value"),
+    "wav2vec2": ("q_proj", "v_proj"),
+}
+
 # Linear layers that a family's model multiplies by their kernel array instead of calling them
 # (the output heads, for float32 logits): an adapter there would never run, so none is placed.
 NOT_CALLED: dict[str, frozenset[tuple[str, ...]]] = {
@@ -93,18 +103,19 @@ class LoraConfig:
     """A LoRA adapter's shape: PEFT's LoraConfig fields under shorter names.
 
     Attributes:
-      rank: PEFT's `r`, the inner width of each adapter.
+      rank: PEFT's `r`, the inner width of each adapter; 0 means no adapters (a run config's
+        default, which `--set lora.rank=8` turns on).
       alpha: PEFT's `lora_alpha`; the update is scaled by alpha / rank (alpha / sqrt(rank) with
         use_rslora).
       dropout: PEFT's `lora_dropout`, on the adapter's input in training mode only.
       target_modules: module names as PEFT spells them for the transformers class: a tuple of
         names, each matching a module path equal to it or ending in "." + it (e.g. ("c_attn",)
         for GPT-2, ("q_proj", "v_proj") for ViT under transformers 5), or one string that must
-        match a whole path as a regular expression.
+        match a whole path as a regular expression. Empty: the family's DEFAULT_TARGETS.
       use_rslora: PEFT's rank-stabilised scaling.
     """
 
-    rank: int = 8
+    rank: int = 0
     alpha: float = 8.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] | str = ()
@@ -113,12 +124,10 @@ class LoraConfig:
     def __post_init__(self):
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if self.rank < 1:
-            raise LoraConfigError(f"rank must be a positive integer, got {self.rank}")
+        if not isinstance(self.rank, int) or self.rank < 0:
+            raise LoraConfigError(f"rank must be a non-negative integer, got {self.rank!r}")
         if not 0 <= self.dropout < 1:
             raise LoraConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise LoraConfigError("target_modules is empty: name the modules to adapt")
 
     @property
     def scaling(self) -> float:
@@ -337,10 +346,15 @@ def apply(model: nnx.Module, config: LoraConfig, *, rngs: nnx.Rngs | None = None
     lora_A is initialised as PEFT initialises it (uniform in +-1/sqrt(in_features)) from
     `rngs.params`, lora_B with zeros, so the adapted model computes what it did. Dropout, when
     config.dropout > 0, draws from `rngs.dropout` and runs in training mode only (model.train()).
-    Raises LoraConfigError when a target name matches no adaptable module.
+    Raises LoraConfigError for rank 0 or a target name that matches no adaptable module.
     """
     if getattr(model, "lora_config", None) is not None:
         raise LoraConfigError(f"{type(model).__name__} already has LoRA adapters")
+    if config.rank == 0:
+        raise LoraConfigError("rank=0 means no adapters: give LoraConfig a positive rank")
+    if not config.target_modules:
+        defaults = DEFAULT_TARGETS[model.config.model_type]
+        config = dataclasses.replace(config, target_modules=defaults)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     deterministic = getattr(model, "deterministic", True)
     for site in _targets(model, config):

@@ -62,20 +62,20 @@ def assert_vit_match(ours, torch_model, pixels):
     np.testing.assert_allclose(vit_logits(ours, pixels), want, atol=1e-4, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def gpt_checkpoint(tmp_path_factory):
-    model = gpt_ref.random_hf_model()
-    path = tmp_path_factory.mktemp("gpt2")
+def saved(model, tmp_path_factory, name):
+    path = tmp_path_factory.mktemp(name)
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def gpt_checkpoint(tmp_path_factory):
+    return saved(gpt_ref.random_hf_model(), tmp_path_factory, "gpt2")
 
 
 @pytest.fixture(scope="module")
 def vit_checkpoint(tmp_path_factory):
-    model = vit_ref.random_hf_model()
-    path = tmp_path_factory.mktemp("vit")
-    model.save_pretrained(path)
-    return path
+    return saved(vit_ref.random_hf_model(), tmp_path_factory, "vit")
 
 
 GPT_CONFIG = lora.LoraConfig(rank=3, alpha=5.0, target_modules=("c_attn", "c_proj"))
@@ -239,9 +239,18 @@ def test_our_vit_loads_peft_adapter_also_under_old_module_names(vit_checkpoint, 
 def test_unknown_targets_are_refused(gpt_checkpoint):
     model = pf.from_pretrained(gpt_checkpoint)
     with pytest.raises(lora.LoraConfigError, match=r"\['q_proj'\] match no Linear .* c_attn"):
-        lora.apply(model, lora.LoraConfig(target_modules=("c_attn", "q_proj")))
-    with pytest.raises(lora.LoraConfigError, match="rank must be a positive integer, got 0"):
-        lora.LoraConfig(rank=0, target_modules=("c_attn",))
+        lora.apply(model, lora.LoraConfig(rank=2, target_modules=("c_attn", "q_proj")))
+    with pytest.raises(lora.LoraConfigError, match="rank must be a non-negative integer"):
+        lora.LoraConfig(rank=-1)
+    with pytest.raises(lora.LoraConfigError, match="rank=0 means no adapters"):
+        lora.apply(model, lora.LoraConfig())
+
+
+def test_without_targets_the_family_default_is_adapted(gpt_checkpoint):
+    model = lora.apply(pf.from_pretrained(gpt_checkpoint), lora.LoraConfig(rank=2))
+    assert model.lora_config.target_modules == ("c_attn",)
+    assert isinstance(model.h[0].attn.value, lora.LoRALinear)
+    assert type(model.h[0].attn.out) is nnx.Linear
 
 
 def test_unsupported_peft_options_and_mismatched_adapters_are_refused(gpt_checkpoint, tmp_path):
@@ -325,4 +334,4 @@ def test_output_heads_the_model_does_not_call_are_refused(tmp_path):
     gpt_ref.random_hf_model(tie_word_embeddings=False).save_pretrained(tmp_path)
     model = pf.from_pretrained(tmp_path)
     with pytest.raises(lora.LoraConfigError, match=r"\['lm_head'\] match no Linear"):
-        lora.apply(model, lora.LoraConfig(target_modules=("lm_head",)))
+        lora.apply(model, lora.LoraConfig(rank=2, target_modules=("lm_head",)))
