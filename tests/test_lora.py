@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import peft
 import pytest
 import torch
@@ -175,6 +176,18 @@ def test_adapters_are_their_own_variable_type_and_only_they_train(gpt_checkpoint
     flat = nnx.to_flat_state(grads)
     assert {p for p, _ in flat} == {p for p, _ in adapters}
     assert all(float(jnp.abs(g.get_value()).max()) > 0 for _, g in flat)
+
+    # An optimizer over LoRAParam moves the adapters and leaves the base weights as they were.
+    def values(state):  # copies: a state refers to the model's variables
+        return {path: np.array(var.get_value()) for path, var in nnx.to_flat_state(state)}
+
+    adapters_before, base_before = values(nnx.state(model, lora.LoRAParam)), values(base)
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=lora.LoRAParam)
+    optimizer.update(model, grads)
+    adapters_after = values(nnx.state(model, lora.LoRAParam))
+    assert all(not np.array_equal(adapters_after[p], v) for p, v in adapters_before.items())
+    base_after = values(nnx.state(model, nnx.All(nnx.Param, nnx.Not(lora.LoRAParam))))
+    assert all(np.array_equal(base_after[p], v) for p, v in base_before.items())
 
 
 def test_dropout_on_the_adapter_input_in_training_mode_only():
