@@ -239,6 +239,20 @@ def test_from_bert_equals_bert(bert_checkpoint, head):
         assert not np.any(np.asarray(model.output_weights[...]))
 
 
+def test_from_bert_grows_the_vocabulary_for_added_tokens(bert_checkpoint):
+    """A TapasTokenizer on BERT's vocab.txt numbers [EMPTY] after BERT's words."""
+    bert, path = bert_checkpoint
+    words = bert.config.vocab_size
+    config = tapas.TapasConfig.tiny(vocab_size=words + 1, max_position_embeddings=LENGTH)
+    table = np.asarray(tapas.from_bert(path, config).tapas.embeddings.word_embeddings.embedding)
+    np.testing.assert_array_equal(
+        table[:words], bert.embeddings.word_embeddings.weight.detach().numpy()
+    )
+    np.testing.assert_allclose(table[words], table[:words].mean(0), atol=1e-8, rtol=0)
+    with pytest.raises(ValueError, match=f"vocab_size: config {words - 1}, BERT {words}"):
+        tapas.from_bert(path, tapas.TapasConfig.tiny(vocab_size=words - 1))
+
+
 def test_from_bert_rejects_mismatches(bert_checkpoint, wtq_checkpoint):
     _, bert_path = bert_checkpoint
     with pytest.raises(ValueError, match="hidden_size"):
