@@ -8,9 +8,9 @@
     plain = lora.merge(model)                    # the adapters folded into the base weights
 
 A targeted `nnx.Linear` is replaced in place by a `LoRALinear`, a Linear with the same `kernel`
-and `bias` variables (so the base parameters keep their state paths, the conversion table still
-saves them, and their logical axes still shard them) plus `lora_A` `[in, rank]` and `lora_B`
-`[rank, out]`: y = x @ kernel + bias + alpha / rank * dropout(x) @ lora_A @ lora_B.
+and `bias` variables (so the base parameters keep their state paths and their logical axes) plus
+`lora_A` `[in, rank]` and `lora_B` `[rank, out]`: y = x @ kernel + bias + alpha / rank *
+dropout(x) @ lora_A @ lora_B. `pf.save_pretrained` takes the merged model, not the adapted one.
 
 Target names are matched, as PEFT matches them, against the module paths of the transformers
 class that the family's conversion table writes (`transformer.h.0.attn.c_attn` for GPT-2), so an
@@ -180,7 +180,7 @@ class LoraConfig:
             rank=config["r"],
             alpha=config["lora_alpha"],
             dropout=config.get("lora_dropout", 0.0),
-            target_modules=config["target_modules"],
+            target_modules=config.get("target_modules") or (),  # None: the family's default
             use_rslora=config.get("use_rslora", False),
         )
 
