@@ -93,6 +93,10 @@ def test_gpt2_fused_c_attn_adapter_is_one_peft_module(gpt_checkpoint, tmp_path):
     attn = model.h[0].attn
     assert attn.query.lora_A is attn.key.lora_A is attn.value.lora_A
     assert attn.query.lora_B is not attn.key.lora_B
+    # A train step's split and merge keep the one lora_A shared.
+    graphdef, adapters, base = nnx.split(model, lora.LoRAParam, nnx.Param)
+    again = nnx.merge(graphdef, adapters, base).h[0].attn
+    assert again.query.lora_A is again.key.lora_A is again.value.lora_A
     lora.save_adapter(model, tmp_path)
     tensors = load_file(tmp_path / lora.ADAPTER_WEIGHTS)
     prefix = "base_model.model.transformer.h.0."
