@@ -177,8 +177,8 @@ class LoraConfig:
             if value != unused and not (unused is None and value in ({}, [], "")):
                 raise LoraConfigError(f"{field}={value!r} is not supported (only {unused!r})")
         return cls(
-            rank=config["r"],
-            alpha=config["lora_alpha"],
+            rank=config.get("r", 8),  # PEFT's defaults
+            alpha=config.get("lora_alpha", 8),
             dropout=config.get("lora_dropout", 0.0),
             target_modules=config.get("target_modules") or (),  # None: the family's default
             use_rslora=config.get("use_rslora", False),
@@ -190,7 +190,14 @@ class LoRALinear(nnx.Linear):
     of the Linear it replaces.
 
     x `[..., in_features]` -> x @ kernel + bias + scaling * dropout(x) @ lora_A @ lora_B
-    `[..., out_features]`; lora_A `[in_features, rank]`, lora_B `[rank, out_features]`.
+    `[..., out_features]`.
+
+    Args:
+      base: the Linear replaced; its variables and settings (dtype, precision) are taken over.
+      lora_A: a LoRAParam `[in_features, rank]` (one variable may serve several layers).
+      lora_B: a LoRAParam `[rank, out_features]`.
+      scaling: the factor on the update (LoraConfig.scaling).
+      dropout: on the update's input; it follows model.train() / model.eval().
     """
 
     def __init__(
