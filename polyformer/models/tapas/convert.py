@@ -130,14 +130,17 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
       path: a checkpoint directory with `model_type` "bert" (BertModel, BertForPreTraining,
         BertForMaskedLM, ... as transformers saves them; pre-training heads are dropped).
       config: the TAPAS configuration (its head, loss and table fields); its encoder fields
-        must equal the checkpoint's. None: `TapasConfig.base()` (TapasModel) with the
-        checkpoint's encoder fields.
+        must equal the checkpoint's, except that vocab_size may be larger: a TapasTokenizer on
+        BERT's vocab.txt adds [EMPTY] after it, so `vocab_size=len(tokenizer)`. None:
+        `TapasConfig.base()` (TapasModel) with the checkpoint's encoder fields.
 
     Returns `config.architecture`'s model, in evaluation mode. BERT's token-type table (2 rows)
     fills the first rows of the segment table (3 rows); the other rows and the six other
     token-type tables are zero, so on token_type_ids that set only the segment channel the
     encoder computes what BERT computes on those token type ids. Position embeddings are BERT's
-    first `config.max_position_embeddings` rows. The TAPAS heads keep their initialisation.
+    first `config.max_position_embeddings` rows; word embeddings beyond BERT's vocabulary start as
+    the mean of BERT's (as transformers' resize_token_embeddings centres them). The TAPAS heads
+    keep their initialisation.
     """
     directory = Path(path)
     hf_config = read_config(directory)
@@ -149,10 +152,13 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
     bert = {k: hf_config[k] for k in _BERT_FIELDS if k in hf_config}
     if config is None:
         config = TapasConfig.base(**bert)
+    words = bert.get("vocab_size", config.vocab_size)
     wrong = [
         f"{k}: config {getattr(config, k)!r}, BERT {bert[k]!r}"
         for k in _ENCODER_FIELDS
-        if k in bert and getattr(config, k) != bert[k]
+        if k in bert
+        and getattr(config, k) != bert[k]
+        and not (k == "vocab_size" and config.vocab_size > words)
     ]
     if wrong:
         raise ValueError(
@@ -180,8 +186,11 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
         return jnp.zeros((rows, x.shape[1]), x.dtype).at[: x.shape[0]].set(x)
 
     position = (*embeddings, "position_embeddings", "embedding")
+    word = (*embeddings, "word_embeddings", "embedding")
     entries = [
-        e for e in encoder_entries(config, "", ours, token_types=False) if e.ours != (position,)
+        e
+        for e in encoder_entries(config, "", ours, token_types=False)
+        if e.ours not in ((position,), (word,))
     ]
     # These entries are only read: their to_hf gives the shape that load expects of the BERT
     # tensor (a TAPAS model is never saved as BERT).
@@ -191,6 +200,16 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
             (segment,),
             lambda x: (pad_rows(x, config.type_vocab_sizes[0]),),
             lambda x: x[:bert_types],
+        ),
+        convert.Entry(
+            "embeddings.word_embeddings.weight",
+            (word,),
+            lambda x: (
+                jnp.concatenate(
+                    [x, jnp.broadcast_to(x.mean(0), (config.vocab_size - words, x.shape[1]))]
+                ),
+            ),
+            lambda x: x[:words],
         ),
         convert.Entry(
             "embeddings.position_embeddings.weight",

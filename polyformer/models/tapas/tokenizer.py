@@ -5,10 +5,12 @@ by the `tokenizers` library."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,10 @@ from polyformer.models.tapas.config import TOKEN_TYPES
 
 if TYPE_CHECKING:
     import pandas as pd
+
+VOCAB = "vocab.txt"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+ADDED_TOKENS = "added_tokens.json"
 
 # tokenizer_config.json keys this tokenizer takes, with transformers' defaults.
 _CONFIG_DEFAULTS: dict[str, Any] = {
@@ -68,6 +74,22 @@ def table_to_strings(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _added_tokens(
+    vocab: Mapping[str, int], added: dict[str, int], specials: Sequence[str]
+) -> dict[str, int]:
+    """`added` (token -> id, as added_tokens.json holds them) less the tokens the vocabulary
+    has, plus each special token found in neither, numbered on from the last id as
+    transformers numbers them."""
+    added = {token: index for token, index in added.items() if token not in vocab}
+    taken = set(vocab.values()) | set(added.values())
+    if len(taken) != len(vocab) + len(added):
+        raise ValueError(f"added tokens {added} reuse ids of the vocabulary or of each other")
+    for token in specials:
+        if token not in vocab and token not in added:
+            added[token] = len(vocab) + len(added)
+    return added
+
+
 @dataclasses.dataclass(frozen=True)
 class _Table:
     """A tokenized table: one entry per token of the header and the cells, row-major."""
@@ -90,13 +112,20 @@ class TapasTokenizer:
     `tokenizer(table, queries)` returns numpy arrays: `input_ids`, `attention_mask` `[batch,
     length]` and `token_type_ids` `[batch, length, 7]` (the channels of `TOKEN_TYPES`); with
     answers also `labels`, `numeric_values`, `numeric_values_scale` (and `float_answer` `[batch]`)
-    for the loss. Build it with `from_pretrained(directory)` (vocab.txt, tokenizer_config.json).
+    for the loss. Build it with `from_pretrained(directory)` (vocab.txt, tokenizer_config.json,
+    added_tokens.json).
+
+    Special tokens missing from the vocabulary (a BERT vocabulary has no [EMPTY]) become added
+    tokens as in transformers: ids from len(vocab) on, in the order unk, sep, pad, cls, mask,
+    empty, after any `added_tokens` given; the text is split around added tokens wherever they
+    occur before word pieces are looked for. `save_pretrained` writes them to added_tokens.json.
     """
 
     def __init__(
         self,
         vocab: dict[str, int],
         *,
+        added_tokens: Mapping[str, int] | None = None,
         do_lower_case: bool = True,
         strip_accents: bool | None = None,
         tokenize_chinese_chars: bool = True,
@@ -115,15 +144,16 @@ class TapasTokenizer:
         mask_token: str = "[MASK]",
         empty_token: str = "[EMPTY]",
     ):
+        # What tokenizer_config.json holds: every argument but the vocabularies.
+        self.settings = {k: v for k, v in locals().items() if k in _CONFIG_DEFAULTS}
         self.vocab = vocab
         specials = (unk_token, sep_token, pad_token, cls_token, mask_token, empty_token)
-        missing = [token for token in specials if token not in vocab]
-        if missing:
-            raise ValueError(f"the vocabulary has no {', '.join(missing)}; TAPAS needs {specials}")
+        self.added_tokens = _added_tokens(vocab, dict(added_tokens or {}), specials)
+        self.ids = {**vocab, **self.added_tokens}
         self.special_tokens = frozenset(specials)
         self.unk_token, self.sep_token, self.pad_token = unk_token, sep_token, pad_token
         self.cls_token, self.mask_token, self.empty_token = cls_token, mask_token, empty_token
-        self.pad_token_id = vocab[pad_token]
+        self.pad_token_id = self.ids[pad_token]
         self.cell_trim_length = cell_trim_length
         self.max_column_id = model_max_length if max_column_id is None else max_column_id
         self.max_row_id = model_max_length if max_row_id is None else max_row_id
@@ -161,25 +191,50 @@ class TapasTokenizer:
         """From a checkpoint directory: vocab.txt, and tokenizer_config.json when present;
         `overrides` replace its values."""
         directory = Path(directory)
-        vocab_file = directory / "vocab.txt"
+        vocab_file = directory / VOCAB
         if not vocab_file.is_file():
-            raise FileNotFoundError(f"no vocab.txt in {directory}")
+            raise FileNotFoundError(f"no {VOCAB} in {directory}")
         with open(vocab_file, encoding="utf-8") as file:
             vocab = {line.rstrip("\n"): index for index, line in enumerate(file)}
         settings = dict(_CONFIG_DEFAULTS)
-        config_file = directory / "tokenizer_config.json"
+        added = {}
+        config_file = directory / TOKENIZER_CONFIG
         if config_file.is_file():
             config = read_json(directory, config_file.name)
+            # transformers 5 lists added tokens here too, special tokens in the vocabulary among
+            # them; only those outside it are added tokens.
+            for index, token in config.get("added_tokens_decoder", {}).items():
+                if token["content"] not in vocab:
+                    added[token["content"]] = int(index)
             if not config.get("do_basic_tokenize", True):
                 raise ValueError(f"{config_file}: do_basic_tokenize=false is not supported")
             for key in settings:
                 value = config.get(key, settings[key])
                 # Special tokens may be stored as serialized AddedTokens.
                 settings[key] = value["content"] if isinstance(value, dict) else value
+        added_file = directory / ADDED_TOKENS
+        if added_file.is_file():
+            added.update(read_json(directory, ADDED_TOKENS))
         settings.update(overrides)
         if settings["model_max_length"] is None or settings["model_max_length"] > 1e29:
             settings["model_max_length"] = _CONFIG_DEFAULTS["model_max_length"]
-        return cls(vocab, **settings)
+        return cls(vocab, added_tokens=added, **settings)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes vocab.txt, tokenizer_config.json and, when there are added tokens,
+        added_tokens.json into `directory` (created if needed), as transformers does."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tokens = sorted(self.vocab, key=self.vocab.__getitem__)
+        (directory / VOCAB).write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+        config = {**self.settings, "tokenizer_class": "TapasTokenizer"}
+        (directory / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if self.added_tokens:
+            (directory / ADDED_TOKENS).write_text(json.dumps(self.added_tokens, indent=2) + "\n")
+
+    def __len__(self) -> int:
+        """The number of token ids, added tokens included (the embedding rows a model needs)."""
+        return len(self.ids)
 
     # -- text -------------------------------------------------------------------------------
 
@@ -188,43 +243,58 @@ class TapasTokenizer:
         punctuation only) is the single [EMPTY] token, the empty string no token at all."""
         return self._tokenize_many([text])[0]
 
-    def _tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
-        """`tokenize` for many texts, with one `tokenizers` batch call."""
-        # Each text is a list of parts: special tokens as they are, and the runs of words in
-        # between, which the `pending` strings fill in after the batch call.
-        parts: list[list[list[str]]] = [[] for _ in texts]
-        pending: list[tuple[int, int, str]] = []  # (text index, part index, string)
-        for index, text in enumerate(texts):
-            if not text:
+    def _parts(self, text: str) -> list[list[str] | str]:
+        """The tokens of `text` decided without WordPiece (special and added tokens, [EMPTY]),
+        and between them the strings that WordPiece has to cut, in order."""
+        parts: list[list[str] | str] = []
+        for piece in self._split_added(text):
+            if not piece:
                 continue
-            if numbers.format_text(text) == numbers.EMPTY_TEXT:
-                parts[index].append([self.empty_token])
-            elif any(token in text for token in self.special_tokens):
+            if piece in self.added_tokens:
+                parts.append([piece])
+            elif numbers.format_text(piece) == numbers.EMPTY_TEXT:
+                parts.append([self.empty_token])
+            elif any(token in piece for token in self.special_tokens):
                 # transformers keeps a special token only as a whole whitespace-separated word.
                 run: list[str] = []
-                for word in [*text.split(), None]:
+                for word in [*piece.split(), None]:
                     if word is None or word in self.special_tokens:
                         if run:
-                            pending.append((index, len(parts[index]), " ".join(run)))
-                            parts[index].append([])
+                            parts.append(" ".join(run))
                             run = []
                         if word is not None:
-                            parts[index].append([word])
+                            parts.append([word])
                     else:
                         run.append(word)
             else:
-                pending.append((index, 0, text))
-                parts[index].append([])
-        encodings = self.tokenizer.encode_batch(
-            [string for *_, string in pending], add_special_tokens=False
-        )
-        for (index, part, _), encoding in zip(pending, encodings, strict=True):
-            parts[index][part] = encoding.tokens
-        return [[token for part in text_parts for token in part] for text_parts in parts]
+                parts.append(piece)
+        return parts
+
+    def _split_added(self, text: str) -> list[str]:
+        """`text` cut around every occurrence of an added token, as transformers' trie cuts it:
+        the longest added token wins where several start at the same place."""
+        if not self.added_tokens:
+            return [text]
+        alternatives = sorted(self.added_tokens, key=len, reverse=True)
+        return re.split("(" + "|".join(map(re.escape, alternatives)) + ")", text)
+
+    def _tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
+        """`tokenize` for many texts, with one `tokenizers` batch call."""
+        parts = [self._parts(text) for text in texts]
+        strings = [part for text_parts in parts for part in text_parts if isinstance(part, str)]
+        encodings = iter(self.tokenizer.encode_batch(strings, add_special_tokens=False))
+        return [
+            [
+                token
+                for part in text_parts
+                for token in (next(encodings).tokens if isinstance(part, str) else part)
+            ]
+            for text_parts in parts
+        ]
 
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
-        unk = self.vocab[self.unk_token]
-        return [self.vocab.get(token, unk) for token in tokens]
+        unk = self.ids[self.unk_token]
+        return [self.ids.get(token, unk) for token in tokens]
 
     # -- table ------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import transformers
@@ -16,6 +17,7 @@ from safetensors.numpy import load_file, save_file
 import polyformer as pf
 from polyformer.models import tapas
 from polyformer.models.convert import CheckpointMismatchError
+from polyformer.models.tapas.tokenizer import TapasTokenizer
 from tests.models.tapas.reference import (
     LENGTH,
     TINY,
@@ -98,6 +100,38 @@ def test_from_bert_equals_bert(bert_checkpoint, head):
     if head is not None:
         # The QA heads keep the WTQ initialisation: zero cell-selection weights.
         assert not np.any(np.asarray(model.output_weights[...]))
+
+
+def test_from_bert_grows_the_vocabulary_for_added_tokens(bert_checkpoint):
+    """A TapasTokenizer on BERT's vocab.txt numbers [EMPTY] after BERT's words."""
+    bert, path = bert_checkpoint
+    words = bert.config.vocab_size
+    config = tapas.TapasConfig.tiny(vocab_size=words + 1, max_position_embeddings=LENGTH)
+    table = np.asarray(tapas.from_bert(path, config).tapas.embeddings.word_embeddings.embedding)
+    np.testing.assert_array_equal(
+        table[:words], bert.embeddings.word_embeddings.weight.detach().numpy()
+    )
+    np.testing.assert_allclose(table[words], table[:words].mean(0), atol=1e-8, rtol=0)
+    with pytest.raises(ValueError, match=f"vocab_size: config {words - 1}, BERT {words}"):
+        tapas.from_bert(path, tapas.TapasConfig.tiny(vocab_size=words - 1))
+
+
+def test_from_bert_pairs_with_a_tokenizer_on_the_bert_vocabulary(bert_checkpoint, tmp_path):
+    """BERT's vocab.txt has no [EMPTY]: the tokenizer adds it as id vocab_size, and the model
+    from_bert builds for len(tokenizer) ids embeds it."""
+    bert, path = bert_checkpoint
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "city", "population", "which"]
+    words += [f"w{i}" for i in range(bert.config.vocab_size - len(words))]
+    (tmp_path / "vocab.txt").write_text("".join(f"{w}\n" for w in words))
+    tokenizer = TapasTokenizer.from_pretrained(tmp_path, model_max_length=LENGTH)
+    assert tokenizer.added_tokens == {"[EMPTY]": bert.config.vocab_size}
+    config = tapas.TapasConfig.tiny(vocab_size=len(tokenizer), max_position_embeddings=LENGTH)
+    model = tapas.from_bert(path, config)
+    table = pd.DataFrame({"city": ["w1", "", "n/a"], "population": ["w2", "?", "w3"]})
+    x = tokenizer(table, ["which city?", "which population?"], padding="max_length")
+    # "n/a" and "?" are [EMPTY], "" is no token at all, as in transformers
+    assert (x["input_ids"] == tokenizer.ids["[EMPTY]"]).sum() == 2 * 2
+    assert np.isfinite(np.asarray(ours_forward(model, x).logits)).all()
 
 
 def test_from_bert_rejects_mismatches(bert_checkpoint, wtq_checkpoint):

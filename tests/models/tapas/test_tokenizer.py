@@ -1,5 +1,7 @@
 """The table tokenizer against transformers' TapasTokenizer, feature by feature."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -190,3 +192,63 @@ def test_errors(pair):
         ours(table, ["a", "which city is it"], padding=False)
     with pytest.raises(ValueError, match="unknown truncation"):
         ours(table, "a", truncation="longest_first")
+
+
+@pytest.fixture(scope="module")
+def bert_vocab_dir(tmp_path_factory):
+    """A BERT-style vocab.txt: the same words, no [EMPTY]."""
+    directory = tmp_path_factory.mktemp("bert-vocab")
+    vocab = tables.write_vocab(directory)
+    words = vocab.read_text(encoding="utf-8").splitlines()
+    vocab.write_text("".join(f"{w}\n" for w in words if w != "[EMPTY]"), encoding="utf-8")
+    return directory
+
+
+def empty_cells_table() -> pd.DataFrame:
+    table = tables.numbers_table().astype(str)
+    table.iat[0, 1], table.iat[1, 2], table.iat[2, 0] = "", "n/a", "?"
+    table.iat[3, 3], table.iat[4, 1] = "[EMPTY]", "x[EMPTY]y."
+    return table
+
+
+def test_bert_vocabulary_gets_empty_as_an_added_token_like_transformers(bert_vocab_dir, tmp_path):
+    theirs = transformers.TapasTokenizer(str(bert_vocab_dir / "vocab.txt"))
+    ours = TapasTokenizer.from_pretrained(bert_vocab_dir)
+    size = len((bert_vocab_dir / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    assert ours.added_tokens == {"[EMPTY]": size} == theirs.added_tokens_encoder
+    assert len(ours) == len(theirs) == size + 1
+    for text in ["n/a", "x [EMPTY] y", "x[EMPTY]y", "A [EMPTY].", "[EMPTY] ", "[cls] ?"]:
+        assert ours.tokenize(text) == theirs.tokenize(text), text
+    table, queries = empty_cells_table(), [*tables.QUERIES["numbers"], "is it [EMPTY]?"]
+    out = ours(table, queries, padding=True)
+    assert (out["input_ids"] == size).sum() >= 6  # the empty cells, the question's
+    tables.assert_same_encoding(out, _hf(theirs, table, queries))
+
+    # transformers' files read by ours, ours by transformers: added_tokens.json both ways.
+    theirs.save_pretrained(tmp_path / "theirs")
+    reloaded = TapasTokenizer.from_pretrained(tmp_path / "theirs")
+    assert reloaded.added_tokens == ours.added_tokens
+    tables.assert_same_encoding(reloaded(table, queries, padding=True), _hf(theirs, table, queries))
+    ours.save_pretrained(tmp_path / "ours")
+    saved = json.loads((tmp_path / "ours" / "added_tokens.json").read_text())
+    assert saved == {"[EMPTY]": size}
+    again = transformers.TapasTokenizer.from_pretrained(tmp_path / "ours")
+    tables.assert_same_encoding(out, _hf(again, table, queries))
+    assert TapasTokenizer.from_pretrained(tmp_path / "ours").ids == ours.ids
+
+
+def test_several_missing_special_tokens_are_numbered_as_transformers_numbers_them(bert_vocab_dir):
+    settings = {"cls_token": "[BOS]", "empty_token": "[NONE]", "mask_token": "[EMPTY]"}
+    theirs = transformers.TapasTokenizer(str(bert_vocab_dir / "vocab.txt"), **settings)
+    ours = TapasTokenizer.from_pretrained(bert_vocab_dir, **settings)
+    assert ours.added_tokens == theirs.added_tokens_encoder
+    assert len(ours.added_tokens) == 3
+    table, queries = empty_cells_table(), tables.QUERIES["numbers"]
+    tables.assert_same_encoding(ours(table, queries, padding=True), _hf(theirs, table, queries))
+
+
+def test_added_tokens_that_collide_with_the_vocabulary_are_refused(bert_vocab_dir):
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 5}
+    with pytest.raises(ValueError, match=r"added tokens \{'\[EMPTY\]': 5\} reuse ids"):
+        TapasTokenizer(vocab, added_tokens={"[EMPTY]": 5})
+    assert TapasTokenizer(vocab, added_tokens={"a": 5}).added_tokens == {"[EMPTY]": 6}
