@@ -96,7 +96,9 @@ def machine_summary() -> str:
     )
 
 
-def command_line(module: str, argv: Sequence[str] | None = None, python: str = ".venv/bin/python"):
+def command_line(
+    module: str, argv: Sequence[str] | None = None, python: str = ".venv/bin/python"
+) -> str:
     """How to run this again: `python -m module` with `argv` (default: this process's)."""
     return shlex.join([python, "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
