@@ -14,7 +14,7 @@ ROOT = pathlib.Path(polyformer.__file__).parent
 # Area (first name under polyformer/) -> layer. An area imports its own modules and those of
 # lower layers only: cli -> training and pipelines -> hub -> models -> attention, with
 # checkpoint_io, targets and audio beside attention at the bottom. datasets sit beside models
-# and import neither it nor anything above.
+# and import neither it nor anything above; lora (adapters on any family) sits beside hub.
 LAYERS = {
     "attention": 0,
     "audio": 0,
@@ -23,6 +23,7 @@ LAYERS = {
     "datasets": 1,
     "models": 1,
     "hub": 2,
+    "lora": 2,
     "pipelines": 3,
     "training": 3,
     "cli": 4,
