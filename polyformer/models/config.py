@@ -8,8 +8,8 @@ nested configs (`NESTED`) and int fields that must be positive (`POSITIVE`). `fr
 `to_hf` follow from those, and `from_hf` checks every value's type against the field's
 annotation, so `"n_layer": "2"` fails naming the field instead of deep inside the model.
 
-`ModelConfig` adds what a top-level model config has: the attention kernel, the dtypes and
-`architectures`, the HF class names config.json gives.
+`ModelConfig` adds what a top-level model config has: the attention kernel, the dtypes, the
+rematerialisation policy and `architectures`, the HF class names config.json gives.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 
 from polyformer.attention import AttentionKernel, Dense
+
+# The rematerialisation policies of `ModelConfig.remat`, models.layers.remat_layer's.
+REMAT = ("none", "full", "dots", "minimal")
 
 
 class ConfigError(ValueError):
@@ -156,6 +159,9 @@ class ModelConfig(HFConfig):
         of the field that ATTENTION_DROPOUT names.
       dtype: computation dtype; logits and softmax statistics stay float32.
       param_dtype: storage dtype of the parameters (written to config.json as HF's `dtype`).
+      remat: what each layer of the stack keeps for the backward pass (`REMAT`): "none"
+        everything; "full" only its input, recomputing the rest; "dots" the outputs of its
+        matrix products; "minimal" only its attention and MLP outputs.
     """
 
     ARCHITECTURES: ClassVar[tuple[str, ...]]
@@ -163,13 +169,20 @@ class ModelConfig(HFConfig):
     ARCHITECTURE_ALIASES: ClassVar[Mapping[str, str]] = {}
     # The field holding the attention dropout rate of the default kernel.
     ATTENTION_DROPOUT: ClassVar[str]
-    OURS: ClassVar[tuple[str, ...]] = ("attention", "dtype", "param_dtype", "architectures")
+    OURS: ClassVar[tuple[str, ...]] = (
+        "attention",
+        "dtype",
+        "param_dtype",
+        "remat",
+        "architectures",
+    )
     TUPLES: ClassVar[tuple[str, ...]] = ("architectures",)
 
     architectures: tuple[str, ...] = ()
     attention: AttentionKernel | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat: str = "none"
 
     def __post_init__(self):
         if not self.architectures:
@@ -185,6 +198,8 @@ class ModelConfig(HFConfig):
                 f"attention must be a kernel (e.g. polyformer.attention.Favor()), got "
                 f"{self.attention!r}"
             )
+        if self.remat not in REMAT:
+            raise ValueError(f"remat must be one of {', '.join(REMAT)}, got {self.remat!r}")
 
     @property
     def architecture(self) -> str:

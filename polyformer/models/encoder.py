@@ -15,11 +15,12 @@ from typing import Any
 
 import jax
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.layers import layer_norm
+from polyformer.models.layers import ATTENTION_OUTPUT, MLP_OUTPUT, layer_norm, remat_layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,17 +115,20 @@ class EncoderLayer(nnx.Module):
         deterministic = rngs is None
         rng = None if deterministic else rngs.dropout()
         h = self.self_attn(self.layer_norm1(x), mask=mask, causal=causal, rng=rng)
+        h = checkpoint_name(h, ATTENTION_OUTPUT)
         x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
-        h = self.mlp(self.layer_norm2(x))
+        h = checkpoint_name(self.mlp(self.layer_norm2(x)), MLP_OUTPUT)
         return x + self.dropout(h, deterministic=deterministic, rngs=rngs)
 
 
 class Encoder(nnx.Module):
     """`num_layers` EncoderLayers in sequence (transformers' `encoder.layers`)."""
 
-    def __init__(self, num_layers: int, **layer_args):
-        """layer_args: EncoderLayer's arguments, the same for every layer."""
+    def __init__(self, num_layers: int, *, remat: str = "none", **layer_args):
+        """remat: each layer's rematerialisation policy (ModelConfig.remat); layer_args:
+        EncoderLayer's arguments, the same for every layer."""
         self.layers = nnx.List([EncoderLayer(**layer_args) for _ in range(num_layers)])
+        self.remat = remat
 
     def __call__(
         self,
@@ -136,8 +140,9 @@ class Encoder(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         """x `[batch, length, hidden]` -> (the last layer's output, the hidden states: x then
         every layer's output, num_layers + 1 arrays `[batch, length, hidden]`)."""
+        run = remat_layer(lambda layer, x, mask, rngs: layer(x, mask, causal, rngs), self.remat)
         hidden = [x]
         for layer in self.layers:
-            x = layer(x, mask, causal, rngs)
+            x = run(layer, x, mask, rngs)
             hidden.append(x)
         return x, tuple(hidden)

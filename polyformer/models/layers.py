@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import jax
 from flax import nnx
 
 from polyformer.attention.layer import logical
@@ -32,3 +34,25 @@ def training_rngs(model: nnx.Module, rngs: nnx.Rngs | None) -> nnx.Rngs | None:
     if rngs is None:
         raise ValueError("the model is in training mode: pass rngs=nnx.Rngs(dropout=...)")
     return rngs
+
+
+# What remat="minimal" keeps of a layer: the outputs every layer names with checkpoint_name.
+ATTENTION_OUTPUT = "attention_output"
+MLP_OUTPUT = "mlp_output"
+
+# ModelConfig.remat -> the jax.checkpoint policy (None: save nothing but the layer's input).
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "minimal": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUTPUT, MLP_OUTPUT),
+}
+
+
+def remat_layer(call: Callable[..., Any], remat: str) -> Callable[..., Any]:
+    """`call(layer, *args)`, one layer of a stack, rematerialised as ModelConfig.remat says:
+    unchanged for "none"; otherwise under nnx.remat, so the backward pass recomputes what the
+    policy does not save and a stack keeps, per layer, its input and the saved values only.
+    Every remat gives the same values and gradients."""
+    if remat == "none":
+        return call
+    return nnx.remat(call, policy=_REMAT_POLICIES[remat])

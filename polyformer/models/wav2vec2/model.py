@@ -15,11 +15,18 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.layers import layer_norm, training_rngs
+from polyformer.models.layers import (
+    ATTENTION_OUTPUT,
+    MLP_OUTPUT,
+    layer_norm,
+    remat_layer,
+    training_rngs,
+)
 from polyformer.models.wav2vec2.config import Wav2Vec2Config
 
 # torch's nn.GroupNorm and nn.LayerNorm default, which the feature encoder's norms keep (they
@@ -320,12 +327,13 @@ class Wav2Vec2EncoderLayer(nnx.Module):
         """mask `[batch, frames]` True for real frames (None: all real)."""
         rng = None if rngs is None else rngs.dropout()
         h = self.layer_norm(x) if self.stable else x
-        h = self.attention(h, mask=mask, rng=rng)
+        h = checkpoint_name(self.attention(h, mask=mask, rng=rng), ATTENTION_OUTPUT)
         x = x + self.dropout(h, deterministic=rngs is None, rngs=rngs)
         if self.stable:
-            return x + self.feed_forward(self.final_layer_norm(x), rngs)
+            h = self.feed_forward(self.final_layer_norm(x), rngs)
+            return x + checkpoint_name(h, MLP_OUTPUT)
         x = self.layer_norm(x)
-        return self.final_layer_norm(x + self.feed_forward(x, rngs))
+        return self.final_layer_norm(x + checkpoint_name(self.feed_forward(x, rngs), MLP_OUTPUT))
 
 
 class Wav2Vec2Encoder(nnx.Module):
@@ -347,6 +355,7 @@ class Wav2Vec2Encoder(nnx.Module):
         )
         self.stable = c.do_stable_layer_norm
         self.layerdrop = c.layerdrop
+        self.remat = c.remat
 
     def __call__(
         self, x: jax.Array, mask: jax.Array | None, rngs: nnx.Rngs | None
@@ -360,9 +369,10 @@ class Wav2Vec2Encoder(nnx.Module):
         if not self.stable:
             x = self.layer_norm(x)
         x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
+        run = remat_layer(lambda layer, x, mask, rngs: layer(x, mask, rngs), self.remat)
         hidden = [x]
         for layer in self.layers:
-            out = layer(x, mask, rngs)
+            out = run(layer, x, mask, rngs)
             if rngs is not None and self.layerdrop > 0.0:
                 # LayerDrop: training skips each layer with probability layerdrop.
                 skip = jax.random.uniform(rngs.dropout()) < self.layerdrop
