@@ -85,12 +85,14 @@ def _prefill(model: GPT2LMHeadModel, input_ids: jax.Array, prompt_mask: jax.Arra
 
 
 def _first_real(prompt_mask: jax.Array) -> jax.Array:
+    """Each row's first non-padding position `[rows]` of a left-padded mask `[rows, length]`."""
     return jnp.argmax(prompt_mask, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "s"))
 def _generate(graphdef, state, input_ids, prompt_mask, rng, handle, s: _Settings):
-    """Returns tokens `[batch, prompt + max_new_tokens]` and the number of steps that ran."""
+    """Returns tokens `[batch, prompt + max_new_tokens]` and how many of them are meaningful
+    (the prompt and the steps that ran)."""
     model = nnx.merge(graphdef, state)
     batch, prompt_len = input_ids.shape
     logits, cache, step_fn = _prefill(model, input_ids, prompt_mask, prompt_len + s.max_new_tokens)
@@ -103,7 +105,7 @@ def _generate(graphdef, state, input_ids, prompt_mask, rng, handle, s: _Settings
         step, _, _, _, finished = carry
         return (step < s.max_new_tokens) & ~jnp.all(finished)
 
-    def step_fn_loop(carry):
+    def body(carry):
         step, tokens, last_logits, cache, finished = carry
         scores = process(last_logits, tokens, prompt_len + step, first_real, s.processors)
         if s.processors.do_sample:
@@ -120,7 +122,7 @@ def _generate(graphdef, state, input_ids, prompt_mask, rng, handle, s: _Settings
         return step + 1, tokens, logits, cache, finished
 
     carry = (jnp.int32(0), tokens, logits, cache, jnp.zeros((batch,), bool))
-    steps, tokens, *_ = jax.lax.while_loop(running, step_fn_loop, carry)
+    steps, tokens, *_ = jax.lax.while_loop(running, body, carry)
     return tokens, prompt_len + steps
 
 
