@@ -408,7 +408,8 @@ def generate_stream(
     """`generate` (same arguments, num_beams=1) as an iterator over the new tokens: one int32
     array `[batch * num_return_sequences]` per step, as soon as the step decided it (finished
     rows get pad_token_id). Arguments are checked before this returns; generation runs in a
-    background thread, whose errors are raised here."""
+    background thread, whose errors are raised here, and runs to its end even when the
+    iteration stops early."""
     streamer = _QueueStreamer()
     plan = _plan(model, input_ids, attention_mask, **_generate_defaults(kwargs), stream=True)
     failure: list[BaseException] = []
