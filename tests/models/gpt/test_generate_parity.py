@@ -74,22 +74,26 @@ TWO_EOS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def bad_words(setup):
+    """Sequences that the unconstrained greedy and beam searches produce: one token, two and
+    three tokens, and an end-of-sequence id alone (which transformers drops from the list)."""
+    _, model, input_ids, mask, eos = setup
+    free = np.asarray(
+        generate(model, input_ids, mask, max_new_tokens=MAX_NEW, eos_token_id=[], num_beams=3)
+    )
+    p = input_ids.shape[1]
+    return [free[1, p : p + 1], free[0, p : p + 2], free[2, p + 3 : p + 6], [eos[0]]]
+
+
 @pytest.mark.parametrize(
     "options", GREEDY + BEAM + TWO_EOS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
 )
-def test_tokens_equal_transformers(setup, options):
+def test_tokens_equal_transformers(setup, bad_words, options):
     hf_model, model, input_ids, mask, eos = setup
     options = dict(options)
     if options.get("bad_words_ids") == "generated":
-        # A token the model wants, a two-token sequence it produces, and an end-of-sequence id
-        # alone (which transformers drops from the list).
-        free = np.asarray(generate(model, input_ids, mask, max_new_tokens=4, eos_token_id=[]))
-        p = input_ids.shape[1]
-        options["bad_words_ids"] = [
-            [int(free[1, p])],
-            [int(free[0, p + 1]), int(free[0, p + 2])],
-            [eos[0]],
-        ]
+        options["bad_words_ids"] = [[int(t) for t in word] for word in bad_words]
     n_eos = 2 if options.pop("two_eos", False) else 1
     common = dict(max_new_tokens=MAX_NEW, eos_token_id=eos[:n_eos], pad_token_id=0)
     got = np.asarray(generate(model, input_ids, mask, **common, **options))
