@@ -2,7 +2,7 @@
 
 from polyformer.models.gpt import convert
 from polyformer.models.gpt.config import GPT2Config
-from polyformer.models.gpt.generate import generate, generate_stream
+from polyformer.models.gpt.generate import generate
 from polyformer.models.gpt.model import GPT2MLP, CausalLMOutput, GPT2Block, GPT2LMHeadModel
 from polyformer.models.gpt.tokenizer import GPT2Tokenizer
 
@@ -15,5 +15,4 @@ __all__ = [
     "GPT2Tokenizer",
     "convert",
     "generate",
-    "generate_stream",
 ]

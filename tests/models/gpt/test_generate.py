@@ -11,7 +11,8 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 import polyformer as pf
 from polyformer import attention as A
-from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel, generate, generate_stream
+from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel, generate
+from polyformer.models.gpt.generate import generate_stream
 from polyformer.models.gpt.logits_process import top_k_filter, top_p_filter
 from tests.models.gpt.reference import left_padded, logits
 
