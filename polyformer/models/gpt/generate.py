@@ -171,6 +171,39 @@ def _bad_words(bad_words_ids: Sequence[Sequence[int]] | None, vocab_size: int):
     return tuple(tuple(int(t) for t in word) for word in words)
 
 
+def _check_search(
+    num_beams: int,
+    num_return_sequences: int,
+    length_penalty: float,
+    early_stopping: bool | str,
+    do_sample: bool,
+    stream: bool,
+) -> tuple[int, int]:
+    """Checks the search options against each other; returns (num_beams, num_return_sequences)."""
+    num_beams = _count("num_beams", num_beams, 1)
+    num_return_sequences = _count("num_return_sequences", num_return_sequences, 1)
+    if num_beams == 1 and (length_penalty, early_stopping) != (1.0, False):
+        raise ValueError("length_penalty and early_stopping apply only with num_beams > 1")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(
+            f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})"
+        )
+    if num_beams == 1 and not do_sample and num_return_sequences > 1:
+        raise ValueError(
+            "greedy decoding returns one sequence per prompt: num_return_sequences > 1 needs "
+            "do_sample=True or num_beams >= num_return_sequences"
+        )
+    if early_stopping not in (True, False, "never") or not isinstance(early_stopping, bool | str):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty}")
+    if stream and num_beams > 1:
+        raise ValueError(
+            "streaming needs num_beams=1: a beam search decides its tokens only at the end"
+        )
+    return num_beams, num_return_sequences
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """A validated call: the arrays and the static settings of one loop."""
@@ -230,27 +263,9 @@ def _plan(
         top_k = _count("top_k", top_k, 0)
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must satisfy 0 < top_p <= 1, got {top_p}")
-    num_beams = _count("num_beams", num_beams, 1)
-    num_return_sequences = _count("num_return_sequences", num_return_sequences, 1)
-    if num_beams == 1 and (length_penalty, early_stopping) != (1.0, False):
-        raise ValueError("length_penalty and early_stopping apply only with num_beams > 1")
-    if num_beams > 1 and num_return_sequences > num_beams:
-        raise ValueError(
-            f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})"
-        )
-    if num_beams == 1 and not do_sample and num_return_sequences > 1:
-        raise ValueError(
-            "greedy decoding returns one sequence per prompt: num_return_sequences > 1 needs "
-            "do_sample=True or num_beams >= num_return_sequences"
-        )
-    if early_stopping not in (True, False, "never") or not isinstance(early_stopping, bool | str):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if not math.isfinite(length_penalty):
-        raise ValueError(f"length_penalty must be a finite number, got {length_penalty}")
-    if stream and num_beams > 1:
-        raise ValueError(
-            "streaming needs num_beams=1: a beam search decides its tokens only at the end"
-        )
+    num_beams, num_return_sequences = _check_search(
+        num_beams, num_return_sequences, length_penalty, early_stopping, do_sample, stream
+    )
     eos = _as_tuple(config.eos_token_id if eos_token_id is None else eos_token_id)
     if pad_token_id is None:
         pad_token_id = config.pad_token_id if config.pad_token_id is not None else (eos or (0,))[0]
