@@ -12,7 +12,8 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 import polyformer as pf
 from polyformer import attention as A
 from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel, generate
-from polyformer.models.gpt.generate import top_k_filter, top_p_filter
+from polyformer.models.gpt.generate import generate_stream
+from polyformer.models.gpt.logits_process import top_k_filter, top_p_filter
 from tests.models.gpt.reference import left_padded, logits
 
 PROMPT_LENGTHS = [7, 3, 5]
@@ -106,6 +107,34 @@ class Case:
         Case(dict(max_new_tokens=2, do_sample=True), "sampling needs rng"),
         Case(dict(max_new_tokens=2, temperature=0.5), "only with do_sample=True"),
         Case(dict(max_new_tokens=2, do_sample=True, rng=0, top_p=0.0), "0 < top_p <= 1"),
+        Case(dict(max_new_tokens=2, do_sample=True, rng=0, top_k=-1), "top_k must be an integer"),
+        *[
+            Case(
+                dict(max_new_tokens=2, do_sample=True, rng=0, temperature=t),
+                f"temperature must be a finite positive number, got {t}",
+            )
+            for t in (float("nan"), float("inf"), 0.0, -1.0)
+        ],
+        Case(dict(max_new_tokens=2, num_beams=0), "num_beams must be an integer >= 1, got 0"),
+        Case(
+            dict(max_new_tokens=2, num_beams=2, num_return_sequences=3),
+            r"num_return_sequences \(3\) must be <= num_beams \(2\)",
+        ),
+        Case(dict(max_new_tokens=2, num_return_sequences=2), "greedy decoding returns one"),
+        Case(dict(max_new_tokens=2, length_penalty=2.0), "only with num_beams > 1"),
+        Case(dict(max_new_tokens=2, num_beams=2, early_stopping="soon"), "True, False or 'never'"),
+        Case(dict(max_new_tokens=2, num_beams=2, length_penalty=float("nan")), "length_penalty"),
+        *[
+            Case(
+                dict(max_new_tokens=2, repetition_penalty=p), "repetition_penalty must be a finite "
+            )
+            for p in (0.0, float("nan"))
+        ],
+        Case(dict(max_new_tokens=2, no_repeat_ngram_size=-1), "no_repeat_ngram_size must be"),
+        Case(dict(max_new_tokens=2, min_new_tokens=-2), "min_new_tokens must be an integer >= 0"),
+        Case(dict(max_new_tokens=2, bad_words_ids=[[]]), r"bad_words_ids must be .* \[0, 1031\)"),
+        Case(dict(max_new_tokens=2, bad_words_ids=[[3, 1031]]), "bad_words_ids must be"),
+        Case(dict(max_new_tokens=2, num_beams=2, streamer=object()), "streaming needs num_beams=1"),
     ],
     ids=lambda case: case.message,
 )
@@ -113,3 +142,11 @@ def test_generate_refuses_what_it_cannot_do(case):
     model = GPT2LMHeadModel(GPT2Config.tiny(n_layer=1), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=case.message):
         generate(model, jnp.ones((1, 3), int), jnp.asarray([case.mask]), **case.kwargs)
+
+
+def test_generate_stream_checks_its_arguments_before_it_returns():
+    model = GPT2LMHeadModel(GPT2Config.tiny(n_layer=1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="streaming needs num_beams=1"):
+        generate_stream(model, jnp.ones((1, 3), int), max_new_tokens=2, num_beams=2)
+    with pytest.raises(TypeError, match="num_beam"):
+        generate_stream(model, jnp.ones((1, 3), int), max_new_tokens=2, num_beam=2)
