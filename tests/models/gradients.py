@@ -6,6 +6,7 @@ scalar loss. Dropout off (our rngs None, torch eval mode), float32 on both sides
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Collection, Iterator, Mapping
 
 import jax
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+from polyformer.checkpoint_io import read_weights
 from polyformer.models import FAMILIES, convert
 from polyformer.training.objectives import OBJECTIVES
 
@@ -54,27 +56,39 @@ def _deterministic_torch() -> Iterator[None]:
 
 
 def torch_gradients(
-    hf_model: torch.nn.Module, loss: Callable[[torch.nn.Module], torch.Tensor]
+    hf_model: torch.nn.Module,
+    loss: Callable[[torch.nn.Module], torch.Tensor],
+    directory: str | os.PathLike,
 ) -> tuple[float, dict]:
     """(loss, gradients) of `loss(hf_model)` in eval mode (no dropout) with deterministic
-    algorithms: every entry of `named_parameters()` (tied tensors appear once, under the name
-    that owns them), its `.grad` as numpy, None where the loss does not reach it."""
+    algorithms. The gradients are keyed by checkpoint tensor name: they are written with
+    `save_pretrained` into `directory` in place of the weights, so transformers' own renaming
+    on save (ViT's modules are `vit.layers.0.attention.q_proj` in memory and
+    `vit.encoder.layer.0.attention.attention.query` in checkpoints) names them, and a tied
+    tensor appears once. A parameter the loss does not reach is all NaN."""
     hf_model.eval()
     hf_model.zero_grad(set_to_none=True)
     with _deterministic_torch():
         value = loss(hf_model)
         value.backward()
-    grads = {
-        name: None if p.grad is None else p.grad.numpy().copy()
-        for name, p in hf_model.named_parameters()
-    }
+    weights = {}
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            weights[name] = p.data
+            p.data = torch.full_like(p, torch.nan) if p.grad is None else p.grad
+        try:
+            hf_model.save_pretrained(directory)
+        finally:
+            for name, p in hf_model.named_parameters():
+                p.data = weights[name]
     hf_model.zero_grad(set_to_none=True)
-    return value.item(), grads
+    grads, _ = read_weights(directory)
+    return value.item(), {name: np.asarray(g) for name, g in grads.items()}
 
 
 def assert_gradients_match(
     got: Mapping[str, np.ndarray],
-    want: Mapping[str, np.ndarray | None],
+    want: Mapping[str, np.ndarray],
     *,
     zero: Callable[[str], bool] = lambda name: False,
     unused: Collection[str] = (),
@@ -85,26 +99,30 @@ def assert_gradients_match(
     Args:
       zero: names of tensors whose gradient is zero in exact arithmetic (say why at the call);
         both sides must be below ZERO times the largest gradient of the model instead.
-      unused: tensors the loss does not reach: torch's grad is None, ours exactly 0.
+      unused: tensors the loss does not reach: transformers' all NaN (no grad), ours exactly 0.
     """
     assert set(got) == set(want), (
         f"ours only: {sorted(set(got) - set(want))}, transformers only: "
         f"{sorted(set(want) - set(got))}"
     )
-    largest = max(float(np.abs(w).max()) for w in want.values() if w is not None)
+    reached = {name: w for name, w in want.items() if not np.all(np.isnan(w))}
+    largest = max(float(np.abs(w).max()) for w in reached.values())
     assert largest > 0
     failures = []
     for name, w in want.items():
         g = got[name]
         if name in unused:
-            if w is not None or np.any(g):
+            if name in reached or np.any(g):
                 failures.append(f"{name}: expected unused, yet it has a gradient")
             continue
-        if w is None:
+        if name not in reached:
             failures.append(f"{name}: transformers' loss does not reach it")
             continue
         if g.shape != w.shape:
             failures.append(f"{name}: shape {g.shape}, transformers {w.shape}")
+            continue
+        if not (np.all(np.isfinite(g)) and np.all(np.isfinite(w))):
+            failures.append(f"{name}: not finite (ours or transformers')")
             continue
         scale = float(np.abs(w).max())
         error = float(np.abs(g - w).max())
@@ -114,5 +132,7 @@ def assert_gradients_match(
                 failures.append(f"{name}: should be zero, max |ours| {np.abs(g).max():.3g}, "
                                 f"max |transformers| {scale:.3g} > {bound:.3g}")  # fmt: skip
         elif error > RELATIVE * scale:
-            failures.append(f"{name}: max error {error:.3g} = {error / scale:.3g} of max {scale:.3g}")
+            failures.append(
+                f"{name}: max error {error:.3g} = {error / scale:.3g} of max {scale:.3g}"
+            )
     assert not failures, f"{len(failures)} of {len(want)} gradients differ:\n" + "\n".join(failures)

@@ -29,7 +29,9 @@ def assert_gradient_parity(hf_model, path, input_ids, weights):
     loss, got = our_gradients(ours, batch)
     labels = torch.as_tensor(np.where(weights > 0, input_ids, -100))
     want_loss, want = torch_gradients(
-        hf_model, lambda m: m(input_ids=torch.as_tensor(input_ids), labels=labels).loss
+        hf_model,
+        lambda m: m(input_ids=torch.as_tensor(input_ids), labels=labels).loss,
+        path / "grads",
     )
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     # A tied model has one embedding, transformer.wte.weight, whose gradient sums its use as the
