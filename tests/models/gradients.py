@@ -33,13 +33,10 @@ def our_gradients(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[fl
     loss_fn = OBJECTIVES[family.objectives[0]]
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    @jax.jit
-    def value_and_grad(params, batch):
-        return jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p, rest), batch, None)[0])(
-            params
-        )
+    def loss_of(params, batch):
+        return loss_fn(nnx.merge(graphdef, params, rest), batch, None)[0]
 
-    loss, grads = value_and_grad(params, dict(batch))
+    loss, grads = jax.jit(jax.value_and_grad(loss_of))(params, dict(batch))
     flat = {path: var.get_value() for path, var in nnx.to_flat_state(grads)}
     hf = convert.save(family.table(model.config), flat)
     return float(loss), {name: np.asarray(g) for name, g in hf.items()}
