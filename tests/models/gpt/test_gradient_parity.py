@@ -1,0 +1,57 @@
+"""GPT-2's gradients against transformers': the causal LM objective (the family's default) and
+GPT2LMHeadModel's loss with labels, with respect to every parameter."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import polyformer as pf
+from tests.models.gpt.reference import random_hf_model
+from tests.models.gradients import assert_gradients_match, our_gradients, torch_gradients
+
+OFFICIAL = dict(
+    vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+    bos_token_id=50256, eos_token_id=50256,
+)  # fmt: skip
+
+
+def assert_gradient_parity(hf_model, path, input_ids, weights):
+    """Our causal_lm on input_ids[:, :-1] -> input_ids[:, 1:] (targets counted where `weights`
+    is 1) against transformers' loss with labels (it shifts them itself; -100 uncounted)."""
+    hf_model.save_pretrained(path)
+    ours = pf.from_pretrained(path)
+    batch = {
+        "inputs": jnp.asarray(input_ids[:, :-1]),
+        "targets": jnp.asarray(input_ids[:, 1:]),
+        "weights": jnp.asarray(weights[:, 1:], jnp.float32),
+    }
+    loss, got = our_gradients(ours, batch)
+    labels = torch.as_tensor(np.where(weights > 0, input_ids, -100))
+    want_loss, want = torch_gradients(
+        hf_model,
+        lambda m: m(input_ids=torch.as_tensor(input_ids), labels=labels).loss,
+        path / "grads",
+    )
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    # A tied model has one embedding, transformer.wte.weight, whose gradient sums its use as the
+    # input embedding and as the output projection on both sides; an untied one has lm_head too.
+    assert ("lm_head.weight" in want) == (not hf_model.config.tie_word_embeddings)
+    assert_gradients_match(got, want)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_gradients_match_transformers(tied, tmp_path):
+    hf_model = random_hf_model(tie_word_embeddings=tied, n_inner=150)
+    rng = np.random.default_rng(0)
+    input_ids = rng.integers(0, hf_model.config.vocab_size, (3, 19))
+    weights = (rng.uniform(size=input_ids.shape) < 0.8).astype(np.int64)
+    assert_gradient_parity(hf_model, tmp_path, input_ids, weights)
+
+
+@pytest.mark.heavy
+def test_official_gpt2_size_gradients_match_transformers(tmp_path):
+    """The 124M configuration (random weights), one sequence of 16 tokens."""
+    hf_model = random_hf_model(**OFFICIAL)
+    input_ids = np.random.default_rng(0).integers(0, OFFICIAL["vocab_size"], (1, 16))
+    assert_gradient_parity(hf_model, tmp_path, input_ids, np.ones_like(input_ids))
