@@ -50,6 +50,7 @@ def _encoder_init(tower: CLIPTextConfig | CLIPVisionConfig) -> EncoderInit:
 def _encoder(tower, config: CLIPConfig, rngs: nnx.Rngs) -> Encoder:
     return Encoder(
         tower.num_hidden_layers,
+        remat=config.remat,
         hidden=tower.hidden_size,
         num_heads=tower.num_attention_heads,
         intermediate=tower.intermediate_size,

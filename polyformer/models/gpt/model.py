@@ -10,12 +10,19 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.gpt.config import GPT2Config
-from polyformer.models.layers import layer_norm, training_rngs
+from polyformer.models.layers import (
+    ATTENTION_OUTPUT,
+    MLP_OUTPUT,
+    layer_norm,
+    remat_layer,
+    training_rngs,
+)
 
 
 @flax.struct.dataclass
@@ -96,8 +103,15 @@ class GPT2MLP(nnx.Module):
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-        x = self.c_proj(self.act(self.c_fc(x)))
+        x = checkpoint_name(self.c_proj(self.act(self.c_fc(x))), MLP_OUTPUT)
         return self.dropout(x, deterministic=rngs is None, rngs=rngs)
+
+
+class GPT2Attention(MultiHeadAttention):
+    """MultiHeadAttention whose output is named for remat="minimal", which keeps it."""
+
+    def __call__(self, *args, **kwargs) -> jax.Array:
+        return checkpoint_name(super().__call__(*args, **kwargs), ATTENTION_OUTPUT)
 
 
 class GPT2Block(nnx.Module):
@@ -125,7 +139,7 @@ class GPT2Block(nnx.Module):
     ):
         dtypes = dict(dtype=dtype, param_dtype=param_dtype)
         self.ln_1 = layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
-        self.attn = MultiHeadAttention(
+        self.attn = GPT2Attention(
             n_head,
             n_embd,
             kernel=kernel,
@@ -260,9 +274,10 @@ class GPT2LMHeadModel(nnx.Module):
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.wte(input_ids) + self.wpe(position_ids)
         x = self.drop(x, deterministic=rngs is None, rngs=rngs)
+        run = remat_layer(lambda block, x, mask, rngs: block(x, mask, rngs), self.config.remat)
         hidden = [x]
         for block in self.h:
-            x = block(x, mask, rngs)
+            x = run(block, x, mask, rngs)
             hidden.append(x)
         x = self.ln_f(x)
         hidden[-1] = x

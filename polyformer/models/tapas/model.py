@@ -18,11 +18,18 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.layers import layer_norm, training_rngs
+from polyformer.models.layers import (
+    ATTENTION_OUTPUT,
+    MLP_OUTPUT,
+    layer_norm,
+    remat_layer,
+    training_rngs,
+)
 from polyformer.models.tapas import segments
 from polyformer.models.tapas.config import TOKEN_TYPES, TapasConfig
 from polyformer.models.tapas.loss import tapas_loss
@@ -168,9 +175,9 @@ class TapasLayer(nnx.Module):
         """x `[batch, length, hidden_size]`; mask `[batch, length]` True for real tokens."""
         deterministic = rngs is None
         rng = None if deterministic else rngs.dropout()
-        h = self.attention(x, mask=mask, rng=rng)
+        h = checkpoint_name(self.attention(x, mask=mask, rng=rng), ATTENTION_OUTPUT)
         x = self.attention_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
-        h = self.output(self.act(self.intermediate(x)))
+        h = checkpoint_name(self.output(self.act(self.intermediate(x))), MLP_OUTPUT)
         return self.output_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
 
 
@@ -270,9 +277,10 @@ class TapasModel(nnx.Module):
                 position_ids = jnp.arange(input_ids.shape[1])[None]
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.embeddings(input_ids, token_type_ids, position_ids, rngs)
+        run = remat_layer(lambda layer, x, mask, rngs: layer(x, mask, rngs), self.config.remat)
         hidden = [x]
         for layer in self.encoder.layer:
-            x = layer(x, mask, rngs)
+            x = run(layer, x, mask, rngs)
             hidden.append(x)
         return BaseModelOutput(
             last_hidden_state=x,
