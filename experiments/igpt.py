@@ -1,6 +1,6 @@
 """iGPT on 8x8 digits: a GPT trained on pixels, scored in bits per pixel, completing half images.
 
-    python experiments/igpt.py [--quick] [--levels 17] [--samples 4] [--results PATH]
+    python -m experiments.igpt [--quick] [--levels 17] [--samples 4] [--results PATH]
                                [--set key=value ...]
 
 Data: the 1797 8x8 digit images that scikit-learn ships, gray values 0..16, from the embedded
@@ -495,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     argv_text = argv if argv is not None else sys.argv[1:]
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     info = {
-        "command": " ".join(["python experiments/igpt.py", *argv_text]),
+        "command": " ".join(["python -m experiments.igpt", *argv_text]),
         "machine": machine_info(),
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),

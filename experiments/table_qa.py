@@ -1,6 +1,6 @@
 """Table question answering: train a small TAPAS from scratch on questions about generated tables.
 
-    python experiments/table_qa.py [--quick] [--steps N] [--results PATH] [--out DIR]
+    python -m experiments.table_qa [--quick] [--steps N] [--results PATH] [--out DIR]
                                    [--set key=value ...]
 
 Data: the embedded `table_questions` TFDS set (polyformer/datasets/table_questions.py, nothing
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
         vocab=model.vocab_size,
     )
     result = {
-        "command": " ".join(["python", "experiments/table_qa.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python", "-m", "experiments.table_qa", *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": len(os.sched_getaffinity(0)),
         "load_start": load_start,

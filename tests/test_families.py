@@ -1,12 +1,13 @@
 """Every family in FAMILIES x every kernel family: a tiny config survives save_pretrained /
-from_pretrained, the kernel swaps at load, jit changes nothing, and bfloat16 computation keeps
-float32 outputs."""
+from_pretrained, the kernel swaps at load, jit changes nothing, bfloat16 computation keeps
+float32 outputs, and the Trainer takes a step with the family's default objective."""
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from flax import nnx
 
@@ -14,6 +15,10 @@ import polyformer as pf
 from polyformer import attention as A
 from polyformer.attention import MultiHeadAttention
 from polyformer.models import FAMILIES
+from polyformer.models.tapas.tokenizer import TapasTokenizer
+from polyformer.training import trainer
+from polyformer.training.config import RunConfig
+from polyformer.training.data import ArrayData
 from polyformer.training.objectives import OBJECTIVES
 
 KERNELS = {
@@ -97,3 +102,69 @@ def test_bfloat16_computation_keeps_float32_outputs(saved):
 def test_every_familys_objectives_are_training_objectives():
     for family in FAMILIES.values():
         assert family.objectives and set(family.objectives) <= set(OBJECTIVES)
+
+
+# The kernel families by the names a run config gives them.
+RUN_ATTENTION = {"dense": "dense", "sparse": "longformer", "favor": "favor"}
+
+
+def tapas_batch() -> dict[str, np.ndarray]:
+    """Two questions about a two-row table, encoded with their answers as the WTQ loss of the
+    tiny config needs them (labels, float_answer, numeric values)."""
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EMPTY]", "what", "is", "n", "of",
+             "a", "b", "name", "?", "1", "2"]  # fmt: skip
+    tokenizer = TapasTokenizer({w: i for i, w in enumerate(words)}, model_max_length=32)
+    table = pd.DataFrame({"name": ["a", "b"], "n": ["1", "2"]})
+    return tokenizer(
+        table, ["what is n of a?", "what is n of b?"], answer_coordinates=[[(0, 1)], [(1, 1)]],
+        answer_text=[["1"], ["2"]], float_answer=[np.nan, np.nan], padding="max_length",
+    )  # fmt: skip
+
+
+def objective_batch(model_type: str, config) -> dict[str, np.ndarray]:
+    """A batch of two for the family's default objective."""
+    rng = np.random.default_rng(1)
+    batch = inputs(model_type, config)
+    if model_type == "gpt2":
+        return {"inputs": batch["input_ids"][:, :-1], "targets": batch["input_ids"][:, 1:]}
+    if model_type == "vit":
+        return {**batch, "labels": rng.integers(0, config.num_labels, 2)}
+    if model_type == "clip":
+        return {**batch, "attention_mask": np.ones_like(batch["input_ids"])}
+    if model_type == "wav2vec2":
+        mask = np.ones(batch["input_values"].shape, np.int32)
+        labels = rng.integers(5, config.vocab_size, (2, 3))
+        return {**batch, "attention_mask": mask, "labels": labels}
+    return tapas_batch()
+
+
+@dataclasses.dataclass(frozen=True)
+class OneBatch:
+    """A data config whose training and evaluation sets are one batch."""
+
+    batch: dict
+
+    def load(self) -> ArrayData:
+        return ArrayData(self.batch, self.batch, tokens_per_example=1)
+
+
+# A train step compiles the model's gradient: 20-100 s a case on a shared 2-core machine. Dense
+# runs in every suite; sparse and FAVOR+, whose forward the tests above already cover, are heavy.
+TRAIN_KERNELS = [k if k == "dense" else pytest.param(k, marks=pytest.mark.heavy) for k in KERNELS]
+
+
+@pytest.mark.parametrize("kernel", TRAIN_KERNELS)
+def test_the_trainer_takes_a_step_with_the_default_objective(saved, kernel, tmp_path):
+    model_type, model, _ = saved
+    batch = objective_batch(model_type, model.config)
+    run = RunConfig(
+        model=model.config, data=OneBatch(batch), attention=RUN_ATTENTION[kernel], steps=1,
+        batch_size=2, out_dir=str(tmp_path),
+    )  # fmt: skip
+    assert run.objective_name == FAMILIES[model_type].objectives[0]
+    job = trainer.Trainer(run, run.data.load())
+    state, iterator = job.initial_state()
+    state, metrics = job.train_step(state, job.global_batch(next(iterator)))
+    job.checkpointer.close()
+    assert int(state.step) == 1 and bool(metrics["finite"])
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0

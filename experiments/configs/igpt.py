@@ -1,8 +1,8 @@
 """iGPT on scikit-learn's 8x8 digits: a small GPT over 64 pixel tokens, run by experiments/igpt.py.
 
-python experiments/igpt.py --quick                   # a few minutes on 2 CPU cores
-python experiments/igpt.py                           # the full run: 3000 steps
-python experiments/igpt.py --set model.n_layer=4     # any field of this config, from the CLI
+python -m experiments.igpt --quick                   # a few minutes on 2 CPU cores
+python -m experiments.igpt                           # the full run: 3000 steps
+python -m experiments.igpt --set model.n_layer=4     # any field of this config, from the CLI
 
 polyformer train experiments/configs/igpt.py      # training alone, no evaluation
 

@@ -3,7 +3,7 @@ hour on 2 CPU cores; run by experiments/table_qa.py (which also scores answer ac
 held-out tables), or on its own:
 
 polyformer train experiments/configs/table_qa.py
-python experiments/table_qa.py [--quick]
+python -m experiments.table_qa [--quick]
 
 Data: `TableQuestionsData` (polyformer/training/data/tables.py): the embedded `table_questions`
 TFDS set, 1000 training tables per source (about 9,800 questions) and 40 held-out tables per

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from polyformer.attention import AttentionKernel, Favor, Sparse, patterns
+from polyformer.models import FAMILIES
 from polyformer.models.gpt import GPT2Config
 from polyformer.training.data import DataConfig, TextData
 from polyformer.training.objectives import OBJECTIVES
@@ -41,11 +42,12 @@ POSITIVE = (
 class RunConfig:
     """Everything a training run needs.
 
-    `model` is the config of any model family `polyformer.hub.FAMILIES` knows (HF field names;
+    `model` is the config of any model family in `polyformer.models.FAMILIES` (HF field names;
     the model trained is the class the family builds from it). `data` is a data config
     (`polyformer.training.data.DataConfig`: `TextData` for causal-LM text, or the vision, speech
     and table configs of `polyformer.training.data`) whose `load()` returns the `TrainData` the
-    trainer reads. `objective` names the loss in `objectives.OBJECTIVES`. Every field is checked
+    trainer reads. `objective` names the loss in `objectives.OBJECTIVES`, one of those the
+    family lists (None: the family's first, `objective_name`). Every field is checked
     here, when the config is built, so a bad value fails before anything compiles.
     """
 
@@ -55,7 +57,7 @@ class RunConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = TextData()
     mesh: MeshConfig = MeshConfig()
-    objective: str = "causal_lm"
+    objective: str | None = None
     steps: int = 1000
     batch_size: int = 16  # global, across all hosts and devices
     eval_every: int = 200
@@ -66,19 +68,32 @@ class RunConfig:
     seed: int = 0
     out_dir: str = "runs/default"
 
+    @property
+    def objective_name(self) -> str:
+        """The objective trained: `objective`, or the model family's default."""
+        return self.objective or FAMILIES[self.model.model_type].objectives[0]
+
     def __post_init__(self):
         if self.attention not in ATTENTION:
             raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not dataclasses.is_dataclass(self.model):
-            raise ValueError(f"model must be a model config dataclass, got {self.model!r}")
+        family = FAMILIES.get(getattr(self.model, "model_type", None))
+        if family is None or not isinstance(self.model, family.config):
+            raise ValueError(
+                f"model must be the config of a model family ({', '.join(FAMILIES)}), got "
+                f"{self.model!r}"
+            )
         if not dataclasses.is_dataclass(self.data) or not isinstance(self.data, DataConfig):
             raise ValueError(
                 f"data must be a data config dataclass with load(), got {type(self.data).__name__}"
             )
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if self.objective is not None and self.objective not in family.objectives:
+            what = "does not train" if self.objective in OBJECTIVES else "is no objective for"
+            raise ValueError(
+                f"objective={self.objective!r} {what} {family.model_type} models; give one of "
+                f"{', '.join(family.objectives)} (or None, for {family.objectives[0]})"
+            )
         for name in POSITIVE:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from polyformer import hub
+from polyformer.models import FAMILIES
 from polyformer.training import checkpoint, metrics, objectives, sharding
 from polyformer.training.config import ATTENTION, RunConfig
 from polyformer.training.data import TrainData
@@ -99,7 +100,8 @@ class Trainer:
     """Builds everything a run needs from a RunConfig and its data, then `run()`s it.
 
     `data` is what `config.data.load()` returns: a `polyformer.training.data.TrainData`.
-    The model is the class `hub.FAMILIES[config.model.model_type]` builds.
+    The model is the class `polyformer.models.FAMILIES[config.model.model_type]` builds, the
+    objective `config.objective_name`.
     """
 
     def __init__(self, config: RunConfig, data: TrainData):
@@ -118,7 +120,7 @@ class Trainer:
                 f"batch_size={config.batch_size} does not split over {jax.process_count()} hosts"
             )
         self.model_config = model_config(config, dict(data.model_overrides))
-        family = hub.FAMILIES[self.model_config.model_type]
+        family = FAMILIES[self.model_config.model_type]
         self.optimizer = make_optimizer(config.optimizer, config.steps)
         self.learning_rate = schedule(config.optimizer, config.steps)
 
@@ -146,7 +148,7 @@ class Trainer:
             abstract_state,
             self.state_shardings,
         )
-        self.objective = objectives.OBJECTIVES[config.objective]
+        self.objective = objectives.OBJECTIVES[config.objective_name]
         loss_fn = self.objective
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
         self.train_step = jax.jit(

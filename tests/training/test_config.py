@@ -70,10 +70,11 @@ def test_every_experiment_config_loads(path):
         ("steps", 0, "steps must be"),
         ("batch_size", 2.0, "batch_size must be a positive integer"),
         ("seed", -1, "seed must be a non-negative integer"),
-        ("objective", "bogus", "objective='bogus' is not one of causal_lm, "),
+        ("objective", "bogus", "objective='bogus' is no objective for gpt2 models; give one of"),
+        ("objective", "ctc", "objective='ctc' does not train gpt2 models; give one of causal_lm"),
         ("out_dir", "", "out_dir must name a directory"),
         ("data", 3, "data must be a data config"),
-        ("model", "gpt2", "model must be a model config"),
+        ("model", "gpt2", "model must be the config of a model family \\(gpt2, vit, "),
     ],
 )
 def test_every_field_is_checked_when_the_config_is_built(field, value, message):
@@ -84,3 +85,10 @@ def test_every_field_is_checked_when_the_config_is_built(field, value, message):
 def test_the_batch_must_split_into_the_accumulation_steps():
     with pytest.raises(ValueError, match="batch_size=6 does not split into"):
         C.RunConfig(batch_size=6, optimizer=OptimizerConfig(accumulation_steps=4))
+
+
+def test_the_objective_defaults_to_the_model_familys_first():
+    assert C.RunConfig().objective_name == "causal_lm"
+    vit = C.load("experiments/configs/vit_digits.py")
+    assert C.RunConfig(model=vit.model, data=vit.data).objective_name == "image_classification"
+    assert vit.objective_name == "image_classification_mixup"
