@@ -4,7 +4,8 @@ A directory holds `config.json` and the weights as `model.safetensors`, sharded 
 (`model.safetensors.index.json`) or `pytorch_model.bin` (sharded too), looked for in that order.
 Pickled PyTorch files are read with `torch.load(weights_only=True)`, so a checkpoint never runs
 code; torch is imported only for them. This module knows no model family: `polyformer.hub` and
-the families' own loaders (`tapas.from_bert`) build on it.
+the families' own loaders (`tapas.from_bert`) build on it. `resolve` turns a Hugging Face repo
+id ("openai-community/gpt2") into its snapshot directory in the Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -26,8 +27,50 @@ SAFETENSORS = "model.safetensors"
 TORCH = "pytorch_model.bin"
 
 
+# What a checkpoint directory may need from a hub repo: config, tokenizer and processor files,
+# and the weights, safetensors first (PyTorch's files only when a repo has no safetensors).
+HUB_FILES = ("*.json", "*.txt", "*.model", "*.safetensors")
+HUB_TORCH_FILES = (TORCH, TORCH + ".index.json", "pytorch_model-*.bin")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read: corrupt, truncated, refused or of an unknown type."""
+
+
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def resolve(path_or_id: str | os.PathLike) -> Path:
+    """The checkpoint directory `path_or_id` names: itself when it exists or is not a Hugging
+    Face repo id, else the repo's snapshot in the Hugging Face cache, as transformers finds it
+    (`huggingface_hub.snapshot_download`: downloaded when missing, cache only when
+    HF_HUB_OFFLINE=1; HF_HUB_CACHE sets the cache).
+
+    Raises FileNotFoundError naming the id and the cache when the repo can be neither found in
+    the cache nor downloaded."""
+    name = os.fspath(path_or_id)
+    if os.path.exists(name) or not _is_repo_id(name):
+        return Path(name)
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(name, allow_patterns=list(HUB_FILES)))
+        if not any((snapshot / f).is_file() for f in (SAFETENSORS, SAFETENSORS + ".index.json")):
+            snapshot = Path(snapshot_download(name, allow_patterns=list(HUB_TORCH_FILES)))
+    except OSError as e:  # huggingface_hub's not-found, HTTP and offline errors are OSErrors
+        offline = " (offline: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise FileNotFoundError(
+            f"{name!r} is neither a directory nor a model in the Hugging Face cache "
+            f"{constants.HF_HUB_CACHE}{offline}: {type(e).__name__}"
+        ) from e
+    return snapshot
 
 
 def read_json(directory: str | os.PathLike, name: str) -> dict[str, Any]:

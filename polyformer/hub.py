@@ -23,6 +23,7 @@ from polyformer.checkpoint_io import (
     CheckpointError,
     read_config,
     read_weights,
+    resolve,
 )
 from polyformer.models import FAMILIES, Family, convert
 from polyformer.models.convert import CheckpointMismatchError
@@ -46,7 +47,8 @@ def from_pretrained(
     """Loads a checkpoint directory as transformers' or our `save_pretrained` writes it.
 
     Args:
-      path: the directory.
+      path: the directory, or a Hugging Face repo id ("openai-community/gpt2") found in or
+        downloaded to the Hugging Face cache (`checkpoint_io.resolve`).
       dtype: computation dtype (default float32); parameters keep the config's param_dtype
         (float32), whatever dtype the checkpoint stores.
       attention: the kernel of every attention layer (default: the config's, Dense).
@@ -56,7 +58,7 @@ def from_pretrained(
     for an unknown model_type or an unreadable file, CheckpointMismatchError listing every
     missing, unexpected and wrong-shape tensor.
     """
-    directory = Path(path)
+    directory = resolve(path)
     hf_config = read_config(directory)
     family = family_of(hf_config.get("model_type"), str(directory / CONFIG))
     config = family.config.from_hf(hf_config)

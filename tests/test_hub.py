@@ -1,6 +1,7 @@
 """from_pretrained / save_pretrained: formats, overrides and every way a checkpoint can be wrong."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import polyformer as pf
 from polyformer import attention as A
+from polyformer.checkpoint_io import resolve
 from polyformer.hub import CheckpointError, CheckpointMismatchError
 from polyformer.models import gpt, vit
 
@@ -152,3 +154,28 @@ def test_a_model_holding_numpy_parameters_saves_its_transposes_correctly(tmp_pat
     want, got = flat_params(model), flat_params(pf.from_pretrained(tmp_path))
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=str(key))
+
+
+def test_a_hub_id_loads_from_the_hugging_face_cache_offline(saved, hub_cache):
+    model, path = saved
+    snapshot = hub_cache.add("org/tiny-gpt2", path)
+    loaded = pf.from_pretrained("org/tiny-gpt2")
+    assert loaded.config == model.config
+    want, got = flat_params(model), flat_params(loaded)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    assert resolve("org/tiny-gpt2") == snapshot
+
+
+def test_a_directory_is_taken_before_a_hub_id(saved, hub_cache, monkeypatch):
+    _, path = saved
+    monkeypatch.chdir(path.parent)
+    assert resolve(path.name) == Path(path.name)
+    assert pf.from_pretrained(path.name).config.model_type == "gpt2"
+
+
+def test_a_hub_id_missing_from_the_cache_names_the_id_and_the_cache(hub_cache):
+    with pytest.raises(FileNotFoundError, match="'org/missing'") as error:
+        pf.from_pretrained("org/missing")
+    assert str(hub_cache.path) in str(error.value)
+    assert "HF_HUB_OFFLINE" in str(error.value)

@@ -70,3 +70,15 @@ def test_every_familys_tasks_are_pipeline_tasks():
     for model_type, family in FAMILIES.items():
         for task, cls in family.pipelines.items():
             assert pf.pipelines.TASKS[task] == model_type and callable(cls.from_model)
+
+
+def test_pipelines_and_the_cli_take_a_hub_id_from_the_hugging_face_cache(
+    checkpoint, hub_cache, capsys
+):
+    hub_cache.add("org/tiny-gpt2", checkpoint)
+    want = pf.pipeline("text-generation", checkpoint)("def add", max_new_tokens=3)
+    assert pf.pipeline("text-generation", "org/tiny-gpt2")("def add", max_new_tokens=3) == want
+    assert cli.main(["generate", "org/tiny-gpt2", "def add", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out == want[0]["generated_text"] + "\n"
+    assert cli.main(["generate", "org/missing", "hello"]) == 2
+    assert "'org/missing'" in capsys.readouterr().err

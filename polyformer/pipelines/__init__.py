@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from polyformer import hub
-from polyformer.checkpoint_io import CONFIG, read_config
+from polyformer.checkpoint_io import CONFIG, read_config, resolve
 from polyformer.models import FAMILIES
 
 # Task -> the model_type of the family that has it.
@@ -21,13 +21,14 @@ TASKS: dict[str, str] = {
 
 
 def pipeline(task: str, path: str | os.PathLike, **load_kwargs: Any) -> Any:
-    """The pipeline for `task` over the checkpoint directory `path`; `load_kwargs` (dtype=,
-    attention=) go to `from_pretrained`.
+    """The pipeline for `task` over the checkpoint directory `path` (or a Hugging Face repo id,
+    see `checkpoint_io.resolve`); `load_kwargs` (dtype=, attention=) go to `from_pretrained`.
 
     Raises ValueError for an unknown task, or for a checkpoint of a family without the task
     ("... is a clip checkpoint; text-generation needs gpt2"), before loading any weights."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    path = resolve(path)
     model_type = read_config(path).get("model_type")
     family = hub.family_of(model_type, os.path.join(path, CONFIG))
     if task not in family.pipelines:
