@@ -239,13 +239,18 @@ class GPT2LMHeadModel(nnx.Module):
             )
         self.deterministic = True  # flipped by model.train() / model.eval()
 
+    def output_kernel(self) -> jax.Array:
+        """The output head's kernel `[n_embd, vocab_size]`: wte's transpose when tied. The logits
+        are the last hidden state (after ln_f) times this, as `gpt.loss.chunked_lm_loss` takes
+        them."""
+        if self.config.tie_word_embeddings:
+            return self.wte.embedding[...].T
+        return self.lm_head.kernel[...]
+
     def _logits(self, x: jax.Array) -> jax.Array:
         """`[batch, length, n_embd]` -> float32 `[batch, length, vocab_size]`."""
-        if self.config.tie_word_embeddings:
-            kernel = self.wte.embedding[...].T
-        else:
-            kernel = self.lm_head.kernel[...]
-        return jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+        kernel = self.output_kernel().astype(x.dtype)
+        return jnp.dot(x, kernel, preferred_element_type=jnp.float32)
 
     def _check_length(self, length: int) -> None:
         if length > self.config.n_positions:

@@ -6,8 +6,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
+
+from polyformer.models.gpt.loss import chunked_lm_loss
 
 # exp() of a loss above this overflows nothing but says nothing either: perplexity is capped.
 MAX_LOG_PERPLEXITY = 50.0
@@ -15,13 +16,19 @@ MAX_LOG_PERPLEXITY = 50.0
 
 def causal_lm(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None):
     """Next-token cross-entropy. batch: "inputs" and "targets" `[batch, length]` int32, and
-    optionally "weights" `[batch, length]` (0 where a target does not count)."""
-    logits = model(batch["inputs"], rngs=rngs).logits
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    optionally "weights" `[batch, length]` (0 where a target does not count).
+
+    The loss runs over the vocabulary a chunk of tokens at a time (chunked_lm_loss), never
+    holding the whole float32 logits and their gradient; the model's own logits go unused, and
+    jit drops them."""
+    out = model(batch["inputs"], output_hidden_states=True, rngs=rngs)
+    losses, predictions = chunked_lm_loss(
+        out.hidden_states[-1], model.output_kernel(), batch["targets"]
+    )
     weights = batch.get("weights", jnp.ones_like(losses))
     count = jnp.maximum(jnp.sum(weights), 1.0)
     loss = jnp.sum(losses * weights) / count
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * weights) / count
+    accuracy = jnp.sum((predictions == batch["targets"]) * weights) / count
     return loss, {"accuracy": accuracy}
 
 
