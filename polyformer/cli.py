@@ -108,17 +108,20 @@ def parser() -> argparse.ArgumentParser:
         pipe.add_arguments(command)
         command.set_defaults(run=functools.partial(_run_pipeline, task))
 
+    from polyformer.training import compile as compile_command
+
+    compile_command.add_parser(commands)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"polyformer {args.command}: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

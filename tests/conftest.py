@@ -1,9 +1,19 @@
-"""Fixtures shared across test folders."""
+"""Process-wide settings for the test suite, applied before any test imports JAX, and fixtures
+shared across test folders."""
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
+
+# The suite runs on the host's CPU backend. With the accelerators extra installed, JAX would
+# otherwise try the CUDA plugin (a logged traceback on a machine without a GPU) and libtpu (which
+# takes a machine-wide lock, failing the next process that wants it). Deviceless TPU and GPU
+# compiles (tests/test_targets.py) work under these settings; a test process holds no TPU, so
+# it need not take libtpu's one-process lock either. Both can be overridden from outside.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""`polyformer compile`: tiny runs of every family compiled for a TPU and a GPU target."""
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+from polyformer.training import compile as compile_run
+from polyformer.training import config as run_config
+from polyformer.training.config import DataConfig
+from polyformer.training.sharding import MeshConfig
+from tests import tiny_runs
+
+FSDP = MeshConfig(data=1, fsdp=-1)
+
+
+def _check(report, config, target, devices):
+    assert report.target == target and report.devices == devices
+    assert report.mesh == {"data": 1, "fsdp": devices, "tensor": 1}
+    assert report.fits
+    assert report.train.arguments > 0 and report.train.total > report.train.arguments
+    assert report.step_flops > 0 and report.compiled_flops > 0 and report.bytes_accessed > 0
+    assert 0 < report.mfu_bound <= 1
+    assert report.roofline_step_seconds > 0
+    tokens = config.data.tokens_per_example
+    assert report.tokens_per_step == config.batch_size * tokens
+
+
+# GPT-2 on both kinds of target runs by default; the other families' compiles are marked heavy.
+CASES = [
+    pytest.param(f, t, n, marks=() if f == "gpt2" else pytest.mark.heavy)
+    for f in tiny_runs.FAMILIES
+    for t, n in (("v5e-4", 4), ("h100x8", 8))
+]
+
+
+@pytest.mark.parametrize("family, target, devices", CASES)
+def test_every_family_s_train_step_compiles_for_tpu_and_gpu(family, target, devices):
+    config = tiny_runs.run_config(family, mesh=FSDP, precision="bfloat16")
+    report = compile_run.compile_run(config, target, with_eval=False)
+    _check(report, config, target, devices)
+
+
+CONFIG_FILE = """
+from tests import tiny_runs
+from polyformer.training.sharding import MeshConfig
+
+def config():
+    return tiny_runs.run_config("gpt2", mesh=MeshConfig(data=1, fsdp=-1), precision="bfloat16")
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "tiny_gpt.py"
+    path.write_text(CONFIG_FILE)
+    return path
+
+
+def test_the_command_writes_the_json_keys(config_file, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    status = compile_run.main([str(config_file), "--target", "v5e-4", "--json", str(out)])
+    assert status == 0
+    figures = json.loads(out.read_text())
+    assert tuple(figures) == compile_run.JSON_KEYS
+    assert set(figures["bytes_per_device"]) == {"arguments", "outputs", "temp"}
+    assert figures["fits"] is True and figures["devices"] == 4
+    assert figures["hbm_bytes_per_device"] == 16 * 2**30
+    printed = capsys.readouterr().out
+    assert "eval step" in printed and "MFU bound" in printed
+
+
+def test_a_run_that_does_not_fit_exits_1_naming_its_largest_buffers(config_file, capsys):
+    # 2^19 sequences: the float32 logits alone are 8.6 GB per chip.
+    argv = [str(config_file), "--target", "v5e-4", "--set", f"batch_size={2**19}"]
+    assert compile_run.main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "does not fit" in printed and "largest buffers" in printed
+    assert re.search(r"\d+\.\d\d GiB: \w+\[", printed)  # a buffer of at least 1 GiB, by shape
+    assert "batch_size" in printed and "remat" in printed
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"mesh": MeshConfig(data=3, fsdp=1)}, compile_run.MeshMismatchError, "has 4 devices"),
+        ({"batch_size": 6}, compile_run.BatchSplitError, "multiple of 4"),
+        (
+            {"batch_size": 8, "optimizer": dataclasses.replace(
+                tiny_runs.run_config("gpt2").optimizer, accumulation_steps=4)},
+            compile_run.BatchSplitError,
+            "2 per micro-batch",
+        ),
+        ({"data": DataConfig()}, compile_run.NoDataShapesError, "DataConfig"),
+    ],
+)  # fmt: skip
+def test_a_run_that_cannot_be_laid_out_is_one_clear_error(change, error, message):
+    config = dataclasses.replace(tiny_runs.run_config("gpt2", mesh=FSDP), **change)
+    with pytest.raises(error, match=message):
+        compile_run.compile_run(config, "v5e-4")
+
+
+def test_an_unknown_target_is_an_error_before_anything_compiles(config_file, capsys):
+    assert compile_run.main([str(config_file), "--target", "tpu-v9"]) == 2
+    assert "known targets: v4-8" in capsys.readouterr().err
+
+
+def test_mesh_candidates_cover_the_devices():
+    shapes = compile_run.mesh_candidates(8)
+    assert {(m.data, m.fsdp, m.tensor) for m in shapes} == {
+        (8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (4, 1, 2), (2, 2, 2), (1, 4, 2),
+        (2, 1, 4), (1, 2, 4), (1, 1, 8),
+    }  # fmt: skip
+
+
+def _report(mesh, temp, flops):
+    memory = compile_run.StepMemory(2**30, 0, 0, temp, 0)
+    return compile_run.CompileReport(
+        "v5e-4", 4, mesh, 16 * 2**30, memory, None, 1.0, 4 * flops, flops, 0.0, 8, ()
+    )
+
+
+def test_search_ranks_fitting_meshes_first_then_by_step_time(monkeypatch):
+    made = {}
+
+    def fake(config, target):
+        m = config.mesh
+        if m.tensor == 4:  # as if the batch did not split over this mesh: search skips it
+            raise compile_run.BatchSplitError("does not split")
+        report = _report(
+            {"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor},
+            temp=(40 if m.data == 4 else 1) * 2**30,
+            flops=1e12 * (m.tensor + m.data),
+        )
+        made[(m.data, m.fsdp, m.tensor)] = report
+        return report
+
+    monkeypatch.setattr(compile_run, "compile_run", fake)
+    ranked = compile_run.search(tiny_runs.run_config("gpt2"), "v5e-4", log=lambda _: None)
+    assert len(ranked) == len(made) and (1, 1, 4) not in made
+    fits = [r.fits for r in ranked]
+    assert fits == sorted(fits, reverse=True) and not ranked[-1].fits
+    fitting = [r.roofline_step_seconds for r in ranked if r.fits]
+    assert fitting == sorted(fitting)
+
+
+@pytest.mark.parametrize("name, layers, per_device", [("gpt2_124m", 12, 8), ("gpt2_xl", 48, 8)])
+def test_the_pod_configs_compile_from_shapes_alone(name, layers, per_device):
+    config = run_config.load(f"experiments/configs/{name}.py")
+    data = compile_run.data_shapes(config)
+    assert config.model.n_layer == layers and config.precision == "bfloat16"
+    assert dict(data.model_overrides) == {"vocab_size": 50257}
+    assert {a.name: a.shape for a in data.arrays} == {"inputs": (1024,), "targets": (1024,)}
+    devices = 8 if name == "gpt2_124m" else 16  # h100x8; v5e-16
+    assert config.batch_size == per_device * devices
