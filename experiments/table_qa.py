@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from polyformer import hub
 from polyformer.datasets.table_questions import AGGREGATIONS
+from polyformer.models import FAMILIES
 from polyformer.models.tapas.decoding import answer, convert_logits_to_predictions
 from polyformer.training import config as run_config
 from polyformer.training import metrics, trainer
@@ -173,7 +173,7 @@ def main(argv=None) -> dict:
     log(f"{len(data.train['input_ids'])} training, {len(questions)} held-out questions")
     job = trainer.Trainer(run, data)
     # The model the trainer starts from: its family's build with the run's seed.
-    untrained = hub.FAMILIES[run.model.model_type].build(job.model_config, rngs=nnx.Rngs(run.seed))
+    untrained = FAMILIES[run.model.model_type].build(job.model_config, rngs=nnx.Rngs(run.seed))
     untrained.eval()
     before = evaluate(untrained, held_out, questions, 64)
     start = time.perf_counter()

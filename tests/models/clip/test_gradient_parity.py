@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import polyformer as pf
-from polyformer.training.objectives_vision import MAX_LOGIT_SCALE
+from polyformer.training.objectives.clip import MAX_LOGIT_SCALE
 from tests.models.clip.reference import OFFICIAL, pixels, random_hf_model, texts
 from tests.models.gradients import assert_gradients_match, our_gradients, torch_gradients
 from tests.models.vit.reference import randomise
