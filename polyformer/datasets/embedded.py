@@ -3,9 +3,15 @@ TFDS config name per parameter set."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import tensorflow_datasets as tfds
+
+_Config = TypeVar("_Config", bound=tfds.core.BuilderConfig)
+_BUILDER_FIELDS = frozenset(f.name for f in dataclasses.fields(tfds.core.BuilderConfig))
 
 
 def split_of(key: str, validation_percent: int) -> str:
@@ -20,6 +26,15 @@ def config_name(prefix: str, parameters: tuple) -> str:
     """`prefix` and a digest of `parameters`: one TFDS config per parameter set, so that sets of
     different sizes never mix on disk."""
     return f"{prefix}_{hashlib.sha256(repr(parameters).encode()).hexdigest()[:10]}"
+
+
+def named_config(cls: type[_Config], prefix: str, values: Mapping[str, Any]) -> _Config:
+    """A `cls` (a BuilderConfig dataclass) whose own fields take their values from `values`
+    (extra keys ignored), named by `config_name` over those values in field order."""
+    params = {
+        f.name: values[f.name] for f in dataclasses.fields(cls) if f.name not in _BUILDER_FIELDS
+    }
+    return cls(name=config_name(prefix, tuple(params.values())), **params)
 
 
 class EmbeddedBuilder(tfds.core.GeneratorBasedBuilder):

@@ -1,6 +1,7 @@
 import hashlib
 
-from polyformer.datasets.embedded import split_of
+from polyformer.datasets.embedded import config_name, named_config, split_of
+from polyformer.datasets.table_questions import TableQuestionsConfig
 
 
 def test_split_is_a_stable_hash_of_the_key():
@@ -15,3 +16,11 @@ def test_split_is_a_stable_hash_of_the_key():
 def test_zero_and_hundred_percent():
     assert {split_of(str(i), 0) for i in range(100)} == {"train"}
     assert {split_of(str(i), 100) for i in range(100)} == {"validation"}
+
+
+def test_named_config_takes_its_own_fields_and_names_them_by_their_values():
+    values = {"train_tables": 5, "validation_tables": 2, "seed": 3, "train_percent": 60, "x": 1}
+    config = named_config(TableQuestionsConfig, "t5", values)
+    assert (config.train_tables, config.validation_tables, config.seed) == (5, 2, 3)
+    assert config.train_percent == 60
+    assert config.name == config_name("t5", (5, 2, 3, 60))

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from polyformer.datasets.embedded import config_name
+from polyformer.datasets.embedded import named_config
 from polyformer.datasets.spoken_digits import SYMBOLS, SpokenDigitsConfig
 from polyformer.models.wav2vec2.processing import Wav2Vec2FeatureExtractor
 from polyformer.models.wav2vec2.tokenizer import Wav2Vec2CTCTokenizer
@@ -85,17 +85,8 @@ class SpokenDigitsData:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
 
     def dataset_config(self) -> SpokenDigitsConfig:
-        fields = (self.num_utterances, self.dataset_seed, self.validation_percent,
-                  self.min_symbols, self.max_symbols, self.symbols)  # fmt: skip
-        return SpokenDigitsConfig(
-            name=config_name(f"n{self.num_utterances}", fields),
-            num_utterances=self.num_utterances,
-            seed=self.dataset_seed,
-            validation_percent=self.validation_percent,
-            min_symbols=self.min_symbols,
-            max_symbols=self.max_symbols,
-            symbols=self.symbols,
-        )
+        values = {**vars(self), "seed": self.dataset_seed}
+        return named_config(SpokenDigitsConfig, f"n{self.num_utterances}", values)
 
     def tokenizer(self) -> Wav2Vec2CTCTokenizer:
         return Wav2Vec2CTCTokenizer(ctc_vocab(self.symbols))

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from polyformer.datasets import table_questions
-from polyformer.datasets.embedded import config_name
+from polyformer.datasets.embedded import named_config
 from polyformer.datasets.table_questions import Question, TableQuestionsConfig, read_table
 from polyformer.models.tapas.tokenizer import TapasTokenizer
 from polyformer.training.data.arrays import ArrayData
@@ -80,14 +80,9 @@ class TableQuestionsData:
             raise ValueError(f"data.max_length must be positive, got {self.max_length}")
 
     def dataset_config(self) -> TableQuestionsConfig:
-        fields = (self.train_tables, self.validation_tables, self.dataset_seed, self.train_percent)
-        return TableQuestionsConfig(
-            name=config_name(f"t{self.train_tables}_v{self.validation_tables}", fields),
-            train_tables=self.train_tables,
-            validation_tables=self.validation_tables,
-            seed=self.dataset_seed,
-            train_percent=self.train_percent,
-        )
+        values = {**vars(self), "seed": self.dataset_seed}
+        prefix = f"t{self.train_tables}_v{self.validation_tables}"
+        return named_config(TableQuestionsConfig, prefix, values)
 
     def tokenizer(self) -> TapasTokenizer:
         return TapasTokenizer(vocabulary(), model_max_length=self.max_length)
