@@ -7,8 +7,12 @@
     A.Favor(num_features=256)
 
     out = kernel(q, k, v, mask=None, causal=False)   # [batch, length, heads, head_dim]
+    out = kernel(q, k, v, causal=True, segment_ids=ids)   # packed sequences, [batch, length]
 
-See base.py for the full contract shared by every kernel.
+k and v may have fewer heads than q (grouped-query attention). Every kernel takes
+`implementation=`: "auto" (default: the Pallas kernel of the platform the program is compiled
+for, splash attention on TPUs and Pallas flash attention on GPUs, else XLA), "xla", "pallas_tpu",
+"pallas_gpu". See base.py for the full contract shared by every kernel.
 """
 
 from polyformer.attention import patterns

@@ -2,15 +2,20 @@
 
 Every kernel is a frozen dataclass called as
 
-    out = kernel(q, k, v, mask=None, causal=False, *, bias=None, scale=None, rng=None)
+    out = kernel(q, k, v, mask=None, causal=False, *, bias=None, scale=None, rng=None,
+                 segment_ids=None)
 
-with q `[batch, q_length, heads, head_dim]`, k and v `[batch, k_length, heads, head_dim]` and out
-`[batch, q_length, heads, head_dim]` in q's dtype. `mask` is boolean, True where attention is
+with q `[batch, q_length, heads, head_dim]`, k and v `[batch, k_length, kv_heads, head_dim]` and
+out `[batch, q_length, heads, head_dim]` in q's dtype. kv_heads divides heads: query head h reads
+key/value head h // (heads // kv_heads) (grouped-query attention; kv_heads = 1 is multi-query),
+and no kernel repeats k and v in memory to do so. `mask` is boolean, True where attention is
 allowed: a key-padding mask `[batch, k_length]` or a full mask `[batch, heads | 1, q_length,
 k_length]`. `causal` lets query i see key j only when j <= i + (k_length - q_length): queries are
 aligned to the end of the keys, which is what a decoder reading a cache needs. `scale` defaults to
 1 / sqrt(head_dim). `rng` is only used by train-mode randomness (attention dropout, feature
-redraw); without it a kernel is deterministic.
+redraw); without it a kernel is deterministic. `segment_ids` packs several sequences in one
+row: `[batch, length]` ints (q_length == k_length) or a pair (`[batch, q_length]`,
+`[batch, k_length]`); a query sees only keys with its own segment id.
 
 A query that may see no key at all (a fully padded row, an empty pattern row) gets output 0 and a
 finite gradient, never NaN.
@@ -40,7 +45,79 @@ class AttentionKernel(Protocol):
         bias: jax.Array | None = None,
         scale: float | None = None,
         rng: jax.Array | None = None,
+        segment_ids: SegmentIds | None = None,
     ) -> jax.Array: ...
+
+
+SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
+"""`[batch, length]` int (queries and keys alike) or (`[batch, q_length]`, `[batch, k_length]`)."""
+
+IMPLEMENTATIONS = ("auto", "xla", "pallas_tpu", "pallas_gpu")
+"""Every kernel's `implementation`: "auto" picks per platform when the program is lowered (see
+`per_platform`); "pallas_tpu" and "pallas_gpu" run their Pallas kernels in interpret mode when
+lowered for a CPU, which is how they are tested without the hardware."""
+
+
+def check_implementation(implementation: str, allowed: tuple[str, ...] = IMPLEMENTATIONS) -> None:
+    if implementation not in allowed:
+        raise ValueError(f"implementation must be one of {allowed}, got {implementation!r}")
+
+
+def per_platform(*args, cpu, tpu, cuda):
+    """`cpu(*args)`, `tpu(*args)` or `cuda(*args)`, chosen when the program is lowered (so one
+    jitted function holds the right code for whichever platform it is compiled for); any other
+    platform takes `cpu`."""
+    return jax.lax.platform_dependent(*args, cpu=cpu, tpu=tpu, cuda=cuda, default=cpu)
+
+
+def interpreted(fn):
+    """fn(*args, interpret=...) with interpret=True only when lowering for a CPU: a Pallas kernel
+    compiled for its own hardware stays a real kernel."""
+
+    def call(*args):
+        return jax.lax.platform_dependent(
+            *args,
+            cpu=lambda *a: fn(*a, interpret=True),
+            default=lambda *a: fn(*a, interpret=False),
+        )
+
+    return call
+
+
+def pallas_unsupported(mask, bias, rng, dropout_rate: float) -> str | None:
+    """Why a Pallas kernel cannot run a call with these arguments, or None."""
+    if bias is not None:
+        return "takes no additive bias; use implementation='xla'"
+    if mask is not None and mask.ndim == 4:
+        return (
+            "takes a key-padding mask `[batch, k_length]` only, not a full 4-D mask; use "
+            "implementation='xla', or segment_ids"
+        )
+    if rng is not None and dropout_rate > 0.0:
+        return "has no attention dropout; use implementation='xla'"
+    return None
+
+
+def dispatch(implementation: str, unsupported: dict[str, str | None], *, xla, tpu, gpu):
+    """Runs a kernel's `implementation`: xla(), tpu(interpret=...) or gpu(interpret=...).
+
+    `unsupported` maps "pallas_tpu" / "pallas_gpu" to why that kernel cannot run this call (or
+    None): asked for by name, it raises ValueError; under "auto", that platform takes xla().
+    """
+    reason = unsupported.get(implementation)
+    if reason:
+        raise ValueError(f"implementation={implementation!r} {reason}")
+    if implementation == "xla":
+        return xla()
+    if implementation == "pallas_tpu":
+        return interpreted(tpu)()
+    if implementation == "pallas_gpu":
+        return interpreted(gpu)()
+    return per_platform(
+        cpu=xla,
+        tpu=xla if unsupported["pallas_tpu"] else lambda: tpu(interpret=False),
+        cuda=xla if unsupported["pallas_gpu"] else lambda: gpu(interpret=False),
+    )
 
 
 def check_inputs(
@@ -49,6 +126,7 @@ def check_inputs(
     v: jax.Array,
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
+    segment_ids: SegmentIds | None = None,
 ) -> tuple[int, int, int, int, int]:
     """Validates shapes and dtypes; returns (batch, q_length, k_length, heads, head_dim).
 
@@ -60,15 +138,15 @@ def check_inputs(
                 f"{name} must be [batch, length, heads, head_dim], got shape {tuple(x.shape)}"
             )
     batch, q_len, heads, head_dim = q.shape
-    k_len = k.shape[1]
-    if k.shape != (batch, k_len, heads, head_dim):
+    k_len, kv_heads = k.shape[1], k.shape[2]
+    if k.shape != (batch, k_len, kv_heads, head_dim) or heads % kv_heads:
         raise ValueError(
-            f"k has shape {tuple(k.shape)}, expected (batch={batch}, k_length, heads={heads}, "
-            f"head_dim={head_dim}) to match q of shape {tuple(q.shape)}"
+            f"k has shape {tuple(k.shape)}, expected (batch={batch}, k_length, kv_heads dividing "
+            f"heads={heads}, head_dim={head_dim}) to match q of shape {tuple(q.shape)}"
         )
-    if v.shape[:3] != (batch, k_len, heads):
+    if v.shape[:3] != (batch, k_len, kv_heads):
         raise ValueError(
-            f"v has shape {tuple(v.shape)}, expected ({batch}, {k_len}, {heads}, value_dim) "
+            f"v has shape {tuple(v.shape)}, expected ({batch}, {k_len}, {kv_heads}, value_dim) "
             f"to match k of shape {tuple(k.shape)}"
         )
     if not (q.dtype == k.dtype == v.dtype):
@@ -98,7 +176,51 @@ def check_inputs(
                 f"bias has shape {tuple(bias.shape)}, expected one that broadcasts to "
                 f"({batch}, {heads}, {q_len}, {k_len})"
             )
+    split_segments(segment_ids, batch, q_len, k_len)
     return batch, q_len, k_len, heads, head_dim
+
+
+def split_segments(
+    segment_ids: SegmentIds | None, batch: int, q_len: int, k_len: int
+) -> tuple[jax.Array, jax.Array] | None:
+    """`segment_ids` as (query ids `[batch, q_length]`, key ids `[batch, k_length]`), or None.
+
+    Raises ValueError when the ids are not integer arrays of those shapes.
+    """
+    if segment_ids is None:
+        return None
+    pair = segment_ids if isinstance(segment_ids, tuple | list) else (segment_ids, segment_ids)
+    if len(pair) != 2:
+        raise ValueError(f"segment_ids must be one array or a pair, got {len(pair)} items")
+    for name, ids, length in (("query", pair[0], q_len), ("key", pair[1], k_len)):
+        if tuple(jnp.shape(ids)) != (batch, length) or not jnp.issubdtype(
+            jnp.result_type(ids), jnp.integer
+        ):
+            raise ValueError(
+                f"{name} segment ids must be integers of shape ({batch}, {length}), got "
+                f"{jnp.result_type(ids)} {tuple(jnp.shape(ids))} (pass a pair (q_ids, k_ids) "
+                "when q_length != k_length)"
+            )
+    return jnp.asarray(pair[0]), jnp.asarray(pair[1])
+
+
+def segment_mask(segments: tuple[jax.Array, jax.Array] | None) -> jax.Array | None:
+    """bool `[batch, 1, q_length, k_length]`: True where query and key share a segment."""
+    if segments is None:
+        return None
+    q_ids, k_ids = segments
+    return (q_ids[:, :, None] == k_ids[:, None, :])[:, None]
+
+
+def and_masks(*masks: jax.Array | None) -> jax.Array | None:
+    """The conjunction of broadcastable masks, skipping None (None when all are None)."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = out & m
+    return out
 
 
 def default_scale(head_dim: int, scale: float | None) -> float:

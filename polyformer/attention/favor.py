@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import math
 import numbers
+from typing import Literal
 
 import flax.struct
 import jax
@@ -48,23 +49,27 @@ import numpy as np
 from polyformer.attention import base
 from polyformer.attention.dense import check_decode_inputs
 
-State = tuple[jax.Array, jax.Array, jax.Array]
-"""(kv `[batch, heads, m, head_dim]`, k_sum `[batch, heads, m]`, shift `[batch, heads]`)."""
+State = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+"""(kv `[batch, kv_heads, m, head_dim]`, k_sum `[batch, kv_heads, m]`, shift `[batch, kv_heads]`,
+segment `[batch]`: the id of the segment whose keys the sums hold)."""
 
 
 @flax.struct.dataclass
 class FavorCache:
     """The running causal state of everything decoded so far; its size does not grow with length.
 
-    kv `[batch, heads, num_features, head_dim]`: sum over keys of exp(a(k) - shift) psi(k) v^T.
-    k_sum `[batch, heads, num_features]`: sum over keys of exp(a(k) - shift) psi(k).
-    shift `[batch, heads]`: the largest key log-scale a(k) seen so far (-inf before the first key).
+    kv `[batch, kv_heads, num_features, head_dim]`: sum over keys of exp(a(k) - shift) psi(k) v^T.
+    k_sum `[batch, kv_heads, num_features]`: sum over keys of exp(a(k) - shift) psi(k).
+    shift `[batch, kv_heads]`: the largest key log-scale a(k) seen so far (-inf before the first
+    key).
+    segment `[batch]`: the segment id of the last key; the sums hold that segment's keys only.
     index: the number of positions decoded so far.
     """
 
     kv: jax.Array
     k_sum: jax.Array
     shift: jax.Array
+    segment: jax.Array
     index: jax.Array
 
 
@@ -88,16 +93,21 @@ class Favor:
       orthogonal: rows drawn in orthogonal blocks (QR of d x d Gaussians) with chi-distributed
         norms, which lowers the variance of the estimate; False draws i.i.d. Gaussian rows.
       redraw: whether a call with `rng` draws fresh features (see above).
-      chunk: causal attention is computed in chunks of this many positions.
+      chunk: causal attention is computed in chunks of this many positions; the default, 128,
+        makes the in-chunk products whole tiles of a TPU's 128x128 matrix unit and of GPU tensor
+        cores.
       eps: added to every normalised feature so the normaliser stays positive.
+      implementation: "xla" on every platform ("auto" is the same): FAVOR+ is matrix products
+        and a scan that XLA fuses well; there is no Pallas kernel for it.
     """
 
     num_features: int = 256
     key: int | jax.Array = 0
     orthogonal: bool = True
     redraw: bool = False
-    chunk: int = 64
+    chunk: int = 128
     eps: float = 1e-6
+    implementation: Literal["auto", "xla"] = "auto"
 
     def __post_init__(self):
         if self.num_features < 1:
@@ -108,6 +118,7 @@ class Favor:
             raise ValueError(f"eps must be positive, got {self.eps}")
         if not isinstance(self.key, numbers.Integral) and not _is_prng_key(self.key):
             raise ValueError(f"key must be a jax PRNG key or an int seed, got {self.key!r}")
+        base.check_implementation(self.implementation, ("auto", "xla"))
 
     # A jax key array has no value equality or hash; compare the key's bits so the kernel can be a
     # static field of an nnx module or a static argument of jit.
@@ -117,7 +128,8 @@ class Favor:
         else:
             bits = np.asarray(jax.random.key_data(self.key)).ravel().tolist()
             key = (str(self.key.dtype), tuple(bits))
-        return (self.num_features, key, self.orthogonal, self.redraw, self.chunk, self.eps)
+        options = (self.orthogonal, self.redraw, self.chunk, self.eps, self.implementation)
+        return (self.num_features, key, *options)
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Favor):
@@ -152,8 +164,18 @@ class Favor:
         bias: jax.Array | None = None,
         scale: float | None = None,
         rng: jax.Array | None = None,
+        segment_ids: base.SegmentIds | None = None,
     ) -> jax.Array:
-        head_dim = base.check_inputs(q, k, v, mask, bias)[-1]
+        """q `[batch, q_length, heads, head_dim]`, k/v `[batch, k_length, kv_heads, dim]`;
+        segment_ids as in base.py, each segment one contiguous run (packed sequences): the sums
+        restart at every segment boundary. Returns `[batch, q_length, heads, dim]`."""
+        batch, q_len, k_len, _, head_dim = base.check_inputs(q, k, v, mask, bias, segment_ids)
+        segments = base.split_segments(segment_ids, batch, q_len, k_len)
+        if segments is not None and not causal and q_len != k_len:
+            raise ValueError(
+                "Favor takes segment_ids without causal masking only for q_length == k_length "
+                f"(its per-segment sums run along one sequence), got {q_len} and {k_len}"
+            )
         if bias is not None:
             raise ValueError(
                 "Favor cannot add an attention bias: linear attention never forms the q x k scores"
@@ -167,10 +189,14 @@ class Favor:
         projection = self.projection(head_dim, rng)
         qs, ks, vs, valid = _prepare(q, k, v, mask, scale)
         if causal:
-            out = _end_aligned_causal(qs, ks, vs, valid, projection, self.eps, self.chunk)
+            out = _end_aligned_causal(qs, ks, vs, valid, segments, projection, self.eps, self.chunk)
+        elif segments is not None:
+            out = segmented_bidirectional_attention(
+                qs, ks, vs, valid, segments, projection, self.eps, self.chunk
+            )
         else:
             out = bidirectional_attention(qs, ks, vs, valid, projection, self.eps)
-        return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+        return _heads_last(out).astype(q.dtype)
 
     def init_cache(
         self, batch: int, max_length: int, heads: int, head_dim: int, dtype
@@ -178,8 +204,8 @@ class Favor:
         """An empty decoding state. `max_length` and `dtype` are taken for the protocol shared
         with the other kernels: the state does not grow with length and is always float32."""
         del max_length, dtype
-        kv, k_sum, shift = _empty_state(batch, heads, self.num_features, head_dim)
-        return FavorCache(kv, k_sum, shift, jnp.zeros((), jnp.int32))
+        state = _empty_state(batch, heads, self.num_features, head_dim)
+        return FavorCache(*state, index=jnp.zeros((), jnp.int32))
 
     def decode(
         self,
@@ -190,24 +216,28 @@ class Favor:
         mask: jax.Array | None = None,
         *,
         scale: float | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, FavorCache]:
-        """Attends n new tokens (q, k, v `[batch, n, heads, head_dim]`, `mask` `[batch, n]` True
-        for real tokens) causally to everything decoded so far, with the fixed features; returns
-        (out `[batch, n, heads, head_dim]`, new cache). Equal to one causal call over the whole
-        sequence."""
+        """Attends n new tokens (q `[batch, n, heads, head_dim]`, k, v `[batch, n, kv_heads,
+        head_dim]`, `mask` `[batch, n]` True for real tokens, `segment_ids` `[batch, n]`, each
+        segment contiguous) causally to everything decoded so far in their segment, with the fixed
+        features; returns (out `[batch, n, heads, head_dim]`, new cache). Equal to one causal
+        call over the whole sequence."""
         _, heads, num_features, head_dim = cache.kv.shape
-        check_decode_inputs(q, k, v, mask, heads, head_dim)
+        check_decode_inputs(q, k, v, mask, heads, head_dim, segment_ids=segment_ids)
         if num_features != self.num_features:
             raise ValueError(
                 f"cache holds {num_features} features, this kernel has {self.num_features}"
             )
         qs, ks, vs, valid = _prepare(q, k, v, mask, scale)
-        state = (cache.kv, cache.k_sum, cache.shift)
+        state = (cache.kv, cache.k_sum, cache.shift, cache.segment)
+        if segment_ids is None:
+            segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+        segments = (segment_ids.astype(jnp.int32),) * 2
         out, state = causal_attention(
-            qs, ks, vs, valid, self.projection(head_dim), self.eps, self.chunk, state
+            qs, ks, vs, valid, segments, self.projection(head_dim), self.eps, self.chunk, state
         )
-        out = jnp.swapaxes(out, 1, 2).astype(q.dtype)
-        return out, FavorCache(*state, index=cache.index + q.shape[1])
+        return _heads_last(out).astype(q.dtype), FavorCache(*state, index=cache.index + q.shape[1])
 
 
 def _is_prng_key(key) -> bool:
@@ -277,16 +307,35 @@ def bidirectional_attention(
     projection: jax.Array,
     eps: float,
 ) -> jax.Array:
-    """Non-causal FAVOR+ in O(length): q `[batch, heads, q_length, head_dim]`, k `[batch, heads,
-    k_length, head_dim]` (both scaled), v `[batch, heads, k_length, dim]` and valid `[batch,
-    heads | 1, k_length]`, all float32. Returns `[batch, heads, q_length, dim]`."""
+    """Non-causal FAVOR+ in O(length): q `[batch, kv_heads, group, q_length, head_dim]`, k
+    `[batch, kv_heads, k_length, head_dim]` (both scaled), v `[batch, kv_heads, k_length, dim]`
+    and valid `[batch, kv_heads | 1, k_length]`, all float32. Returns `[batch, kv_heads, group,
+    q_length, dim]`."""
     batch, heads, _, dim = v.shape
     empty = _empty_state(batch, heads, projection.shape[0], dim)
-    kv, k_sum, _ = _absorb(empty, *key_features(k, valid, projection, eps), v)
+    kv, k_sum, *_ = _absorb(empty, *key_features(k, valid, projection, eps), v)
     qf = query_features(q, projection, eps)
-    num = jnp.einsum("bhir,bhrd->bhid", qf, kv)
-    den = jnp.einsum("bhir,bhr->bhi", qf, k_sum)
+    num = jnp.einsum("bhgir,bhrd->bhgid", qf, kv)
+    den = jnp.einsum("bhgir,bhr->bhgi", qf, k_sum)
     return _normalise(num, den)
+
+
+def segmented_bidirectional_attention(q, k, v, valid, segments, projection, eps, chunk):
+    """Non-causal FAVOR+ of equal-length q and k (layout as `bidirectional_attention`) where a
+    query sees only the keys of its segment (`segments`: query and key ids `[batch, length]`,
+    each segment one contiguous run, as packing makes them): a forward pass over keys j <= i and
+    a backward pass over keys j > i, each restarting at segment boundaries, summed."""
+    empty = _empty_state(v.shape[0], v.shape[1], projection.shape[0], v.shape[-1])
+    fwd, _ = _causal_sums(q, k, v, valid, segments, projection, eps, chunk, empty, diagonal=True)
+
+    def flip(x, axis):
+        return jnp.flip(x, axis)
+
+    flipped = (flip(q, 3), flip(k, 2), flip(v, 2), flip(valid, 2))
+    flipped_segments = tuple(flip(s, 1) for s in segments)
+    bwd, _ = _causal_sums(*flipped, flipped_segments, projection, eps, chunk, empty, diagonal=False)
+    bwd = jax.tree.map(lambda x: flip(x, 3), bwd)
+    return _normalise(*_add_sums(fwd, bwd))
 
 
 def causal_attention(
@@ -294,52 +343,88 @@ def causal_attention(
     k: jax.Array,
     v: jax.Array,
     valid: jax.Array,
+    segments: tuple[jax.Array, jax.Array] | None,
     projection: jax.Array,
     eps: float,
     chunk: int,
     state: State,
 ) -> tuple[jax.Array, State]:
     """Causal FAVOR+ of equal-length q, k, v (layout as `bidirectional_attention`), query i seeing
-    key j <= i, continuing from `state` (the keys before position 0). Returns (out `[batch, heads,
-    length, dim]`, the state after the last key).
+    key j <= i of its own segment (`segments`: ids `[batch, length]` of the queries and keys,
+    each segment one contiguous run; None: one segment), continuing from `state` (the keys before
+    position 0). Returns (out `[batch, kv_heads, group, length, dim]`, the state after the last
+    key).
 
     Any length works: the sequence is padded at the end to whole chunks with invalid keys, which
     no real query sees and the state ignores.
     """
-    length = q.shape[2]
+    (num, den, _), state = _causal_sums(q, k, v, valid, segments, projection, eps, chunk, state)
+    return _normalise(num, den), state
+
+
+def _causal_sums(q, k, v, valid, segments, projection, eps, chunk, state, diagonal=True):
+    """`causal_attention`'s numerators `[batch, kv_heads, group, length, dim]`, denominators
+    `[..., length]` and references (the log-scale they are relative to, -inf for a query that
+    sees no key), and the final state; without the `diagonal`, query i sees keys j < i only."""
+    batch, length = q.shape[0], q.shape[3]
     size = min(chunk, length)
     pad = -length % size
+    if segments is None:
+        segments = (jnp.zeros((batch, length), jnp.int32),) * 2
 
-    def chunks(x):
-        x = jnp.pad(x, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 3))
-        x = x.reshape(x.shape[:2] + (-1, size) + x.shape[3:])
-        return jnp.moveaxis(x, 2, 0)
+    def chunks(x, axis):
+        x = _pad_axis(x, axis, 0, pad)
+        x = x.reshape(x.shape[:axis] + (-1, size) + x.shape[axis + 1 :])
+        return jnp.moveaxis(x, axis, 0)
 
     def step(state, xs):
-        return _causal_chunk(state, *xs, projection, eps)
+        return _causal_chunk(state, *xs, projection, eps, diagonal)
 
+    xs = (
+        chunks(q, 3),
+        chunks(k, 2),
+        chunks(v, 2),
+        chunks(valid, 2),
+        chunks(segments[0], 1),
+        chunks(segments[1], 1),
+    )
     # Rematerialise each chunk in the backward pass: the scan then keeps only its inputs and the
     # state entering each chunk, instead of every chunk's features and score blocks.
-    state, out = jax.lax.scan(jax.checkpoint(step), state, tuple(map(chunks, (q, k, v, valid))))
-    out = jnp.moveaxis(out, 0, 2)
-    out = out.reshape(out.shape[:2] + (-1,) + out.shape[4:])
-    return out[:, :, :length], state
+    state, sums = jax.lax.scan(jax.checkpoint(step), state, xs)
+
+    def unchunk(x):  # [chunks, batch, heads, group, size, ...] -> [batch, heads, group, length]
+        x = jnp.moveaxis(x, 0, 3)
+        return x.reshape(x.shape[:3] + (-1,) + x.shape[5:])[:, :, :, :length]
+
+    return jax.tree.map(unchunk, sums), state
 
 
-def _end_aligned_causal(q, k, v, valid, projection, eps, chunk):
+def _end_aligned_causal(q, k, v, valid, segments, projection, eps, chunk):
     """Causal attention with the queries aligned to the end of the keys (base.causal_allowed),
     done as a square causal pass by padding the shorter of q and k/v at the front."""
-    q_len, k_len = q.shape[2], k.shape[2]
+    q_len, k_len = q.shape[3], k.shape[2]
     length = max(q_len, k_len)
 
-    def front(x, n):
-        return jnp.pad(x, [(0, 0), (0, 0), (n, 0)] + [(0, 0)] * (x.ndim - 3))
+    def front(x, n, axis):
+        return _pad_axis(x, axis, n, 0)
 
     batch, heads, _, dim = v.shape
     state = _empty_state(batch, heads, projection.shape[0], dim)
-    k, v, valid = front(k, length - k_len), front(v, length - k_len), front(valid, length - k_len)
-    out, _ = causal_attention(front(q, length - q_len), k, v, valid, projection, eps, chunk, state)
-    return out[:, :, length - q_len :]
+    k, v, valid = (front(x, length - k_len, 2) for x in (k, v, valid))
+    if segments is not None:
+        segments = (front(segments[0], length - q_len, 1), front(segments[1], length - k_len, 1))
+    q = front(q, length - q_len, 3)
+    out, _ = causal_attention(q, k, v, valid, segments, projection, eps, chunk, state)
+    return out[:, :, :, length - q_len :]
+
+
+def _pad_axis(x: jax.Array, axis: int, before: int, after: int) -> jax.Array:
+    """Pads one axis: floats and masks with zeros (invalid keys), segment ids (integers) with
+    their edge value, so padding never starts a segment of its own."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    integer = jnp.issubdtype(x.dtype, jnp.integer)
+    return jnp.pad(x, widths, mode="edge" if integer else "constant")
 
 
 def _causal_chunk(
@@ -348,43 +433,77 @@ def _causal_chunk(
     k: jax.Array,
     v: jax.Array,
     valid: jax.Array,
+    q_segment: jax.Array,
+    k_segment: jax.Array,
     projection: jax.Array,
     eps: float,
-) -> tuple[State, jax.Array]:
-    """One chunk: q, k `[batch, heads, chunk, head_dim]`, v `[batch, heads, chunk, dim]`, valid
-    `[batch, heads | 1, chunk]`. Returns (the state after the chunk, out `[batch, heads, chunk,
-    dim]`)."""
-    kv, k_sum, shift = state
+    diagonal: bool = True,
+) -> tuple[State, tuple[jax.Array, jax.Array, jax.Array]]:
+    """One chunk: q `[batch, kv_heads, group, chunk, head_dim]`, k `[batch, kv_heads, chunk,
+    head_dim]`, v `[batch, kv_heads, chunk, dim]`, valid `[batch, kv_heads | 1, chunk]`, segment
+    ids `[batch, chunk]`. Returns (the state after the chunk, (numerators, denominators,
+    references) of its queries, see `_causal_sums`)."""
+    kv, k_sum, shift, state_segment = state
     qf = query_features(q, projection, eps)
     psi, log_scale = key_features(k, valid, projection, eps)
-    # Query i's reference: the largest log-scale among the keys it sees (the earlier chunks' and
-    # keys 0..i of this one). It cancels between numerator and denominator, so no gradient.
-    seen = jax.lax.cummax(jax.lax.stop_gradient(log_scale), axis=2)
-    ref = _finite(jnp.maximum(shift[..., None], seen))
-    size = q.shape[2]
+    size = q.shape[3]
+    visible = np.tril(np.ones((size, size), bool), 0 if diagonal else -1)
+    visible = visible & (q_segment[:, :, None] == k_segment[:, None, :])[:, None]
+    # The state holds the keys of one segment (the last one absorbed), seen by that segment only.
+    past_seen = (q_segment == state_segment[:, None])[:, None]  # [batch, 1, chunk]
+    past_shift = jnp.where(past_seen, shift[..., None], -jnp.inf)
+    # Query i's reference: the largest log-scale among the keys it sees. It cancels between
+    # numerator and denominator, so no gradient.
+    seen = jnp.max(jnp.where(visible, jax.lax.stop_gradient(log_scale)[..., None, :], -jnp.inf), -1)
+    raw_ref = jnp.maximum(past_shift, seen)
+    ref = _finite(raw_ref)
     # Masked before the exponential: a future key's weight could overflow, and inf * 0 is NaN.
-    exponent = jnp.where(
-        np.tril(np.ones((size, size), bool)), log_scale[..., None, :] - ref[..., :, None], -jnp.inf
+    exponent = jnp.where(visible, log_scale[..., None, :] - ref[..., :, None], -jnp.inf)
+    scores = jnp.einsum("bhgir,bhjr->bhgij", qf, psi) * jnp.exp(exponent)[:, :, None]
+    past = jnp.exp(past_shift - ref)[:, :, None]
+    num = jnp.einsum("bhgir,bhrd->bhgid", qf, kv) * past[..., None]
+    num = num + jnp.einsum("bhgij,bhjd->bhgid", scores, v)
+    den = jnp.einsum("bhgir,bhr->bhgi", qf, k_sum) * past + jnp.sum(scores, axis=-1)
+    raw_ref = jnp.broadcast_to(raw_ref[:, :, None], den.shape)
+    return _absorb_segment(state, psi, log_scale, v, k_segment), (num, den, raw_ref)
+
+
+def _absorb_segment(state: State, psi, log_scale, v, k_segment) -> State:
+    """The state after a chunk's keys: those of the chunk's last segment, added to the old state
+    if that segment continues it, else replacing it."""
+    kv, k_sum, shift, state_segment = state
+    last = k_segment[:, -1]
+    own = (k_segment == last[:, None])[:, None]  # [batch, 1, chunk]
+    carried = (state_segment == last)[:, None]  # [batch, 1]
+    old = (
+        jnp.where(carried[..., None, None], kv, 0.0),
+        jnp.where(carried[..., None], k_sum, 0.0),
+        jnp.where(carried, shift, -jnp.inf),
+        last,
     )
-    scores = jnp.einsum("bhir,bhjr->bhij", qf, psi) * jnp.exp(exponent)
-    past = jnp.exp(shift[..., None] - ref)
-    num = jnp.einsum("bhir,bhrd->bhid", qf, kv) * past[..., None]
-    num = num + jnp.einsum("bhij,bhjd->bhid", scores, v)
-    den = jnp.einsum("bhir,bhr->bhi", qf, k_sum) * past + jnp.sum(scores, axis=-1)
-    return _absorb(state, psi, log_scale, v), _normalise(num, den)
+    return _absorb(old, jnp.where(own[..., None], psi, 0.0), jnp.where(own, log_scale, -jnp.inf), v)
+
+
+def _add_sums(a, b):
+    """(num, den) of two disjoint key sets, each relative to its own reference, brought to one."""
+    (num_a, den_a, ref_a), (num_b, den_b, ref_b) = a, b
+    ref = _finite(jnp.maximum(ref_a, ref_b))
+    wa = jnp.where(jnp.isfinite(ref_a), jnp.exp(_finite(ref_a) - ref), 0.0)
+    wb = jnp.where(jnp.isfinite(ref_b), jnp.exp(_finite(ref_b) - ref), 0.0)
+    return num_a * wa[..., None] + num_b * wb[..., None], den_a * wa + den_b * wb
 
 
 def _absorb(state: State, psi: jax.Array, log_scale: jax.Array, v: jax.Array) -> State:
     """Adds keys (psi `[batch, heads, n, m]`, log_scale `[batch, heads, n]`) and their values
     `[batch, heads, n, dim]` to a state, moving its shift to the new largest log-scale."""
-    kv, k_sum, shift = state
+    kv, k_sum, shift, segment = state
     new_shift = jnp.maximum(shift, jnp.max(jax.lax.stop_gradient(log_scale), axis=-1))
     ref = _finite(new_shift)
     decay = jnp.exp(shift - ref)
     weighted = psi * jnp.exp(log_scale - ref[..., None])[..., None]
     kv = kv * decay[..., None, None] + jnp.einsum("bhjr,bhjd->bhrd", weighted, v)
     k_sum = k_sum * decay[..., None] + jnp.sum(weighted, axis=-2)
-    return kv, k_sum, new_shift
+    return kv, k_sum, new_shift, segment
 
 
 def _empty_state(batch: int, heads: int, num_features: int, dim: int) -> State:
@@ -392,6 +511,7 @@ def _empty_state(batch: int, heads: int, num_features: int, dim: int) -> State:
         jnp.zeros((batch, heads, num_features, dim), jnp.float32),
         jnp.zeros((batch, heads, num_features), jnp.float32),
         jnp.full((batch, heads), -jnp.inf, jnp.float32),
+        jnp.zeros((batch,), jnp.int32),
     )
 
 
@@ -407,14 +527,22 @@ def _normalise(num: jax.Array, den: jax.Array) -> jax.Array:
 
 
 def _prepare(q, k, v, mask, scale):
-    """The kernel's inputs in its working layout: float32 q, k `[batch, heads, length, head_dim]`
-    multiplied by sqrt(scale) (so that q.k carries the scale), v `[batch, heads, k_length, dim]`,
-    and key validity `[batch, 1, k_length]`."""
+    """The kernel's inputs in its working layout: float32 q `[batch, kv_heads, group, q_length,
+    head_dim]` and k `[batch, kv_heads, k_length, head_dim]` multiplied by sqrt(scale) (so that
+    q.k carries the scale), v `[batch, kv_heads, k_length, dim]`, and key validity `[batch, 1,
+    k_length]`. Query heads are grouped by the key/value head they read (a free reshape)."""
     head_dim = q.shape[-1]
     scale = base.default_scale(head_dim, scale)
     if not scale > 0.0:
         raise ValueError(f"Favor needs a positive scale, got {scale}")
     q, k, v = (jnp.swapaxes(x, 1, 2).astype(jnp.float32) for x in (q, k, v))
-    batch, _, k_len, _ = k.shape
+    batch, kv_heads, k_len, _ = k.shape
+    q = q.reshape(batch, kv_heads, -1, *q.shape[2:])
     valid = jnp.ones((batch, k_len), bool) if mask is None else mask
     return q * math.sqrt(scale), k * math.sqrt(scale), v, valid[:, None, :]
+
+
+def _heads_last(out: jax.Array) -> jax.Array:
+    """`[batch, kv_heads, group, length, dim]` -> `[batch, length, heads, dim]`."""
+    batch, kv_heads, group, length, dim = out.shape
+    return jnp.moveaxis(out.reshape(batch, kv_heads * group, length, dim), 1, 2)

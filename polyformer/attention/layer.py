@@ -52,9 +52,12 @@ class MultiHeadAttention(nnx.Module):
     and hold no parameters.
 
     Args:
-      num_heads: number of heads.
+      num_heads: number of query heads.
       in_features: width of the input x `[batch, length, in_features]`.
       head_dim: width of each head (default in_features // num_heads).
+      num_kv_heads: number of key/value heads, a divisor of num_heads (default num_heads):
+        grouped-query attention, or multi-query with 1. The key and value projections shrink to
+        num_kv_heads * head_dim outputs; with the default the parameter tree is unchanged.
       out_features: width of the output (default in_features).
       kernel: any kernel of the attention package (default Dense()).
       use_bias: biases on the four projections; qkv_bias: on query, key and value only
@@ -70,6 +73,7 @@ class MultiHeadAttention(nnx.Module):
         in_features: int,
         *,
         head_dim: int | None = None,
+        num_kv_heads: int | None = None,
         out_features: int | None = None,
         kernel: AttentionKernel | None = None,
         use_bias: bool = True,
@@ -87,7 +91,13 @@ class MultiHeadAttention(nnx.Module):
                     "pass head_dim explicitly"
                 )
             head_dim = in_features // num_heads
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads={num_kv_heads} must be a positive divisor of num_heads={num_heads}"
+            )
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.kernel = Dense() if kernel is None else kernel
         self.dtype = dtype
@@ -96,8 +106,9 @@ class MultiHeadAttention(nnx.Module):
         qkv_bias = use_bias if qkv_bias is None else qkv_bias
         qkv = dict(opts, kernel_init=kernel_init, use_bias=qkv_bias)
         self.query = linear(in_features, inner, ("embed", "heads"), **qkv)
-        self.key = linear(in_features, inner, ("embed", "heads"), **qkv)
-        self.value = linear(in_features, inner, ("embed", "heads"), **qkv)
+        kv_inner = num_kv_heads * head_dim
+        self.key = linear(in_features, kv_inner, ("embed", "heads"), **qkv)
+        self.value = linear(in_features, kv_inner, ("embed", "heads"), **qkv)
         self.out = linear(
             inner,
             out_features or in_features,
@@ -107,7 +118,7 @@ class MultiHeadAttention(nnx.Module):
         )
 
     def _split(self, x: jax.Array) -> jax.Array:
-        return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
+        return x.reshape(*x.shape[:-1], -1, self.head_dim)
 
     def __call__(
         self,
@@ -119,14 +130,18 @@ class MultiHeadAttention(nnx.Module):
         bias: jax.Array | None = None,
         scale: float | None = None,
         rng: jax.Array | None = None,
+        segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
     ) -> jax.Array:
         """x `[batch, q_length, in_features]`, context `[batch, k_length, in_features]` (default
-        x) -> `[batch, q_length, out_features]`. mask, causal, bias, scale, rng: as the kernel."""
+        x) -> `[batch, q_length, out_features]`. mask, causal, bias, scale, rng, segment_ids: as
+        the kernel (base.py)."""
         context = x if context is None else context
         q = self._split(self.query(x))
         k = self._split(self.key(context))
         v = self._split(self.value(context))
-        out = self.kernel(q, k, v, mask, causal, bias=bias, scale=scale, rng=rng)
+        out = self.kernel(
+            q, k, v, mask, causal, bias=bias, scale=scale, rng=rng, segment_ids=segment_ids
+        )
         return self.out(out.reshape(*out.shape[:2], -1))
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None):
@@ -134,7 +149,7 @@ class MultiHeadAttention(nnx.Module):
         if not hasattr(self.kernel, "decode"):
             raise ValueError(f"{type(self.kernel).__name__} has no causal decoding cache")
         dtype = dtype or self.dtype or jnp.float32
-        return self.kernel.init_cache(batch, max_length, self.num_heads, self.head_dim, dtype)
+        return self.kernel.init_cache(batch, max_length, self.num_kv_heads, self.head_dim, dtype)
 
     def decode(
         self,
@@ -143,12 +158,14 @@ class MultiHeadAttention(nnx.Module):
         *,
         mask: jax.Array | None = None,
         scale: float | None = None,
+        segment_ids: jax.Array | None = None,
     ):
         """Causal self-attention of n new positions x `[batch, n, in_features]` over everything
-        in `cache` plus themselves; mask `[batch, n]` marks real tokens. Returns (out, cache).
+        in `cache` plus themselves; mask `[batch, n]` marks real tokens, segment_ids `[batch, n]`
+        their packed sequence. Returns (out, cache).
 
         Decoding a sequence piece by piece gives the outputs of one causal pass over all of it.
         """
         q, k, v = (self._split(proj(x)) for proj in (self.query, self.key, self.value))
-        out, cache = self.kernel.decode(cache, q, k, v, mask, scale=scale)
+        out, cache = self.kernel.decode(cache, q, k, v, mask, scale=scale, segment_ids=segment_ids)
         return self.out(out.reshape(*out.shape[:2], -1)), cache

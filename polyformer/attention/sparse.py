@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Literal
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from polyformer.attention import base, dense, patterns
+from polyformer.attention import base, dense, flash_gpu, patterns, splash
 
 # A gathered key block costs more than a key block read in place (the gather copies it), so the
 # split between dense and sparse rows weighs table entries by this factor (an estimate; it only
@@ -94,13 +95,14 @@ def make_plan(pattern: patterns.Pattern, q_len: int, k_len: int, block: int, cau
 class RingCache:
     """The last `slots` keys and values, for decoding a band pattern.
 
-    key/value `[batch, slots, heads, head_dim]`, valid `[batch, slots]`; position p lives in slot
-    p % slots. index: the number of positions decoded so far.
+    key/value `[batch, slots, kv_heads, head_dim]`, valid and segment (ids) `[batch, slots]`;
+    position p lives in slot p % slots. index: the number of positions decoded so far.
     """
 
     key: jax.Array
     value: jax.Array
     valid: jax.Array
+    segment: jax.Array
     index: jax.Array
 
 
@@ -113,6 +115,13 @@ class Sparse:
       block: the kernel's block size (independent of any block size inside the pattern); lengths
         need not be multiples of it.
       dropout_rate: attention-weight dropout, applied only when the call gets an `rng`.
+      implementation: "xla" gathers the kept blocks in XLA (below). "pallas_tpu" is JAX's splash
+        attention with the pattern as its block-sparse mask (splash.py; blocks of
+        max(128, block) rounded to 128). "pallas_gpu" is our Pallas block-sparse flash attention
+        for GPUs (pallas_gpu_sparse.py; tiles of `block` rounded down to a power of two in
+        [16, 128]). The Pallas kernels take no full 4-D mask and no dropout (ValueError). "auto"
+        (default) takes the Pallas kernel of the platform the program is lowered for when it can
+        honour the call's arguments, and "xla" otherwise.
 
     Decoding: a pure band pattern keeps a ring buffer of its last width + 1 positions (memory
     independent of max_length). Every other pattern keeps dense.KVCache and masks each new query
@@ -125,6 +134,7 @@ class Sparse:
     pattern: patterns.Pattern
     block: int = 64
     dropout_rate: float = 0.0
+    implementation: Literal["auto", "xla", "pallas_tpu", "pallas_gpu"] = "auto"
 
     def __post_init__(self):
         if not isinstance(self.pattern, patterns.Pattern):
@@ -133,6 +143,7 @@ class Sparse:
             raise ValueError(f"block must be an integer >= 1, got {self.block!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        base.check_implementation(self.implementation)
 
     def __call__(
         self,
@@ -145,23 +156,67 @@ class Sparse:
         bias: jax.Array | None = None,
         scale: float | None = None,
         rng: jax.Array | None = None,
+        segment_ids: base.SegmentIds | None = None,
     ) -> jax.Array:
-        """q `[batch, q_length, heads, head_dim]`, k/v `[batch, k_length, heads, dim]`, mask
-        `[batch, k_length]` or `[batch, heads | 1, q_length, k_length]`; returns
-        `[batch, q_length, heads, dim]` in q's dtype."""
-        batch, q_len, k_len, heads, head_dim = base.check_inputs(q, k, v, mask, bias)
+        """q `[batch, q_length, heads, head_dim]`, k/v `[batch, k_length, kv_heads, dim]`, mask
+        `[batch, k_length]` or `[batch, heads | 1, q_length, k_length]`, segment_ids as in
+        base.py; returns `[batch, q_length, heads, dim]` in q's dtype."""
+        batch, q_len, k_len, heads, head_dim = base.check_inputs(q, k, v, mask, bias, segment_ids)
         if bias is not None:
             raise ValueError(
                 "Sparse does not support an additive bias; use Dense, or express the bias as a "
                 "pattern or a boolean mask"
             )
         scale = base.default_scale(head_dim, scale)
+        segments = base.split_segments(segment_ids, batch, q_len, k_len)
+
+        def xla():
+            return self._xla(q, k, v, mask, causal, scale, rng, segments)
+
+        def tpu(interpret: bool):
+            return splash.attention(
+                q,
+                k,
+                v,
+                pattern=self.pattern,
+                causal=causal,
+                key_valid=mask,
+                segments=segments,
+                scale=scale,
+                block=-(-max(self.block, splash.BLOCK) // 128) * 128,
+                interpret=interpret,
+            )
+
+        def gpu(interpret: bool):
+            return flash_gpu.block_sparse(
+                q,
+                k,
+                v,
+                self.pattern,
+                causal=causal,
+                key_mask=mask,
+                segments=segments,
+                scale=scale,
+                block=self.block,
+                interpret=interpret,
+            )
+
+        pallas = base.pallas_unsupported(mask, None, rng, self.dropout_rate)
+        unsupported = {"pallas_tpu": pallas, "pallas_gpu": pallas}
+        return base.dispatch(self.implementation, unsupported, xla=xla, tpu=tpu, gpu=gpu)
+
+    def _xla(self, q, k, v, mask, causal, scale, rng, segments) -> jax.Array:
+        """The XLA path: the plan's dense rows and gathered sparse rows."""
+        batch, q_len, heads, _ = q.shape
+        k_len = k.shape[1]
         b = self.block
         plan = make_plan(self.pattern, q_len, k_len, b, causal)
         rng_dense, rng_sparse = (None, None) if rng is None else jax.random.split(rng)
         # Heads-major copies, made once: gathers then land in the layout the batched matmuls want.
         qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [batch, heads, length, dim]
-        rows = functools.partial(self._rows, qh, kh, vh, mask, causal=causal, scale=scale)
+        rows = functools.partial(
+            self._rows, qh, kh, vh, mask, segments=segments, causal=causal, scale=scale
+        )
         groups = []
         if len(plan.dense_rows):
             groups.append(rows(plan.dense_rows[:, None] * b + np.arange(b), None, rng_dense))
@@ -177,19 +232,21 @@ class Sparse:
         out = out.reshape(batch, heads, -1, out.shape[-1])[:, :, :q_len]
         return jnp.swapaxes(out, 1, 2)
 
-    def _rows(self, qh, kh, vh, mask, q_idx, k_idx, rng, *, causal: bool, scale: float):
+    def _rows(self, qh, kh, vh, mask, q_idx, k_idx, rng, *, segments, causal: bool, scale: float):
         """Rows of query blocks q_idx `[rows, block]` against their keys k_idx `[rows, n_keys]`
         (an index >= k_len is an empty slot), or against every key when k_idx is None.
 
-        qh `[batch, heads, q_length, head_dim]`, kh/vh `[batch, heads, k_length, dim]`; returns
+        qh `[batch, heads, q_length, head_dim]`, kh/vh `[batch, kv_heads, k_length, dim]`; query
+        heads are viewed as `[kv_heads, group]`, so grouped heads share key/value heads; returns
         `[batch, heads, rows, block, dim]` in q's dtype. A `lax.map` over chunks of about
         _CHUNK_SCORES score elements keeps one chunk's gathered keys and scores alive at a time,
         and `jax.checkpoint` recomputes them in the backward pass instead of storing every
         chunk's (BigBird at 8K tokens, fwd+bwd: 530 MiB of temporaries without it, 105 MiB with
         it, and 30% less CPU time).
         """
-        batch, heads, q_len, _ = qh.shape
-        k_len = kh.shape[2]
+        batch, heads, q_len, head_dim = qh.shape
+        kv_heads, k_len = kh.shape[1], kh.shape[2]
+        group = heads // kv_heads
         rows, block = q_idx.shape
         keys_per_row = k_len if k_idx is None else k_idx.shape[1]
         per_chunk = max(1, _CHUNK_SCORES // (batch * heads * block * keys_per_row))
@@ -204,22 +261,27 @@ class Sparse:
         def chunk(xs):
             q_idx, k_idx, rng = xs
             if k_idx is None:  # every key, shared by the chunk's rows: no gather
-                allowed = self._allowed(q_idx, np.arange(k_len)[None], mask, causal, q_len, k_len)
+                k_all = np.arange(k_len)[None]
+                allowed = self._allowed(q_idx, k_all, mask, segments, causal, q_len, k_len)
                 keys, values, spec = kh, vh, "bhk"
             else:
-                allowed = self._allowed(q_idx, k_idx, mask, causal, q_len, k_len)
+                allowed = self._allowed(q_idx, k_idx, mask, segments, causal, q_len, k_len)
                 k_in = jnp.minimum(k_idx, k_len - 1)
                 keys, values, spec = _gather(kh, k_in), _gather(vh, k_in), "bhrk"
             queries = _gather(qh, jnp.minimum(q_idx, q_len - 1))
+            queries = queries.reshape(batch, kv_heads, group, *queries.shape[2:])
             scores = jnp.einsum(
-                f"bhrqd,{spec}d->bhrqk", queries, keys, preferred_element_type=jnp.float32
+                f"bhgrqd,{spec}d->bhgrqk", queries, keys, preferred_element_type=jnp.float32
             )
+            scores = scores.reshape(batch, heads, *scores.shape[3:])
             weights = base.masked_softmax(scores * scale, allowed)
             weights = base.dropout(weights, self.dropout_rate, rng).astype(vh.dtype)
+            weights = weights.reshape(batch, kv_heads, group, *weights.shape[2:])
             out = jnp.einsum(
-                f"bhrqk,{spec}d->bhrqd", weights, values, preferred_element_type=jnp.float32
+                f"bhgrqk,{spec}d->bhgrqd", weights, values, preferred_element_type=jnp.float32
             )
-            return out.astype(qh.dtype)  # [batch, heads, per_chunk, block, dim]
+            # [batch, heads, per_chunk, block, dim]
+            return out.reshape(batch, heads, *out.shape[3:]).astype(qh.dtype)
 
         xs = (q_idx, k_idx, rngs)
         if n_chunks == 1:  # a small problem: no loop, nothing to recompute
@@ -229,9 +291,11 @@ class Sparse:
             out = jnp.moveaxis(out, 0, 2).reshape(batch, heads, n_chunks * per_chunk, block, -1)
         return out[:, :, :rows]
 
-    def _allowed(self, q_idx, k_idx, mask, causal: bool, q_len: int, k_len: int) -> jax.Array:
+    def _allowed(
+        self, q_idx, k_idx, mask, segments, causal: bool, q_len: int, k_len: int
+    ) -> jax.Array:
         """What query q_idx `[rows, n_queries]` may see of keys k_idx `[rows, n_keys]`: pattern,
-        causal rule, key range and the caller's mask, as bool broadcastable to
+        causal rule, key range, the caller's mask and segments, as bool broadcastable to
         `[batch, heads, rows, n_queries, n_keys]`. Indices past the ends are padding (the caller's
         mask is read at clipped indices, and the key range rules those entries out)."""
         q_idx, k_idx = jnp.asarray(q_idx)[:, :, None], jnp.asarray(k_idx)[:, None, :]
@@ -244,16 +308,22 @@ class Sparse:
             allowed = allowed & jnp.take(mask, k_in, axis=1)[:, None]
         elif mask is not None:
             allowed = allowed & mask[:, :, jnp.minimum(q_idx, q_len - 1), k_in]
+        if segments is not None:
+            q_ids = jnp.take(segments[0], jnp.minimum(q_idx, q_len - 1), axis=1)
+            allowed = allowed & (q_ids == jnp.take(segments[1], k_in, axis=1))[:, None]
         return allowed
 
     def init_cache(
         self, batch: int, max_length: int, heads: int, head_dim: int, dtype
     ) -> RingCache | dense.KVCache:
-        """A ring buffer of width + 1 slots for a band pattern, else a dense KV cache."""
+        """A ring buffer of width + 1 slots for a band pattern, else a dense KV cache; `heads` is
+        the number of key/value heads."""
         if isinstance(self.pattern, patterns.Band):
-            zeros = jnp.zeros((batch, self.pattern.width + 1, heads, head_dim), dtype)
-            valid = jnp.zeros((batch, self.pattern.width + 1), bool)
-            return RingCache(zeros, zeros, valid, jnp.zeros((), jnp.int32))
+            slots = self.pattern.width + 1
+            zeros = jnp.zeros((batch, slots, heads, head_dim), dtype)
+            valid = jnp.zeros((batch, slots), bool)
+            segment = jnp.zeros((batch, slots), jnp.int32)
+            return RingCache(zeros, zeros, valid, segment, jnp.zeros((), jnp.int32))
         return dense.init_kv_cache(batch, max_length, heads, head_dim, dtype)
 
     def decode(
@@ -265,22 +335,29 @@ class Sparse:
         mask: jax.Array | None = None,
         *,
         scale: float | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, RingCache | dense.KVCache]:
-        """Attends n new tokens (q, k, v `[batch, n, heads, head_dim]`, `mask` `[batch, n]` True
-        for real tokens) causally, through the pattern, to everything decoded so far; returns
+        """Attends n new tokens (q `[batch, n, heads, head_dim]`, k, v `[batch, n, kv_heads,
+        head_dim]`, `mask` `[batch, n]` True for real tokens, `segment_ids` `[batch, n]`)
+        causally, through the pattern, to everything decoded so far in their segment; returns
         (out `[batch, n, heads, head_dim]`, new cache)."""
-        dense.check_decode_inputs(q, k, v, mask, *cache.key.shape[2:])
+        dense.check_decode_inputs(q, k, v, mask, *cache.key.shape[2:], segment_ids=segment_ids)
         scale = base.default_scale(q.shape[-1], scale)
         if isinstance(cache, RingCache):
-            return _decode_ring(cache, q, k, v, mask, scale)
-        cache = dense.append_kv(cache, k, v, mask)
+            return _decode_ring(cache, q, k, v, mask, segment_ids, scale)
+        cache = dense.append_kv(cache, k, v, mask, segment_ids)
         length = cache.key.shape[1]
         q_pos = cache.index - q.shape[1] + jnp.arange(q.shape[1])
         row = self.pattern.allows(q_pos[:, None], jnp.arange(length)[None, :], length, length)
-        return dense.decode_against_cache(cache, q, scale, allowed_extra=row), cache
+        out = dense.decode_against_cache(
+            cache, q, scale, allowed_extra=row, segment_ids=segment_ids
+        )
+        return out, cache
 
 
-def _decode_ring(cache: RingCache, q, k, v, mask, scale) -> tuple[jax.Array, RingCache]:
+def _decode_ring(
+    cache: RingCache, q, k, v, mask, segment_ids, scale
+) -> tuple[jax.Array, RingCache]:
     """Band decoding: the n new queries attend to the ring (the last width + 1 positions before
     them) and to the new keys; then the newest min(n, slots) keys overwrite their slots."""
     batch, n = k.shape[:2]
@@ -295,7 +372,10 @@ def _decode_ring(cache: RingCache, q, k, v, mask, scale) -> tuple[jax.Array, Rin
     new_valid = jnp.ones((batch, n), bool) if mask is None else mask
     valid = jnp.concatenate([cache.valid, new_valid], axis=1)
     near = (k_pos[None, :] <= q_pos[:, None]) & (q_pos[:, None] - k_pos[None, :] <= width)
+    new_segment = jnp.zeros((batch, n), jnp.int32) if segment_ids is None else segment_ids
+    segment = jnp.concatenate([cache.segment, new_segment.astype(jnp.int32)], axis=1)
     allowed = near[None, None] & valid[:, None, None, :]
+    allowed = allowed & base.segment_mask((new_segment, segment))
     keys = jnp.concatenate([cache.key, k.astype(cache.key.dtype)], axis=1)
     values = jnp.concatenate([cache.value, v.astype(cache.value.dtype)], axis=1)
     out = dense.dense_attention(q, keys, values, allowed, bias=None, scale=scale)
@@ -305,6 +385,7 @@ def _decode_ring(cache: RingCache, q, k, v, mask, scale) -> tuple[jax.Array, Rin
         key=cache.key.at[:, slot].set(k[:, n - kept :].astype(cache.key.dtype)),
         value=cache.value.at[:, slot].set(v[:, n - kept :].astype(cache.value.dtype)),
         valid=cache.valid.at[:, slot].set(new_valid[:, n - kept :]),
+        segment=cache.segment.at[:, slot].set(new_segment[:, n - kept :].astype(jnp.int32)),
         index=start + n,
     )
     return out, cache

@@ -88,3 +88,24 @@ def test_qkv_bias_drops_the_query_key_value_biases_only():
     biased = [n for n in ("query", "key", "value", "out") if getattr(layer, n).bias is not None]
     assert biased == ["out"]
     assert A.MultiHeadAttention(2, 8, use_bias=False, rngs=nnx.Rngs(0)).query.bias is None
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_grouped_heads_and_packed_segments_decode_like_one_causal_pass(name):
+    attn = A.MultiHeadAttention(4, 16, num_kv_heads=2, kernel=KERNELS[name](), rngs=nnx.Rngs(0))
+    assert attn.key.kernel[...].shape == (16, 8)
+    x = jax.random.normal(jax.random.key(3), (2, 10, 16))
+    segments = jnp.asarray(np.repeat([[0, 1], [2, 2]], [4, 6], axis=1))
+    want = attn(x, causal=True, segment_ids=segments)
+    cache, outs, start = attn.init_cache(2, 16), [], 0
+    for n in (3, 2, 1, 4):
+        part = slice(start, start + n)
+        out, cache = attn.decode(x[:, part], cache, segment_ids=segments[:, part])
+        outs.append(out)
+        start += n
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), want, atol=1e-5)
+
+
+def test_num_kv_heads_must_divide_num_heads():
+    with pytest.raises(ValueError, match="num_kv_heads=3"):
+        A.MultiHeadAttention(4, 16, num_kv_heads=3, rngs=nnx.Rngs(0))

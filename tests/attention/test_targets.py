@@ -1,0 +1,51 @@
+"""Every kernel with implementation="auto" compiles for a TPU (v5e) and an H100 with no device
+present, and the program holds that target's Pallas kernel where the kernel has one."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import SingleDeviceSharding
+
+from polyformer import attention as A
+from polyformer.attention import patterns as P
+from tests.attention.conftest import target_devices
+
+# What a Pallas kernel leaves in the lowered program: a Mosaic custom call on TPU, a Triton call
+# on GPU.
+PALLAS_MARK = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
+PALLAS_IMPLEMENTATIONS = [("pallas_tpu", "tpu"), ("pallas_gpu", "cuda")]
+KERNELS = {
+    "dense": (A.Dense(), {"tpu", "cuda"}),
+    "sparse": (A.Sparse(P.band(64) | P.global_tokens([0])), {"tpu", "cuda"}),
+    "favor": (A.Favor(64), set()),
+}
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("name", KERNELS)
+def test_auto_compiles_for_the_target_with_its_pallas_kernel(name, platform):
+    kernel, pallas_on = KERNELS[name]
+    sharding = SingleDeviceSharding(target_devices(platform)[0])
+    x = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16, sharding=sharding)
+
+    def loss(q, k, v):
+        return jnp.sum(kernel(q, k, v, causal=True).astype(jnp.float32))
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(x, x, x)
+    lowered = lowered.lower(lowering_platforms=(platform,))
+    assert (PALLAS_MARK[platform] in lowered.as_text()) == (platform in pallas_on)
+    lowered.compile()
+
+
+@pytest.mark.parametrize(
+    "implementation, platform", [("pallas_tpu", "tpu"), ("pallas_gpu", "cuda")]
+)
+def test_a_pallas_implementation_is_interpreted_only_when_lowered_for_cpu(implementation, platform):
+    kernel = A.Dense(implementation=implementation)
+    x = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.float32)
+    on_target = jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=SingleDeviceSharding(target_devices(platform)[0])
+    )
+    for shape, lowering, real in ((on_target, platform, True), (x, "cpu", False)):
+        lowered = jax.jit(kernel).trace(shape, shape, shape).lower(lowering_platforms=(lowering,))
+        assert (PALLAS_MARK[platform] in lowered.as_text()) == real
