@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import safetensors.flax
 from flax import nnx
 
@@ -73,7 +74,15 @@ def from_pretrained(
 def save_pretrained(model: nnx.Module, path: str | os.PathLike) -> None:
     """Writes `config.json` and `model.safetensors` into directory `path` (created if needed),
     named and laid out as transformers' own class for the model (e.g. GPT2LMHeadModel) saves
-    them, so that its `from_pretrained` loads them."""
+    them, so that its `from_pretrained` loads them.
+
+    Raises ValueError for a model that still has LoRA adapters (`nnx.LoRAParam` variables),
+    which transformers' class has no place for."""
+    if jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
+        raise ValueError(
+            f"this {type(model).__name__} still has LoRA adapters: merge it first (lora.merge) "
+            "or save the adapter with lora.save_adapter"
+        )
     config = model.config
     family = family_of(config.model_type, type(model).__name__)
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))

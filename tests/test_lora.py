@@ -143,6 +143,10 @@ def test_merge_gives_a_plain_model_with_equal_outputs(gpt_checkpoint, tmp_path):
     np.testing.assert_allclose(
         gpt_logits(merged, *inputs), gpt_logits(model, *inputs), atol=1e-5, rtol=0
     )
+    with pytest.raises(ValueError, match=r"merge it first \(lora.merge\) or save the adapter"):
+        pf.save_pretrained(model, tmp_path / "unmerged")
+    assert not (tmp_path / "unmerged").exists()
+    assert pf.lora is lora
     # The merged model is an ordinary checkpoint again: transformers reads it, PEFT agrees.
     lora.save_adapter(model, tmp_path / "adapter")
     pf.save_pretrained(merged, tmp_path / "merged")
