@@ -27,14 +27,21 @@ class CheckpointMismatchError(CheckpointError):
     """A readable checkpoint whose tensors do not fit the model; lists every problem at once."""
 
     def __init__(
-        self, source: str, missing: list[str], unexpected: list[str], wrong_shape: list[str]
+        self,
+        source: str,
+        missing: list[str],
+        unexpected: list[str],
+        wrong_shape: list[str],
+        wrong_dtype: list[str] | None = None,
     ):
         self.missing, self.unexpected, self.wrong_shape = missing, unexpected, wrong_shape
+        self.wrong_dtype = wrong_dtype or []
         lines = [f"{source} does not fit the model:"]
         for title, names in (
             ("missing", missing),
             ("unexpected", unexpected),
             ("wrong shape", wrong_shape),
+            ("not floating-point", self.wrong_dtype),
         ):
             if names:
                 lines.append(f"  {title} ({len(names)}):")
@@ -197,10 +204,11 @@ def load(
       shapes: every parameter of the model, state path -> its shape and dtype.
       source: what the checkpoint is (a file name), for the error message.
 
-    Raises CheckpointMismatchError listing every missing, unexpected and wrong-shape tensor.
+    Raises CheckpointMismatchError listing every missing, unexpected, wrong-shape and
+    non-float tensor.
     """
     table.check_covers(set(shapes))
-    missing, unexpected, wrong_shape = [], [], []
+    missing, unexpected, wrong_shape, wrong_dtype = [], [], [], []
     canonical = _canonical_names(table, list(tensors), unexpected)
     by_name = {full: tensors[name] for name, full in canonical.items()}
     params = {}
@@ -213,6 +221,10 @@ def load(
         if tuple(x.shape) != tuple(expected):
             wrong_shape.append(f"{entry.hf}: checkpoint {tuple(x.shape)}, model {tuple(expected)}")
             continue
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            # Every parameter is a float: integer or bool weights mean a damaged or foreign file.
+            wrong_dtype.append(f"{entry.hf}: {x.dtype}, expected a floating-point dtype")
+            continue
         for path, value in zip(entry.ours, entry.to_ours(jnp.asarray(x)), strict=True):
             params[path] = value.astype(shapes[path].dtype)
     for name, source_name in table.tied:
@@ -221,8 +233,8 @@ def load(
             if copy_.shape != original.shape or not np.array_equal(copy_, original):
                 # A model with its own output weights: the config should not tie them.
                 unexpected.append(f"{name} (differs from {source_name}, to which it is tied)")
-    if missing or unexpected or wrong_shape:
-        raise CheckpointMismatchError(source, missing, unexpected, wrong_shape)
+    if missing or unexpected or wrong_shape or wrong_dtype:
+        raise CheckpointMismatchError(source, missing, unexpected, wrong_shape, wrong_dtype)
     return params
 
 

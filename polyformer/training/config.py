@@ -114,9 +114,18 @@ def load(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config file at {path}")
+    if path.suffix != ".py":
+        raise ValueError(
+            f"{path}: a run config is a Python file defining config() -> RunConfig, e.g. "
+            "experiments/configs/gpt_stdlib_demo.py"
+        )
     spec = importlib.util.spec_from_file_location(f"polyformer_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        # The import machinery's traceback would hide the one line that matters.
+        raise ValueError(f"{path}, line {e.lineno}: {e.msg}: {(e.text or '').strip()}") from e
     if not hasattr(module, "config"):
         raise ValueError(f"{path} must define config() -> RunConfig")
     config = module.config()

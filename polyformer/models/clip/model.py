@@ -18,6 +18,7 @@ from flax import nnx
 from polyformer.attention.layer import linear, logical
 from polyformer.models.clip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from polyformer.models.encoder import Encoder, EncoderInit
+from polyformer.models.inputs import check_ids
 from polyformer.models.layers import layer_norm, training_rngs
 from polyformer.models.vit.config import size_pair
 from polyformer.models.vit.model import BaseModelOutputWithPooling, VisionEmbeddings
@@ -127,6 +128,7 @@ class CLIPTextTransformer(nnx.Module):
                 f"{length} tokens do not fit: the text model has max_position_embeddings="
                 f"{text.max_position_embeddings}"
             )
+        check_ids(input_ids, text.vocab_size, "input_ids")
         if position_ids is None:
             position_ids = jnp.arange(length)[None]
         mask = None if attention_mask is None else attention_mask.astype(bool)

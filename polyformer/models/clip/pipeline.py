@@ -16,6 +16,7 @@ from flax import nnx
 from polyformer.models.clip.model import CLIPModel
 from polyformer.models.clip.processing import CLIPImageProcessor
 from polyformer.models.clip.tokenizer import CLIPTokenizer
+from polyformer.models.inputs import check_vocabulary
 from polyformer.models.vit.pipeline import pipeline_images, print_scores, rank
 from polyformer.models.vit.processing import Image
 
@@ -57,11 +58,9 @@ class ZeroShotImageClassificationPipeline:
     ) -> ZeroShotImageClassificationPipeline:
         """A loaded model with the preprocessor_config.json and tokenizer files of its checkpoint
         `directory`."""
-        return cls(
-            model,
-            CLIPImageProcessor.from_pretrained(directory),
-            CLIPTokenizer.from_pretrained(directory),
-        )
+        tokenizer = CLIPTokenizer.from_pretrained(directory)
+        check_vocabulary(len(tokenizer), model.config.text_config.vocab_size, directory)
+        return cls(model, CLIPImageProcessor.from_pretrained(directory), tokenizer)
 
     def __call__(
         self,
@@ -70,11 +69,19 @@ class ZeroShotImageClassificationPipeline:
         *,
         hypothesis_template: str = HYPOTHESIS_TEMPLATE,
     ) -> list[dict[str, float | str]] | list[list[dict[str, float | str]]]:
-        if isinstance(candidate_labels, str) or not candidate_labels:
-            raise ValueError(f"candidate_labels is a list of labels, got {candidate_labels!r}")
-        if "{}" not in hypothesis_template:
+        if (
+            isinstance(candidate_labels, str)
+            or not isinstance(candidate_labels, Sequence)
+            or not candidate_labels
+            or not all(isinstance(label, str) for label in candidate_labels)
+        ):
             raise ValueError(
-                "hypothesis_template must hold {} where the label goes, "
+                "candidate_labels is a list of label strings (at least one), got "
+                f"{candidate_labels!r}"
+            )
+        if not isinstance(hypothesis_template, str) or hypothesis_template.count("{}") != 1:
+            raise ValueError(
+                "hypothesis_template must hold one {} where the label goes, "
                 f"got {hypothesis_template!r}"
             )
         labels = list(candidate_labels)
@@ -82,7 +89,13 @@ class ZeroShotImageClassificationPipeline:
         # Padded to the model's full context (77), as OpenAI's CLIP pads: padding is masked and
         # comes after the pooled end-of-text, so the result is transformers' (which pads to the
         # longest), and the forward compiles once per number of labels, not per text length.
-        hypotheses = [hypothesis_template.format(label) for label in labels]
+        try:
+            hypotheses = [hypothesis_template.format(label) for label in labels]
+        except (IndexError, KeyError, ValueError) as e:
+            raise ValueError(
+                f"hypothesis_template {hypothesis_template!r} must hold one {{}} and no other "
+                "braces (write {{ and }} for literal ones)"
+            ) from e
         context = self.model.config.text_config.max_position_embeddings
         text = self.tokenizer(hypotheses, padding="max_length", max_length=context)
         input_ids = jnp.asarray(text["input_ids"])

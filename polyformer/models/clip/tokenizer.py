@@ -12,6 +12,7 @@ import tokenizers
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from polyformer.checkpoint_io import read_json
+from polyformer.models.inputs import bpe_from_files, tokenizer_from_file
 
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -109,7 +110,7 @@ class CLIPTokenizer:
         pad_token: str = END_OF_TEXT,
     ) -> CLIPTokenizer:
         """From CLIP's vocab.json and merges.txt (words end in `</w>`; unknown -> <|endoftext|>)."""
-        bpe = models.BPE.from_file(str(vocab_file), str(merges_file), **_BPE_OPTIONS)
+        bpe = bpe_from_files(vocab_file, merges_file, **_BPE_OPTIONS)
         return cls(_set_up(bpe), model_max_length=model_max_length, pad_token=pad_token)
 
     @classmethod
@@ -130,7 +131,7 @@ class CLIPTokenizer:
         if kwargs["model_max_length"] > 10**9:  # transformers' "no limit" placeholder
             kwargs["model_max_length"] = MODEL_MAX_LENGTH
         if (directory / "tokenizer.json").is_file():
-            return cls(tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json")), **kwargs)
+            return cls(tokenizer_from_file(directory / "tokenizer.json"), **kwargs)
         vocab, merges = directory / "vocab.json", directory / "merges.txt"
         if vocab.is_file() and merges.is_file():
             return cls.from_files(vocab, merges, **kwargs)
@@ -182,6 +183,10 @@ class CLIPTokenizer:
             "model_max_length": self.model_max_length,
         }
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    def __len__(self) -> int:
+        """The number of ids, added tokens included: the model's vocab_size must cover them."""
+        return self.tokenizer.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
         """`[<|startoftext|>, ..., <|endoftext|>]` for one text, whatever its length."""

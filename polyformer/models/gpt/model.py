@@ -16,6 +16,7 @@ from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.gpt.config import GPT2Config
+from polyformer.models.inputs import check_ids
 from polyformer.models.layers import (
     ATTENTION_OUTPUT,
     MLP_OUTPUT,
@@ -272,7 +273,13 @@ class GPT2LMHeadModel(nnx.Module):
         for padding (None: no padding); position_ids `[batch | 1, length]` (None: 0..length-1, as
         in transformers; left-padded batches that want HF's generation positions pass
         cumsum(attention_mask) - 1). rngs: needed in training mode, for dropout."""
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError(
+                f"input_ids must be [batch, length] with length >= 1, got shape "
+                f"{tuple(input_ids.shape)}"
+            )
         self._check_length(input_ids.shape[1])
+        check_ids(input_ids, self.config.vocab_size, "input_ids")
         rngs = training_rngs(self, rngs)
         if position_ids is None:
             position_ids = jnp.arange(input_ids.shape[1])[None]
@@ -306,6 +313,7 @@ class GPT2LMHeadModel(nnx.Module):
         """Runs n new tokens input_ids `[batch, n]` (positions `[batch, n]`, attention_mask
         `[batch, n]` 0 for padding) against everything already in `cache`; returns float32
         logits `[batch, n, vocab_size]` and the updated cache. Inference only: no dropout."""
+        check_ids(input_ids, self.config.vocab_size, "input_ids")
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.wte(input_ids) + self.wpe(position_ids)
         new_cache = []

@@ -10,6 +10,7 @@ from typing import Any
 
 from polyformer.models.gpt.generate import generate
 from polyformer.models.gpt.tokenizer import GPT2Tokenizer
+from polyformer.models.inputs import check_vocabulary
 
 
 @dataclasses.dataclass
@@ -28,9 +29,15 @@ class TextGenerationPipeline:
         self, prompts: str | Sequence[str], *, max_new_tokens: int = 50, **generate_kwargs
     ) -> list[dict[str, str]] | list[list[dict[str, str]]]:
         single = isinstance(prompts, str)
-        texts = [prompts] if single else list(prompts)
+        texts = [prompts] if single else prompts
+        if not isinstance(texts, Sequence) or any(not isinstance(t, str) for t in texts):
+            raise ValueError(
+                f"prompts must be a string or a list of strings, got {type(prompts).__name__}"
+            )
         if not texts or any(not text for text in texts):
             raise ValueError("give at least one non-empty prompt")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
         batch = self.tokenizer(texts)
         tokens = generate(
             self.model,
@@ -49,7 +56,9 @@ class TextGenerationPipeline:
     @classmethod
     def from_model(cls, model: Any, directory: str | os.PathLike) -> TextGenerationPipeline:
         """A loaded model with the tokenizer files of its checkpoint `directory`."""
-        return cls(model, GPT2Tokenizer.from_pretrained(directory))
+        tokenizer = GPT2Tokenizer.from_pretrained(directory)
+        check_vocabulary(len(tokenizer), model.config.vocab_size, directory)
+        return cls(model, tokenizer)
 
     # `polyformer generate`: its help and the arguments after the checkpoint.
     COMMAND_HELP = "continue prompts with a GPT-2 checkpoint"
@@ -60,23 +69,27 @@ class TextGenerationPipeline:
         parser.add_argument("prompts", nargs="+", help="one or more prompts")
         parser.add_argument("--max-new-tokens", type=int, default=50)
         parser.add_argument("--sample", action="store_true", help="sample, not greedy decoding")
-        parser.add_argument("--temperature", type=float, default=1.0)
-        parser.add_argument("--top-k", type=int, default=50)
-        parser.add_argument("--top-p", type=float, default=1.0)
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--temperature", type=float, help="with --sample (default 1.0)")
+        parser.add_argument("--top-k", type=int, help="with --sample (default 50)")
+        parser.add_argument("--top-p", type=float, help="with --sample (default 1.0)")
+        parser.add_argument("--seed", type=int, help="with --sample (default 0)")
 
     def run_command(self, args: argparse.Namespace) -> None:
         """Prints the completion of each prompt."""
-        sampling = (
-            {
-                "do_sample": True,
-                "temperature": args.temperature,
-                "top_k": args.top_k,
-                "top_p": args.top_p,
-                "rng": args.seed,
-            }
-            if args.sample
-            else {}
-        )
+        # option -> (generate's argument, the value given or None, its default).
+        options = {
+            "--temperature": ("temperature", args.temperature, 1.0),
+            "--top-k": ("top_k", args.top_k, 50),
+            "--top-p": ("top_p", args.top_p, 1.0),
+            "--seed": ("rng", args.seed, 0),
+        }
+        given = [option for option, (_, value, _) in options.items() if value is not None]
+        if given and not args.sample:
+            # Greedy decoding would ignore them, as generate() refuses to.
+            raise ValueError(f"{', '.join(given)} only apply to sampling: add --sample")
+        sampling = {
+            name: default if value is None else value for name, value, default in options.values()
+        }
+        sampling = {"do_sample": True, **sampling} if args.sample else {}
         for result in self(args.prompts, max_new_tokens=args.max_new_tokens, **sampling):
             print(result[0]["generated_text"])

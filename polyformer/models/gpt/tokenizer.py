@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers
+from tokenizers import decoders, pre_tokenizers
+
+from polyformer.models.inputs import bpe_from_files, tokenizer_from_file
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -29,8 +31,7 @@ class GPT2Tokenizer:
     def from_files(cls, vocab_file: str | os.PathLike, merges_file: str | os.PathLike):
         """From GPT-2's original vocab.json and merges.txt, set up as transformers sets them up:
         byte-level pre-tokenizer and decoder, no prefix space, <|endoftext|> a special token."""
-        bpe = models.BPE.from_file(str(vocab_file), str(merges_file))
-        tokenizer = tokenizers.Tokenizer(bpe)
+        tokenizer = tokenizers.Tokenizer(bpe_from_files(vocab_file, merges_file))
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         if tokenizer.token_to_id(END_OF_TEXT) is not None:
@@ -41,13 +42,17 @@ class GPT2Tokenizer:
     def from_pretrained(cls, directory: str | os.PathLike) -> GPT2Tokenizer:
         directory = Path(directory)
         if (directory / "tokenizer.json").is_file():
-            return cls(tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json")))
+            return cls(tokenizer_from_file(directory / "tokenizer.json"))
         vocab, merges = directory / "vocab.json", directory / "merges.txt"
         if vocab.is_file() and merges.is_file():
             return cls.from_files(vocab, merges)
         raise FileNotFoundError(
             f"no tokenizer in {directory}: looked for tokenizer.json, or vocab.json and merges.txt"
         )
+
+    def __len__(self) -> int:
+        """The number of ids, added tokens included: the model's vocab_size must cover them."""
+        return self.tokenizer.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids

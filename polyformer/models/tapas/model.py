@@ -23,6 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
+from polyformer.models.inputs import check_ids
 from polyformer.models.layers import (
     ATTENTION_OUTPUT,
     MLP_OUTPUT,
@@ -236,6 +237,17 @@ def _check_inputs(config: TapasConfig, input_ids: jax.Array, token_type_ids: jax
             f"token_type_ids must be [batch, length, {len(TOKEN_TYPES)}] ({', '.join(TOKEN_TYPES)})"
             f" = {expected}, got shape {tuple(token_type_ids.shape)}"
         )
+    check_token_ids(config, input_ids, token_type_ids)
+
+
+def check_token_ids(config: TapasConfig, input_ids: jax.Array, token_type_ids: jax.Array | None):
+    """Raises ValueError for input_ids `[batch, length]` outside the vocabulary or
+    token_type_ids `[batch, length, 7]` outside their embedding tables (a row id past the
+    model's rows, say): JAX would read NaN there (see `models.inputs.check_ids`)."""
+    check_ids(input_ids, config.vocab_size, "input_ids")
+    if token_type_ids is not None:
+        for i, (name, size) in enumerate(zip(TOKEN_TYPES, config.type_vocab_sizes, strict=True)):
+            check_ids(token_type_ids[..., i], size, f"token_type_ids[..., {i}] ({name})")
 
 
 class TapasModel(nnx.Module):

@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from polyformer.models.inputs import check_vocabulary
 from polyformer.models.tapas import decoding
 from polyformer.models.tapas.config import TOKEN_TYPES
+from polyformer.models.tapas.model import check_token_ids
 from polyformer.models.tapas.tokenizer import TapasTokenizer, table_to_strings
 
 if TYPE_CHECKING:
@@ -38,6 +40,10 @@ def read_table(table: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
             table = pd.read_csv(path, dtype=str, keep_default_na=False)
         except pd.errors.EmptyDataError as error:
             raise ValueError(f"{path} holds no table: {error}") from error
+    elif not isinstance(table, pd.DataFrame):
+        raise ValueError(
+            f"a table is a pandas DataFrame or a CSV file path, got {type(table).__name__}"
+        )
     header, rows = table_to_strings(table)
     if not header or not rows:
         raise ValueError(
@@ -65,7 +71,9 @@ class TableQuestionAnsweringPipeline:
     @classmethod
     def from_model(cls, model: Any, directory: str | os.PathLike) -> TableQuestionAnsweringPipeline:
         """A loaded model with the vocab.txt of its checkpoint `directory`."""
-        return cls(model, TapasTokenizer.from_pretrained(directory))
+        tokenizer = TapasTokenizer.from_pretrained(directory)
+        check_vocabulary(len(tokenizer), model.config.vocab_size, directory)
+        return cls(model, tokenizer)
 
     def __call__(
         self,
@@ -82,8 +90,10 @@ class TableQuestionAnsweringPipeline:
         """
         table = read_table(table)
         single = isinstance(queries, str)
-        queries = [queries] if single else list(queries)
-        if not queries or any(not isinstance(q, str) or not q.strip() for q in queries):
+        queries = [queries] if single else queries
+        if not isinstance(queries, Sequence) or not all(isinstance(q, str) for q in queries):
+            raise ValueError(f"queries is a question or a list of them, got {queries!r}")
+        if not queries or any(not q.strip() for q in queries):
             raise ValueError("give at least one non-empty question")
         self._check_question_lengths(queries)
         batch = self.tokenizer(
@@ -96,6 +106,8 @@ class TableQuestionAnsweringPipeline:
                 f"the question {question!r} leaves no room for a single table row in the model's "
                 f"input of {self.tokenizer.model_max_length} tokens; shorten it"
             )
+        # Under jit the model cannot refuse them; a row id past its rows would read NaN.
+        check_token_ids(self.model.config, batch["input_ids"], batch["token_type_ids"])
         kept_rows = int(num_rows.min())
         if kept_rows < len(table):
             warnings.warn(

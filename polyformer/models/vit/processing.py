@@ -37,8 +37,20 @@ Image = str | os.PathLike | PIL.Image.Image | np.ndarray
 
 def image_list(images: Image | Sequence[Image]) -> tuple[list[Image], bool]:
     """(the images as a list, whether one image was given rather than a sequence)."""
-    single = isinstance(images, (str, os.PathLike, PIL.Image.Image, np.ndarray))
-    return ([images] if single else list(images)), single
+    kinds = (str, os.PathLike, PIL.Image.Image, np.ndarray)
+    single = isinstance(images, kinds)
+    listed = [images] if single else images
+    wrong = (
+        [i for i in listed if not isinstance(i, kinds)]
+        if isinstance(listed, list | tuple)
+        else [listed]
+    )
+    if wrong:
+        raise ValueError(
+            "an image is a file path, a PIL image or a uint8 array [height, width, channels] "
+            f"(images: one or a list of them), not a {type(wrong[0]).__name__}"
+        )
+    return list(listed), single
 
 
 def load_image(image: str | os.PathLike | PIL.Image.Image) -> PIL.Image.Image:
@@ -46,15 +58,38 @@ def load_image(image: str | os.PathLike | PIL.Image.Image) -> PIL.Image.Image:
     it: upright by its EXIF orientation, in RGB by PIL's conversion (which drops an alpha
     channel). Raises FileNotFoundError for a missing file, ValueError for one PIL cannot read."""
     if isinstance(image, PIL.Image.Image):
-        return PIL.ImageOps.exif_transpose(image).convert("RGB")
+        return eight_bit(PIL.ImageOps.exif_transpose(image), "the image").convert("RGB")
     path = Path(image)
     if not path.is_file():
         raise FileNotFoundError(f"no image file {path}")
     try:
         with PIL.Image.open(path) as opened:
-            return PIL.ImageOps.exif_transpose(opened).convert("RGB")
+            return eight_bit(PIL.ImageOps.exif_transpose(opened), str(path)).convert("RGB")
+    except PIL.Image.DecompressionBombError as e:
+        raise ValueError(
+            f"{path} has more pixels than PIL reads without a limit ({e}); downscale it first, "
+            "or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from e
     except (PIL.UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read {path} as an image: {e}") from e
+
+
+def eight_bit(image: PIL.Image.Image, source: str) -> PIL.Image.Image:
+    """`image` with its 16-bit integer ("I;16", "I") or float ("F") grey levels mapped to 8-bit
+    ("L") by their real range: 0..65535 and 0..1 to 0..255. PIL's own conversion clips them
+    instead (a 16-bit photo turns white, a float one black). Other modes are returned as they are.
+    Raises ValueError for values outside those ranges, which have no meaning to map."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    high = 1.0 if image.mode == "F" else 65535.0
+    low_seen, high_seen = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if not (np.isfinite(values).all() and low_seen >= 0 and high_seen <= high):
+        raise ValueError(
+            f"{source}: a {image.mode} image with values from {low_seen} to {high_seen}; "
+            f"expected 0 to {high:g} (convert it to 8-bit yourself)"
+        )
+    return PIL.Image.fromarray(np.round(values * (255 / high)).astype(np.uint8), mode="L")
 
 
 def to_rgb(image: PIL.Image.Image | np.ndarray) -> np.ndarray:
@@ -149,6 +184,12 @@ class ViTImageProcessor:
             size = {"height": size, "width": size} if square else {"shortest_edge": size}
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
+        for name, value in (("size", size), ("crop_size", crop)):
+            if value is not None and not isinstance(value, Mapping):
+                raise ValueError(
+                    f"{name} must be an int, {{'height': H, 'width': W}} or "
+                    f"{{'shortest_edge': S}}, got {value!r}"
+                )
         crop = None if crop is None else dict(crop)
         object.__setattr__(self, "size", dict(size))
         object.__setattr__(self, "crop_size", crop)
@@ -172,6 +213,12 @@ class ViTImageProcessor:
                 f"image_mean and image_std need 3 values (R, G, B), got {self.image_mean} and "
                 f"{self.image_std}"
             )
+        if self.do_normalize and not all(math.isfinite(m) for m in self.image_mean):
+            raise ValueError(f"image_mean must be finite, got {self.image_mean}")
+        if self.do_normalize and not all(0 < s < math.inf for s in self.image_std):
+            raise ValueError(f"image_std must be finite and > 0 (it divides), got {self.image_std}")
+        if self.do_rescale and not 0 < self.rescale_factor < math.inf:
+            raise ValueError(f"rescale_factor must be finite and > 0, got {self.rescale_factor}")
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any]) -> ViTImageProcessor:
@@ -193,7 +240,11 @@ class ViTImageProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> ViTImageProcessor:
-        return cls.from_hf(read_json(directory, PREPROCESSOR_CONFIG))
+        config = read_json(directory, PREPROCESSOR_CONFIG)
+        try:
+            return cls.from_hf(config)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{Path(directory) / PREPROCESSOR_CONFIG}: {e}") from e
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Writes preprocessor_config.json, which transformers' AutoImageProcessor reads."""

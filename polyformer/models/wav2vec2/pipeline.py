@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import warnings
@@ -70,6 +71,25 @@ def chunk_spans(
     return chunks
 
 
+def check_chunking(chunk_length_s: Any, stride_length_s: Any) -> None:
+    """Raises ValueError unless chunk_length_s is a finite number >= 0 and stride_length_s is
+    None or one or two finite numbers >= 0 (a negative stride would leave gaps untranscribed)."""
+    strides = stride_length_s if isinstance(stride_length_s, (tuple, list)) else [stride_length_s]
+    for name, value in [
+        ("chunk_length_s", chunk_length_s),
+        *(("stride_length_s", s) for s in strides),
+    ]:
+        if value is None and name == "stride_length_s":
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    if isinstance(stride_length_s, (tuple, list)) and len(stride_length_s) != 2:
+        raise ValueError(
+            f"stride_length_s must be one number or (left, right), got {stride_length_s!r}"
+        )
+
+
 def stride_frames(chunk: Chunk, samples_per_frame: int) -> tuple[int, int]:
     """The frames `[first, last)` of a chunk's logits that are kept: its strides converted to
     frames with transformers' rounding (`rescale_stride`)."""
@@ -78,6 +98,13 @@ def stride_frames(chunk: Chunk, samples_per_frame: int) -> tuple[int, int]:
     left = int(round(chunk.left / samples * frames))
     right = int(round(chunk.right / samples * frames))
     return left, frames - right
+
+
+def _check_finite(audio: np.ndarray, source: str) -> None:
+    """NaN or inf samples would transcribe as "" without a word."""
+    bad = np.count_nonzero(~np.isfinite(audio))
+    if bad:
+        raise ValueError(f"{source}: {bad} of {audio.size} samples are NaN or inf; expected finite")
 
 
 @nnx.jit
@@ -154,6 +181,10 @@ class AutomaticSpeechRecognitionPipeline:
                 f"return_timestamps must be None, 'char' or 'word', got {return_timestamps!r}"
             )
         single = not isinstance(inputs, (list, tuple))
+        check_chunking(
+            self.chunk_length_s if chunk_length_s is None else chunk_length_s,
+            self.stride_length_s if stride_length_s is None else stride_length_s,
+        )
         results = []
         for item in [inputs] if single else inputs:
             audio, notes = self._audio(item, sampling_rate)
@@ -174,6 +205,7 @@ class AutomaticSpeechRecognitionPipeline:
         """A mono waveform at the model's rate and the notes on what was converted."""
         if isinstance(item, (str, os.PathLike)):
             audio, info = load_audio(item, self.sampling_rate)
+            _check_finite(audio, str(item))
             return audio, info.notes()
         if isinstance(item, dict):
             keys = {"raw", "array"} & set(item)
@@ -182,14 +214,27 @@ class AutomaticSpeechRecognitionPipeline:
                     "a dict input needs 'raw' (or 'array') and 'sampling_rate', got keys "
                     f"{sorted(item)}"
                 )
-            array, rate = np.asarray(item[keys.pop()]), int(item["sampling_rate"])
+            array, rate = np.asarray(item[keys.pop()]), item["sampling_rate"]
+        elif isinstance(item, (np.ndarray, list)) or hasattr(item, "__array__"):
+            array = np.asarray(item)
+            rate = self.sampling_rate if sampling_rate is None else sampling_rate
         else:
-            array, rate = np.asarray(item), sampling_rate or self.sampling_rate
+            raise ValueError(
+                f"audio must be a file path, a float array [samples] or a dict with 'raw' and "
+                f"'sampling_rate', got {type(item).__name__}"
+            )
+        whole = isinstance(rate, (int, float, np.number)) and float(rate).is_integer()
+        if isinstance(rate, bool) or not whole or rate <= 0:
+            raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {rate!r}")
+        rate = int(rate)
+        if not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"audio samples must be numbers, got an array of {array.dtype}")
         if array.ndim != 1:
             raise ValueError(
                 f"array input of shape {array.shape}: expected mono [samples] (mix channels "
                 "down, or give a file path, which is mixed down for you)"
             )
+        _check_finite(array, "array input")
         resampled_to = self.sampling_rate if rate != self.sampling_rate else None
         info = AudioInfo("array", rate, 1, len(array) / rate, resampled_to, mixed_down=False)
         return resample(array, rate, self.sampling_rate), info.notes()
@@ -201,8 +246,6 @@ class AutomaticSpeechRecognitionPipeline:
         return np.asarray(_logits(self.model, features["input_values"])[0]).argmax(-1)
 
     def _frame_ids(self, audio: np.ndarray, chunk_length_s: float, stride_length_s) -> np.ndarray:
-        if chunk_length_s < 0:
-            raise ValueError(f"chunk_length_s must be >= 0, got {chunk_length_s}")
         if not chunk_length_s or len(audio) <= chunk_length_s * self.sampling_rate:
             return self._forward(audio)
         return np.concatenate(list(self._chunked(audio, chunk_length_s, stride_length_s)))
@@ -263,11 +306,19 @@ class AutomaticSpeechRecognitionPipeline:
         options = {"chunk_length_s": args.chunk_length_s, "return_timestamps": args.timestamps}
         if args.stride_length_s is not None:
             options["stride_length_s"] = args.stride_length_s
-        with warnings.catch_warnings():
-            # The conversions are printed below, once, with the file they concern.
-            warnings.simplefilter("ignore")
-            results = self(args.audio, **options)
-        for audio, result in zip(args.audio, results, strict=True):
+        check_chunking(args.chunk_length_s, args.stride_length_s)
+        failed = []
+        for audio in args.audio:
+            try:
+                with warnings.catch_warnings():
+                    # The conversions are printed below, once, with the file they concern.
+                    warnings.simplefilter("ignore")
+                    result = self(audio, **options)
+            except (ValueError, FileNotFoundError) as error:
+                # The other files' transcripts still count: report this one and go on.
+                print(f"polyformer transcribe: {audio}: {error}", file=sys.stderr)
+                failed.append(audio)
+                continue
             for note in result.get("conversions", []):
                 print(f"note: {note}", file=sys.stderr)
             if args.json:
@@ -277,3 +328,7 @@ class AutomaticSpeechRecognitionPipeline:
             for chunk in result.get("chunks", []):
                 start, end = chunk["timestamp"]
                 print(f"  {start:7.2f} {end:7.2f}  {chunk['text']}")
+        if failed:
+            raise ValueError(
+                f"{len(failed)} of {len(args.audio)} files not transcribed: {', '.join(failed)}"
+            )
