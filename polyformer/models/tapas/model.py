@@ -120,6 +120,7 @@ class TapasEmbeddings(nnx.Module):
         )
         self.LayerNorm = layer_norm(c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs)
         self.dropout = nnx.Dropout(c.hidden_dropout_prob)
+        self.pad_token_id = c.pad_token_id
 
     def __call__(
         self,
@@ -130,7 +131,13 @@ class TapasEmbeddings(nnx.Module):
     ) -> jax.Array:
         """input_ids, position_ids `[batch, length]`, token_type_ids `[batch, length, 7]` ->
         `[batch, length, hidden_size]`."""
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        words = self.word_embeddings(input_ids)
+        if self.pad_token_id is not None:
+            # transformers' nn.Embedding(padding_idx=pad_token_id) gives the padding row no
+            # gradient, so that the pad vector is never trained; its value is used as it is.
+            padding = (input_ids == self.pad_token_id)[..., None]
+            words = jnp.where(padding, jax.lax.stop_gradient(words), words)
+        x = words + self.position_embeddings(position_ids)
         for i, table in enumerate(self.token_type_embeddings):
             x = x + table(token_type_ids[..., i])
         x = self.LayerNorm(x)

@@ -48,21 +48,11 @@ def assert_gradient_parity(hf_model, path, x):
 
 
 SUPERVISED = {k: v for k, v in WIKISQL_SUPERVISED.items() if k not in TINY}
-# transformers' word embedding has padding_idx=pad_token_id: torch gives that row no gradient
-# (the pad vector is never trained), while our embedding gives it the gradient of every padding
-# token. The two differ where padding tokens' states reach the loss: through the mean logit of
-# cell (0, 0) (the question and the padding), i.e. the empty column, when it may be selected or
-# when an example without answer cells has it as its column label. Then row pad_token_id of
-# tapas.embeddings.word_embeddings.weight, and nothing else, differs.
-PADDING_EMBEDDING_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="polyformer's TAPAS word embedding passes gradient to the padding_idx row",
-)
 CONFIGS = {
     # WTQ: weak supervision (float answers), the answer-loss cutoff, one selected column.
     "wtq": {},
     # Strong supervision of the aggregation as WikiSQL-supervised configures it, the empty column
-    # not selectable (WTQ's choice) and every example answered (see PADDING_EMBEDDING_BUG).
+    # not selectable (WTQ's choice) and every example answered.
     "strong_supervision": dict(SUPERVISED, allow_empty_column_selection=False),
     # WikiSQL-supervised as it is, the empty column selectable, with an example that has no
     # answer cells.
@@ -75,13 +65,7 @@ CONFIGS = {
 UNANSWERED = {"wtq": (), "strong_supervision": (), "wikisql_supervised": (3,), "multi_column": ()}
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=PADDING_EMBEDDING_BUG if n == "wikisql_supervised" else ())
-        for n in CONFIGS
-    ],
-)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_gradients_match_transformers(name, tmp_path):
     hf_model = random_hf_model(**CONFIGS[name])
     x = table_inputs(
