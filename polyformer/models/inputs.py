@@ -5,6 +5,7 @@ files read so that a damaged one is named."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -13,6 +14,17 @@ import numpy as np
 import tokenizers
 from jax.experimental import checkify
 from tokenizers import models
+
+
+def pad_rows(rows: Sequence, length: int, value: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` (sequences of at most `length` items) as one `[len(rows), length]` array of `dtype`
+    filled out with `value`, and its int32 mask (1 where a row has an item)."""
+    padded = np.full((len(rows), length), value, dtype)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return padded, mask
 
 
 def check_ids(ids: jax.Array, size: int, name: str) -> None:

@@ -12,7 +12,7 @@ import tokenizers
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from polyformer.checkpoint_io import read_json
-from polyformer.models.inputs import bpe_from_files, tokenizer_from_file
+from polyformer.models.inputs import bpe_from_files, pad_rows, tokenizer_from_file
 
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -245,9 +245,5 @@ class CLIPTokenizer:
             raise ValueError(
                 f"padding must be True, False, 'longest' or 'max_length', got {padding!r}"
             )
-        input_ids = np.full((len(rows), length), self.pad_token_id, np.int32)
-        attention_mask = np.zeros((len(rows), length), np.int32)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
+        input_ids, attention_mask = pad_rows(rows, length, self.pad_token_id, np.int32)
         return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -21,6 +21,7 @@ import soundfile
 
 from polyformer.audio import resample
 from polyformer.checkpoint_io import read_json
+from polyformer.models.inputs import pad_rows
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -131,11 +132,7 @@ class Wav2Vec2FeatureExtractor:
         with_mask = return_attention_mask
         if with_mask is None:
             with_mask = self.return_attention_mask
-        values = np.full((len(waves), target), self.padding_value, np.float32)
-        mask = np.zeros((len(waves), target), np.int32)
-        for row, wave in enumerate(waves):
-            values[row, : len(wave)] = wave
-            mask[row, : len(wave)] = 1
+        values, mask = pad_rows(waves, target, self.padding_value, np.float32)
         if self.do_normalize:
             # transformers normalises over the real samples only when it has a mask to say
             # where they end; otherwise over the padded row.

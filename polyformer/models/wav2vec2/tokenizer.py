@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from polyformer.checkpoint_io import read_json
+from polyformer.models.inputs import pad_rows
 
 VOCAB = "vocab.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -148,11 +149,7 @@ class Wav2Vec2CTCTokenizer:
             raise ValueError("give a list of texts, not one string")
         encoded = [self.encode(t) for t in texts]
         longest = max((len(e) for e in encoded), default=0)
-        ids = np.full((len(encoded), longest), self.pad_token_id, np.int32)
-        mask = np.zeros((len(encoded), longest), np.int32)
-        for row, e in enumerate(encoded):
-            ids[row, : len(e)] = e
-            mask[row, : len(e)] = 1
+        ids, mask = pad_rows(encoded, longest, self.pad_token_id, np.int32)
         return {"input_ids": ids, "attention_mask": mask}
 
     # -- frame ids -> text ---------------------------------------------------------------------
