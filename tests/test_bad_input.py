@@ -104,6 +104,7 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
         (3, {}, "prompts must be a string or a list of strings, got int"),
         (["a", 3], {}, "prompts must be a string or a list of strings"),
         ("def", {"max_new_tokens": 2.0}, "max_new_tokens must be an int, got 2.0"),
+        ("def", {"do_sample": True, "top_k": 3.5}, "top_k must be an int, got 3.5"),
     ],
 )
 def test_text_generation_refuses_wrong_argument_types(gpt_checkpoint, prompts, kwargs, message):
@@ -392,3 +393,10 @@ def test_cli_train_names_a_run_config_it_cannot_read(tmp_path, capsys, text, suf
     path.write_text(text)
     code, err = _cli(["train", path], capsys)
     assert code == 2 and re.search(message, err) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("top_k", [2.5, "3", 0])
+def test_image_classification_refuses_a_top_k_that_is_not_a_count(vit_checkpoint, top_k):
+    classify = pf.pipeline("image-classification", vit_checkpoint)
+    with pytest.raises(ValueError, match="top_k must be at least 1 \\(an int"):
+        classify(PIL.Image.new("RGB", (8, 8)), top_k=top_k)

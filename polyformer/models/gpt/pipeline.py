@@ -36,8 +36,10 @@ class TextGenerationPipeline:
             )
         if not texts or any(not text for text in texts):
             raise ValueError("give at least one non-empty prompt")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-            raise ValueError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
+        counts = {"max_new_tokens": max_new_tokens, "top_k": generate_kwargs.get("top_k", 0)}
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
         batch = self.tokenizer(texts)
         tokens = generate(
             self.model,

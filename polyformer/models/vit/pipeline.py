@@ -105,8 +105,8 @@ class ImageClassificationPipeline:
         """top_k: how many labels per image (at most all of them; None: all)."""
         id2label = self.model.config.id2label
         top_k = len(id2label) if top_k is None else top_k
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (an int; None: all labels), got {top_k!r}")
         images, single = pipeline_images(images)
         labels = [id2label[i] for i in range(len(id2label))]
         results = []
