@@ -121,7 +121,7 @@ def _cli(argv, capsys):
 @pytest.mark.parametrize("option", [["--temperature", "0.5"], ["--top-k", "3"], ["--seed", "1"]])
 def test_cli_generate_sampling_options_need_sample(gpt_checkpoint, capsys, option):
     code, err = _cli(["generate", gpt_checkpoint, "def", *option], capsys)
-    assert code == 2 and f"{option[0]} only apply to sampling: add --sample" in err
+    assert code == 2 and f"{option[0]} only apply to sampling: add --do-sample" in err
     assert "Traceback" not in err
 
 
@@ -400,3 +400,16 @@ def test_image_classification_refuses_a_top_k_that_is_not_a_count(vit_checkpoint
     classify = pf.pipeline("image-classification", vit_checkpoint)
     with pytest.raises(ValueError, match="top_k must be at least 1 \\(an int"):
         classify(PIL.Image.new("RGB", (8, 8)), top_k=top_k)
+
+
+@pytest.mark.parametrize(
+    "load_kwargs, message",
+    [
+        ({"dtype": "float32x"}, "dtype must be a floating-point dtype"),
+        ({"dtype": jnp.int32}, "dtype must be a floating-point dtype"),
+        ({"attention": "favor"}, "attention must be a kernel"),
+    ],
+)
+def test_from_pretrained_refuses_a_bad_dtype_or_kernel(gpt_checkpoint, load_kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pf.from_pretrained(gpt_checkpoint, **load_kwargs)

@@ -200,6 +200,12 @@ class ModelConfig(HFConfig):
             )
         if self.remat not in REMAT:
             raise ValueError(f"remat must be one of {', '.join(REMAT)}, got {self.remat!r}")
+        for name in ("dtype", "param_dtype"):
+            if not _floating(getattr(self, name)):
+                raise ValueError(
+                    f"{name} must be a floating-point dtype (e.g. jnp.bfloat16), got "
+                    f"{getattr(self, name)!r}"
+                )
 
     @property
     def architecture(self) -> str:
@@ -241,3 +247,12 @@ class ModelConfig(HFConfig):
             "architectures": list(self.architectures),
             "dtype": jnp.dtype(self.param_dtype).name,
         }
+
+
+def _floating(dtype: Any) -> bool:
+    """Whether `dtype` names a floating-point dtype; a typo ("float32x") fails at the first
+    forward otherwise."""
+    try:
+        return jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        return False
