@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import jax
@@ -52,7 +54,34 @@ def remat_layer(call: Callable[..., Any], remat: str) -> Callable[..., Any]:
     """`call(layer, *args)`, one layer of a stack, rematerialised as ModelConfig.remat says:
     unchanged for "none"; otherwise under nnx.remat, so the backward pass recomputes what the
     policy does not save and a stack keeps, per layer, its input and the saved values only.
-    Every remat gives the same values and gradients."""
-    if remat == "none":
-        return call
-    return nnx.remat(call, policy=_REMAT_POLICIES[remat])
+    Every remat gives the same values and gradients. The layer's output `[batch, length, embed]`
+    is constrained to its logical layout (`constrain`)."""
+    run = call if remat == "none" else nnx.remat(call, policy=_REMAT_POLICIES[remat])
+    return lambda layer, *args: constrain(run(layer, *args), ("batch", "length", "embed"))
+
+
+# Pins an activation to the devices by its logical axes while a step traces: set by the trainer
+# for its mesh and rules (training.sharding.constrained); None leaves every layout to XLA.
+_CONSTRAIN: ContextVar[Callable[[jax.Array, tuple[str | None, ...]], jax.Array] | None] = (
+    ContextVar("constrain", default=None)
+)
+
+
+@contextlib.contextmanager
+def sharding_constraints(
+    pin: Callable[[jax.Array, tuple[str | None, ...]], jax.Array],
+) -> Iterator[None]:
+    """Within the block, `constrain(x, axes)` is `pin(x, axes)`."""
+    token = _CONSTRAIN.set(pin)
+    try:
+        yield
+    finally:
+        _CONSTRAIN.reset(token)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """x laid out by its logical axes (one name or None per dimension, as parameters name theirs:
+    "batch", "length", "embed", "mlp", ...), so that GSPMD does not guess the layout of the
+    activations between layers; x itself outside `sharding_constraints` (no mesh)."""
+    pin = _CONSTRAIN.get()
+    return x if pin is None else pin(x, axes)

@@ -8,8 +8,9 @@ run config runs on one device (every mesh axis of size 1) or on a pod slice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from polyformer.models.layers import sharding_constraints
 from polyformer.training.step import TrainState
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -112,3 +114,27 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     """Batch arrays `[batch, ...]` of any rank: the leading axis over the mesh axes of the
     "batch" rule, the others replicated."""
     return NamedSharding(mesh, PartitionSpec(dict(rules).get("batch")))
+
+
+def constrained(step: Callable, mesh: Mesh, rules) -> Callable:
+    """`step` with the models' activations pinned to `mesh` by their logical axes and `rules`
+    while it traces (models.layers.constrain), as parameters are: GSPMD then propagates no
+    guessed layout through the layers."""
+
+    def pin(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+        # A mesh axis splits one dimension: the rules shard both "batch" and "embed" over fsdp
+        # (ZeRO-3 for parameters), and an activation keeps it on its batch dimension.
+        used: set[str] = set()
+        spec = []
+        for entry in to_mesh_spec(PartitionSpec(*axes), x.shape, mesh, rules):
+            names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+            spec.append(None if used & set(names) else entry)
+            used |= set(names)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        with sharding_constraints(pin):
+            return step(*args, **kwargs)
+
+    return run

@@ -152,15 +152,21 @@ class Trainer:
         loss_fn = self.objective
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
         self.train_step = jax.jit(
-            make_train_step(
-                self.graphdef, loss_fn, self.optimizer, config.optimizer.accumulation_steps
+            sharding.constrained(
+                make_train_step(
+                    self.graphdef, loss_fn, self.optimizer, config.optimizer.accumulation_steps
+                ),
+                self.mesh,
+                self.rules,
             ),
             in_shardings=(self.state_shardings, self.batch_sharding),
             out_shardings=(self.state_shardings, None),
             donate_argnums=0,
         )
         self.eval_step = jax.jit(
-            make_eval_step(self.eval_graphdef, loss_fn),
+            sharding.constrained(
+                make_eval_step(self.eval_graphdef, loss_fn), self.mesh, self.rules
+            ),
             in_shardings=(self.state_shardings.params, self.batch_sharding),
         )
         self.checkpointer = checkpoint.Checkpointer(
