@@ -8,7 +8,7 @@ polyformer compile experiments/configs/gpt2_124m.py --target v5e-16 --set batch_
 The global batch is 8 x the device count: `--set batch_size=...` for another target than v5e-4
 (4 chips) and h100x8 (8 GPUs, 64 sequences). The data are random tokens of the right shapes
 (`token_windows`), so compiling and timing need nothing on disk; train on text with
-`data=DataConfig(...)`.
+`data=TextData(...)` (polyformer.training.data).
 """
 
 from polyformer.models.gpt import GPT2Config

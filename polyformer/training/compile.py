@@ -32,7 +32,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from polyformer import hub, targets
+from polyformer import targets
+from polyformer.models import FAMILIES
 from polyformer.training import config as run_config
 from polyformer.training import objectives, sharding, trainer
 from polyformer.training.optim import make_optimizer
@@ -304,23 +305,22 @@ def compile_run(
     check_batch(config, mesh, target)
     data = data_shapes(config)
     model_config = trainer.model_config(config, dict(data.model_overrides))
-    family = hub.FAMILIES[model_config.model_type]
+    family = FAMILIES[model_config.model_type]
     optimizer = make_optimizer(config.optimizer, config.steps)
-    loss_fn = objectives.OBJECTIVES[config.objective]
+    loss_fn = objectives.OBJECTIVES[config.objective_name]
 
     def build():
         return family.build(model_config, rngs=nnx.Rngs(config.seed))
 
     model = nnx.eval_shape(build)
     model.train()
-    graphdef, params = nnx.split(model, nnx.Param)
+    graphdef, _ = nnx.split(model, nnx.Param)
     model.eval()
     eval_graphdef, _ = nnx.split(model, nnx.Param)
-    param_shardings = sharding.state_shardings(params, mesh, config.mesh.rules)
     state = jax.eval_shape(
         lambda: init_state(nnx.state(build(), nnx.Param), optimizer, jax.random.key(0))
     )
-    state_shardings = trainer.state_shardings(state, param_shardings, mesh)
+    state_shardings = sharding.state_shardings(state, optimizer, mesh, config.mesh.rules)
     batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
     batch = {
         a.name: jax.ShapeDtypeStruct(
