@@ -82,6 +82,20 @@ def test_gpt2_refuses_input_ids_of_the_wrong_rank_or_empty(text_models, shape):
         call(np.ones(shape, np.int32))
 
 
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (np.zeros((1, 0), np.int32), "prompt_length >= 1"),
+        (np.array([[1, 2, 1031]]), "input_ids hold ids from 1 to 1031; expected 0 to 1030"),
+        (np.array([[-1, 2]]), "input_ids hold ids from -1 to 2"),
+    ],
+)
+def test_generate_refuses_an_empty_prompt_or_ids_outside_the_vocabulary(ids, message):
+    model = gpt.GPT2LMHeadModel(gpt.GPT2Config.tiny(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        gpt.generate(model, ids, max_new_tokens=2)
+
+
 @pytest.fixture(scope="module")
 def gpt_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("gpt2")

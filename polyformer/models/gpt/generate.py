@@ -35,6 +35,7 @@ from jax.experimental import io_callback
 from polyformer.models.gpt import beam_search as beams
 from polyformer.models.gpt.logits_process import Processors, process
 from polyformer.models.gpt.model import GPT2LMHeadModel
+from polyformer.models.inputs import check_ids
 
 
 class Streamer(Protocol):
@@ -239,8 +240,12 @@ def _plan(
 ) -> _Plan:
     config = model.config
     input_ids = jnp.asarray(input_ids, jnp.int32)
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, prompt_length], got shape {input_ids.shape}")
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"input_ids must be [batch, prompt_length] with prompt_length >= 1, got shape "
+            f"{input_ids.shape}"
+        )
+    check_ids(input_ids, config.vocab_size, "input_ids")
     prompt_len = input_ids.shape[1]
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
