@@ -36,39 +36,6 @@ class CausalLMOutput:
     hidden_states: tuple[jax.Array, ...] | None = None
 
 
-@jax.custom_vjp
-def _residual_boundary(x: jax.Array) -> jax.Array:
-    """The identity, placed on the residual stream before each sub-layer; its only effect is on
-    the backward pass, where it makes XLA store the residual stream's gradient once.
-
-    Without it, XLA:CPU fuses that gradient (a sum over every later sub-layer's layer-norm
-    backward) into each consumer and recomputes it there, the transposed copies feeding the
-    weight gradients included, so the work grows with the square of the depth: at n_layer 4
-    (benchmarks/training_benchmark.py's model, dropout 0) a step took 1.19 s of CPU time
-    without it and 1.05 s with it. `jax.lax.optimization_barrier` would say this directly, but
-    XLA:CPU drops barriers before fusing; a scatter is never fused into its users, and this one
-    rewrites one element with itself. Only on CPU; forward passes and inference are untouched.
-    """
-    return x
-
-
-def _residual_boundary_fwd(x: jax.Array) -> tuple[jax.Array, None]:
-    return x, None
-
-
-def _store(g: jax.Array) -> jax.Array:
-    first = (0,) * g.ndim
-    return g.at[first].set(g[first])
-
-
-def _residual_boundary_bwd(_, g: jax.Array) -> tuple[jax.Array]:
-    # Other backends fuse differently: there the gradient passes through untouched.
-    return (jax.lax.platform_dependent(g, cpu=_store, default=lambda g: g),)
-
-
-_residual_boundary.defvjp(_residual_boundary_fwd, _residual_boundary_bwd)
-
-
 class GPT2MLP(nnx.Module):
     """c_fc -> activation -> c_proj -> dropout, on x `[batch, length, n_embd]`."""
 
@@ -166,9 +133,8 @@ class GPT2Block(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None, rngs: nnx.Rngs | None) -> jax.Array:
         """mask `[batch, length]` True for real tokens (None: all real)."""
         rng = None if rngs is None else rngs.dropout()
-        x = _residual_boundary(x)
         h = self.attn(self.ln_1(x), mask=mask, causal=True, scale=self.scale, rng=rng)
-        x = _residual_boundary(x + self.attn_dropout(h, deterministic=rngs is None, rngs=rngs))
+        x = x + self.attn_dropout(h, deterministic=rngs is None, rngs=rngs)
         return x + self.mlp(self.ln_2(x), rngs)
 
     def decode(self, x: jax.Array, cache, mask: jax.Array | None) -> tuple[jax.Array, Any]:
