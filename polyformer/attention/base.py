@@ -23,8 +23,9 @@ finite gradient, never NaN.
 
 from __future__ import annotations
 
+import abc
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -180,6 +181,27 @@ def check_inputs(
     return batch, q_len, k_len, heads, head_dim
 
 
+def check_decode_inputs(
+    q, k, v, mask, cache_heads: int, cache_head_dim: int, *, segment_ids=None
+) -> None:
+    check_inputs(q, k, v, segment_ids=segment_ids)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(
+            "decoding takes as many new keys as queries, got q "
+            f"{tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    if k.shape[2:] != (cache_heads, cache_head_dim):
+        raise ValueError(
+            f"k has shape {tuple(k.shape)}, expected (batch, n, {cache_heads}, {cache_head_dim}) "
+            "as the cache was made"
+        )
+    if mask is not None and (mask.dtype != jnp.bool_ or mask.shape != k.shape[:2]):
+        raise ValueError(
+            f"decoding mask must be boolean {tuple(k.shape[:2])} (validity of the new keys), "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+
+
 def split_segments(
     segment_ids: SegmentIds | None, batch: int, q_len: int, k_len: int
 ) -> tuple[jax.Array, jax.Array] | None:
@@ -225,6 +247,63 @@ def and_masks(*masks: jax.Array | None) -> jax.Array | None:
 
 def default_scale(head_dim: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else scale
+
+
+class Kernel(abc.ABC):
+    """The calling convention of the kernels here, in one place: `__call__` checks the inputs,
+    fills in the default scale and splits `segment_ids`, then runs the kernel's `_attend` with
+    the scale as a number and `segments` as (query ids, key ids) or None (`segment_ids` stays as
+    passed, for a kernel that cares whether it was one array or a pair)."""
+
+    def __call__(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        mask: jax.Array | None = None,
+        causal: bool = False,
+        *,
+        bias: jax.Array | None = None,
+        scale: float | None = None,
+        rng: jax.Array | None = None,
+        segment_ids: SegmentIds | None = None,
+    ) -> jax.Array:
+        """q `[batch, q_length, heads, head_dim]`, k/v `[batch, k_length, kv_heads, dim]`, the
+        rest as in the module docstring; returns `[batch, q_length, heads, dim]` in q's dtype."""
+        batch, q_len, k_len, _, head_dim = check_inputs(q, k, v, mask, bias, segment_ids)
+        segments = split_segments(segment_ids, batch, q_len, k_len)
+        scale = default_scale(head_dim, scale)
+        return self._attend(q, k, v, mask, causal, bias, scale, rng, segment_ids, segments)
+
+    def decode(
+        self,
+        cache: Any,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        scale: float | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """Attends n new tokens (q `[batch, n, heads, head_dim]`, k, v `[batch, n, kv_heads,
+        head_dim]`, `mask` `[batch, n]` True for real tokens, `segment_ids` `[batch, n]`)
+        causally to everything decoded so far in their segment; returns (out `[batch, n, heads,
+        head_dim]`, new cache). `cache` is the kernel's `init_cache` or an earlier decode's."""
+        check_decode_inputs(q, k, v, mask, *self._cache_heads(cache), segment_ids=segment_ids)
+        return self._decode(cache, q, k, v, mask, default_scale(q.shape[-1], scale), segment_ids)
+
+    def _cache_heads(self, cache) -> tuple[int, int]:
+        """(kv_heads, head_dim) of the cache: its `key` is `[batch, slots, kv_heads, head_dim]`."""
+        return cache.key.shape[2:]
+
+    @abc.abstractmethod
+    def _decode(self, cache, q, k, v, mask, scale, segment_ids) -> tuple[jax.Array, Any]:
+        """The kernel's decoding step, on checked inputs."""
+
+    @abc.abstractmethod
+    def _attend(self, q, k, v, mask, causal, bias, scale, rng, segment_ids, segments) -> jax.Array:
+        """The kernel itself, on checked inputs."""
 
 
 def causal_allowed(q_positions: np.ndarray | jax.Array, k_positions, q_len: int, k_len: int):

@@ -224,7 +224,7 @@ def combine_masks(mask: jax.Array | None, causal: bool, q_len: int, k_len: int) 
 
 
 @dataclasses.dataclass(frozen=True)
-class Dense:
+class Dense(base.Kernel):
     """Exact attention, the reference every other kernel is tested against.
 
     Attributes:
@@ -248,22 +248,8 @@ class Dense:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         base.check_implementation(self.implementation, (*base.IMPLEMENTATIONS, "cudnn"))
 
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        mask: jax.Array | None = None,
-        causal: bool = False,
-        *,
-        bias: jax.Array | None = None,
-        scale: float | None = None,
-        rng: jax.Array | None = None,
-        segment_ids: base.SegmentIds | None = None,
-    ) -> jax.Array:
-        batch, q_len, k_len, _, head_dim = base.check_inputs(q, k, v, mask, bias, segment_ids)
-        scale = base.default_scale(head_dim, scale)
-        segments = base.split_segments(segment_ids, batch, q_len, k_len)
+    def _attend(self, q, k, v, mask, causal, bias, scale, rng, segment_ids, segments) -> jax.Array:
+        q_len, k_len = q.shape[1], k.shape[1]
         if self.implementation == "cudnn":
             return self._cudnn(q, k, v, mask, causal, bias, scale, rng, segments)
 
@@ -316,23 +302,8 @@ class Dense:
         """An empty cache; `heads` is the number of key/value heads."""
         return init_kv_cache(batch, max_length, heads, head_dim, dtype)
 
-    def decode(
-        self,
-        cache: KVCache,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        mask: jax.Array | None = None,
-        *,
-        scale: float | None = None,
-        segment_ids: jax.Array | None = None,
-    ) -> tuple[jax.Array, KVCache]:
-        """Attends n new tokens (q `[batch, n, heads, head_dim]`, k, v `[batch, n, kv_heads,
-        head_dim]`, `mask` `[batch, n]` True for real tokens, `segment_ids` `[batch, n]`)
-        causally to everything decoded so far in their segment; returns (out, new cache)."""
-        check_decode_inputs(q, k, v, mask, *cache.key.shape[2:], segment_ids=segment_ids)
+    def _decode(self, cache, q, k, v, mask, scale, segment_ids) -> tuple[jax.Array, KVCache]:
         cache = append_kv(cache, k, v, mask, segment_ids)
-        scale = base.default_scale(q.shape[-1], scale)
         return decode_against_cache(cache, q, scale, segment_ids=segment_ids), cache
 
     def _cudnn(self, q, k, v, mask, causal, bias, scale, rng, segments):
@@ -399,27 +370,6 @@ def append_kv(
         ),
         index=cache.index + n,
     )
-
-
-def check_decode_inputs(
-    q, k, v, mask, cache_heads: int, cache_head_dim: int, *, segment_ids=None
-) -> None:
-    base.check_inputs(q, k, v, segment_ids=segment_ids)
-    if q.shape[1] != k.shape[1]:
-        raise ValueError(
-            "decoding takes as many new keys as queries, got q "
-            f"{tuple(q.shape)}, k {tuple(k.shape)}"
-        )
-    if k.shape[2:] != (cache_heads, cache_head_dim):
-        raise ValueError(
-            f"k has shape {tuple(k.shape)}, expected (batch, n, {cache_heads}, {cache_head_dim}) "
-            "as the cache was made"
-        )
-    if mask is not None and (mask.dtype != jnp.bool_ or mask.shape != k.shape[:2]):
-        raise ValueError(
-            f"decoding mask must be boolean {tuple(k.shape[:2])} (validity of the new keys), "
-            f"got {mask.dtype} {tuple(mask.shape)}"
-        )
 
 
 def decode_against_cache(

@@ -47,7 +47,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from polyformer.attention import base
-from polyformer.attention.dense import check_decode_inputs
 
 State = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 """(kv `[batch, kv_heads, m, head_dim]`, k_sum `[batch, kv_heads, m]`, shift `[batch, kv_heads]`,
@@ -74,7 +73,7 @@ class FavorCache:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Favor:
+class Favor(base.Kernel):
     """FAVOR+ attention (Performer) with positive random features.
 
     Random-feature policy: the projection is a pure function of (`key`, head_dim), drawn when a
@@ -153,24 +152,10 @@ class Favor:
                 key = self.key
             return draw_projection(key, self.num_features, head_dim, self.orthogonal)
 
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        mask: jax.Array | None = None,
-        causal: bool = False,
-        *,
-        bias: jax.Array | None = None,
-        scale: float | None = None,
-        rng: jax.Array | None = None,
-        segment_ids: base.SegmentIds | None = None,
-    ) -> jax.Array:
-        """q `[batch, q_length, heads, head_dim]`, k/v `[batch, k_length, kv_heads, dim]`;
-        segment_ids as in base.py, each segment one contiguous run (packed sequences): the sums
-        restart at every segment boundary. Returns `[batch, q_length, heads, dim]`."""
-        batch, q_len, k_len, _, head_dim = base.check_inputs(q, k, v, mask, bias, segment_ids)
-        segments = base.split_segments(segment_ids, batch, q_len, k_len)
+    def _attend(self, q, k, v, mask, causal, bias, scale, rng, segment_ids, segments) -> jax.Array:
+        """Each segment of segment_ids is one contiguous run (packed sequences): the sums restart
+        at every segment boundary."""
+        q_len, k_len, head_dim = q.shape[1], k.shape[1], q.shape[-1]
         if segments is not None and not causal and q_len != k_len:
             raise ValueError(
                 "Favor takes segment_ids without causal masking only for q_length == k_length "
@@ -207,24 +192,13 @@ class Favor:
         state = _empty_state(batch, heads, self.num_features, head_dim)
         return FavorCache(*state, index=jnp.zeros((), jnp.int32))
 
-    def decode(
-        self,
-        cache: FavorCache,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        mask: jax.Array | None = None,
-        *,
-        scale: float | None = None,
-        segment_ids: jax.Array | None = None,
-    ) -> tuple[jax.Array, FavorCache]:
-        """Attends n new tokens (q `[batch, n, heads, head_dim]`, k, v `[batch, n, kv_heads,
-        head_dim]`, `mask` `[batch, n]` True for real tokens, `segment_ids` `[batch, n]`, each
-        segment contiguous) causally to everything decoded so far in their segment, with the fixed
-        features; returns (out `[batch, n, heads, head_dim]`, new cache). Equal to one causal
-        call over the whole sequence."""
-        _, heads, num_features, head_dim = cache.kv.shape
-        check_decode_inputs(q, k, v, mask, heads, head_dim, segment_ids=segment_ids)
+    def _cache_heads(self, cache: FavorCache) -> tuple[int, int]:
+        return cache.kv.shape[1], cache.kv.shape[3]
+
+    def _decode(self, cache, q, k, v, mask, scale, segment_ids) -> tuple[jax.Array, FavorCache]:
+        """With the fixed features, each segment contiguous: equal to one causal call over the
+        whole sequence."""
+        num_features, head_dim = cache.kv.shape[2:]
         if num_features != self.num_features:
             raise ValueError(
                 f"cache holds {num_features} features, this kernel has {self.num_features}"

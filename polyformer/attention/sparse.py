@@ -107,7 +107,7 @@ class RingCache:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sparse:
+class Sparse(base.Kernel):
     """Exact softmax attention restricted to a sparse pattern, computing only its kept blocks.
 
     Attributes:
@@ -145,30 +145,12 @@ class Sparse:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         base.check_implementation(self.implementation)
 
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        mask: jax.Array | None = None,
-        causal: bool = False,
-        *,
-        bias: jax.Array | None = None,
-        scale: float | None = None,
-        rng: jax.Array | None = None,
-        segment_ids: base.SegmentIds | None = None,
-    ) -> jax.Array:
-        """q `[batch, q_length, heads, head_dim]`, k/v `[batch, k_length, kv_heads, dim]`, mask
-        `[batch, k_length]` or `[batch, heads | 1, q_length, k_length]`, segment_ids as in
-        base.py; returns `[batch, q_length, heads, dim]` in q's dtype."""
-        batch, q_len, k_len, heads, head_dim = base.check_inputs(q, k, v, mask, bias, segment_ids)
+    def _attend(self, q, k, v, mask, causal, bias, scale, rng, segment_ids, segments) -> jax.Array:
         if bias is not None:
             raise ValueError(
                 "Sparse does not support an additive bias; use Dense, or express the bias as a "
                 "pattern or a boolean mask"
             )
-        scale = base.default_scale(head_dim, scale)
-        segments = base.split_segments(segment_ids, batch, q_len, k_len)
 
         def xla():
             return self._xla(q, k, v, mask, causal, scale, rng, segments)
@@ -326,23 +308,10 @@ class Sparse:
             return RingCache(zeros, zeros, valid, segment, jnp.zeros((), jnp.int32))
         return dense.init_kv_cache(batch, max_length, heads, head_dim, dtype)
 
-    def decode(
-        self,
-        cache: RingCache | dense.KVCache,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        mask: jax.Array | None = None,
-        *,
-        scale: float | None = None,
-        segment_ids: jax.Array | None = None,
+    def _decode(
+        self, cache, q, k, v, mask, scale, segment_ids
     ) -> tuple[jax.Array, RingCache | dense.KVCache]:
-        """Attends n new tokens (q `[batch, n, heads, head_dim]`, k, v `[batch, n, kv_heads,
-        head_dim]`, `mask` `[batch, n]` True for real tokens, `segment_ids` `[batch, n]`)
-        causally, through the pattern, to everything decoded so far in their segment; returns
-        (out `[batch, n, heads, head_dim]`, new cache)."""
-        dense.check_decode_inputs(q, k, v, mask, *cache.key.shape[2:], segment_ids=segment_ids)
-        scale = base.default_scale(q.shape[-1], scale)
+        """Decoding through the pattern as well as causally."""
         if isinstance(cache, RingCache):
             return _decode_ring(cache, q, k, v, mask, segment_ids, scale)
         cache = dense.append_kv(cache, k, v, mask, segment_ids)
