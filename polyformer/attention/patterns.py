@@ -28,7 +28,8 @@ import dataclasses
 import functools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -134,32 +135,37 @@ def _flatten(kind: type, parts: tuple[Pattern, ...]) -> tuple[Pattern, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Union(Pattern):
-    """A key is allowed when any part allows it."""
+class _Combination(Pattern):
+    """Parts whose allowed pairs and block masks are folded with one logical operator: `_pairs`
+    on `_allows`'s arrays, `_blocks` on the numpy block masks."""
 
     parts: tuple[Pattern, ...]
+    _pairs: ClassVar[Callable]
+    _blocks: ClassVar[Callable]
 
     def _allows(self, p, j, k_len):
-        return functools.reduce(operator.or_, (part._allows(p, j, k_len) for part in self.parts))
+        return functools.reduce(self._pairs, (part._allows(p, j, k_len) for part in self.parts))
 
     def _block_mask(self, q_lo, q_hi, k_lo, k_hi, k_len):
         masks = (part._block_mask(q_lo, q_hi, k_lo, k_hi, k_len) for part in self.parts)
-        return functools.reduce(np.logical_or, masks)
+        return functools.reduce(self._blocks, masks)
 
 
 @dataclasses.dataclass(frozen=True)
-class Intersection(Pattern):
+class Union(_Combination):
+    """A key is allowed when any part allows it."""
+
+    _pairs: ClassVar[Callable] = operator.or_
+    _blocks: ClassVar[Callable] = np.logical_or
+
+
+@dataclasses.dataclass(frozen=True)
+class Intersection(_Combination):
     """A key is allowed when every part allows it. Its block mask is the `and` of the parts'
     block masks, which can keep a block where the parts' allowed pairs do not meet."""
 
-    parts: tuple[Pattern, ...]
-
-    def _allows(self, p, j, k_len):
-        return functools.reduce(operator.and_, (part._allows(p, j, k_len) for part in self.parts))
-
-    def _block_mask(self, q_lo, q_hi, k_lo, k_hi, k_len):
-        masks = (part._block_mask(q_lo, q_hi, k_lo, k_hi, k_len) for part in self.parts)
-        return functools.reduce(np.logical_and, masks)
+    _pairs: ClassVar[Callable] = operator.and_
+    _blocks: ClassVar[Callable] = np.logical_and
 
 
 @dataclasses.dataclass(frozen=True)
