@@ -17,7 +17,7 @@ from polyformer.models.clip.model import CLIPModel
 from polyformer.models.clip.processing import CLIPImageProcessor
 from polyformer.models.clip.tokenizer import CLIPTokenizer
 from polyformer.models.inputs import check_vocabulary
-from polyformer.models.vit.pipeline import pipeline_images, print_scores, rank
+from polyformer.models.vit.pipeline import pipeline_images, print_scores, rank_each
 from polyformer.models.vit.processing import Image
 
 HYPOTHESIS_TEMPLATE = "This is a photo of {}."  # transformers' default
@@ -100,13 +100,13 @@ class ZeroShotImageClassificationPipeline:
         text = self.tokenizer(hypotheses, padding="max_length", max_length=context)
         input_ids = jnp.asarray(text["input_ids"])
         attention_mask = jnp.asarray(text["attention_mask"])
-        results = []
-        # One image per forward, as transformers' pipeline runs them: one compilation.
-        for image in images:
+
+        def scores(image: Image) -> np.ndarray:
             pixel_values = jnp.asarray(self.image_processor(image)["pixel_values"])
             logits = _logits_per_image(self.model, input_ids, pixel_values, attention_mask)[0]
-            results.append(rank(np.asarray(jax.nn.softmax(logits)), labels, len(labels)))
-        return results[0] if single else results
+            return np.asarray(jax.nn.softmax(logits))
+
+        return rank_each(images, single, scores, labels, len(labels))
 
     # `polyformer zero-shot`: its help and the arguments after the checkpoint.
     COMMAND_HELP = "score label texts for images with a CLIP checkpoint"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -43,6 +43,20 @@ def pipeline_images(images: Image | Sequence[Image]) -> tuple[list[Image], bool]
     if not images:
         raise ValueError("give at least one image")
     return [i if isinstance(i, np.ndarray) else load_image(i) for i in images], single
+
+
+def rank_each(
+    images: list[Image],
+    single: bool,
+    scores: Callable[[Image], np.ndarray],
+    labels: Sequence[str],
+    top_k: int,
+) -> list[dict[str, float | str]] | list[list[dict[str, float | str]]]:
+    """`rank` of each image's `scores(image)` `[labels]`; the one ranking when `single`."""
+    # One image per forward, as transformers' pipeline runs them: a single input shape, so the
+    # forward compiles once however many images come.
+    results = [rank(scores(image), labels, top_k) for image in images]
+    return results[0] if single else results
 
 
 def rank(scores: np.ndarray, labels: Sequence[str], top_k: int) -> list[dict[str, float | str]]:
@@ -109,15 +123,12 @@ class ImageClassificationPipeline:
             raise ValueError(f"top_k must be at least 1 (an int; None: all labels), got {top_k!r}")
         images, single = pipeline_images(images)
         labels = [id2label[i] for i in range(len(id2label))]
-        results = []
-        # One image per forward, as transformers' pipeline runs them: a single input shape, so
-        # the forward compiles once however many images come.
-        for image in images:
-            pixel_values = self.image_processor(image)["pixel_values"]
-            logits = _logits(self.model, jnp.asarray(pixel_values))[0]
-            scores = np.asarray(SCORE_FUNCTIONS[self.function_to_apply](logits))
-            results.append(rank(scores, labels, top_k))
-        return results[0] if single else results
+
+        def scores(image: Image) -> np.ndarray:
+            logits = _logits(self.model, jnp.asarray(self.image_processor(image)["pixel_values"]))
+            return np.asarray(SCORE_FUNCTIONS[self.function_to_apply](logits[0]))
+
+        return rank_each(images, single, scores, labels, top_k)
 
     # `polyformer classify`: its help and the arguments after the checkpoint.
     COMMAND_HELP = "label images with a ViT checkpoint"
