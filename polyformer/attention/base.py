@@ -114,11 +114,21 @@ def dispatch(implementation: str, unsupported: dict[str, str | None], *, xla, tp
         return interpreted(tpu)()
     if implementation == "pallas_gpu":
         return interpreted(gpu)()
+    if partitioned():
+        # GSPMD cannot split a Pallas call over devices ("Mosaic kernels cannot be automatically
+        # partitioned"); XLA's attention it can. Running the kernels per shard needs shard_map.
+        return xla()
     return per_platform(
         cpu=xla,
         tpu=xla if unsupported["pallas_tpu"] else lambda: tpu(interpret=False),
         cuda=xla if unsupported["pallas_gpu"] else lambda: gpu(interpret=False),
     )
+
+
+def partitioned() -> bool:
+    """Whether the program being traced runs over a mesh of several devices (the abstract mesh
+    the trainer's steps trace under), which GSPMD partitions."""
+    return jax.sharding.get_abstract_mesh().size > 1
 
 
 def check_inputs(

@@ -329,13 +329,17 @@ def compile_run(
         for a in data.arrays
     }
     train_step = jax.jit(
-        make_train_step(graphdef, loss_fn, optimizer, config.optimizer.accumulation_steps),
+        sharding.constrained(
+            make_train_step(graphdef, loss_fn, optimizer, config.optimizer.accumulation_steps),
+            mesh,
+            config.mesh.rules,
+        ),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(eval_graphdef, loss_fn),
+        sharding.constrained(make_eval_step(eval_graphdef, loss_fn), mesh, config.mesh.rules),
         in_shardings=(state_shardings.params, batch_sharding),
     )
     with tempfile.TemporaryDirectory(prefix="polyformer-compile-") as dump:

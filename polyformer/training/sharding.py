@@ -134,7 +134,9 @@ def constrained(step: Callable, mesh: Mesh, rules) -> Callable:
 
     @functools.wraps(step)
     def run(*args, **kwargs):
-        with sharding_constraints(pin):
+        # The abstract mesh tells the attention kernels, while they trace, that GSPMD will
+        # partition them (see attention.base.dispatch).
+        with sharding_constraints(pin), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             return step(*args, **kwargs)
 
     return run

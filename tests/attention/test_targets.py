@@ -3,8 +3,9 @@ present, and the program holds that target's Pallas kernel where the kernel has 
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
-from jax.sharding import SingleDeviceSharding
+from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from polyformer import attention as A
 from polyformer.attention import patterns as P
@@ -49,3 +50,19 @@ def test_a_pallas_implementation_is_interpreted_only_when_lowered_for_cpu(implem
     for shape, lowering, real in ((on_target, platform, True), (x, "cpu", False)):
         lowered = jax.jit(kernel).trace(shape, shape, shape).lower(lowering_platforms=(lowering,))
         assert (PALLAS_MARK[platform] in lowered.as_text()) == real
+
+
+def test_auto_takes_xla_attention_when_the_program_is_partitioned_over_a_mesh():
+    """GSPMD cannot split a Pallas call, so a step traced under a mesh of several devices (as the
+    trainer's are) gets XLA's attention, which compiles for a 4-chip TPU with the batch split."""
+    mesh = jax.sharding.Mesh(np.array(target_devices("tpu")), ("data",))
+    split = NamedSharding(mesh, PartitionSpec("data"))
+    x = jax.ShapeDtypeStruct((4, 256, 2, 128), jnp.bfloat16, sharding=split)
+
+    def attend(q, k, v):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return A.Dense()(q, k, v, causal=True)
+
+    lowered = jax.jit(attend).trace(x, x, x).lower(lowering_platforms=("tpu",))
+    assert PALLAS_MARK["tpu"] not in lowered.as_text()
+    lowered.compile()
