@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,21 @@ from polyformer.training.step import TrainState, init_state, make_eval_step, mak
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient stopped being finite."""
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """Yields a function saying whether SIGTERM has arrived since entering; the previous handler
+    is back on exit. Off the main thread (where Python cannot install handlers) it never fires."""
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
+    try:
+        yield received.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass
@@ -205,6 +223,18 @@ class Trainer:
         return totals | self.objective.derived(totals)
 
     def run(self, *, progress: bool = True) -> TrainResult:
+        """Trains to `config.steps`, resuming from the latest checkpoint. On SIGTERM (maintenance
+        events, schedulers) it finishes the current step, saves a checkpoint and exits with 0;
+        processes of a multi-host run agree on the step through JAX's preemption service."""
+        with sigterm_flag() as sigterm_received:
+            return self._run(progress, sigterm_received)
+
+    def preempted(self, step: int, sigterm_received) -> bool:
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return sigterm_received()
+
+    def _run(self, progress: bool, sigterm_received) -> TrainResult:
         c = self.config
         state, iterator = self.initial_state()
         start = int(jax.device_get(state.step))
@@ -252,8 +282,22 @@ class Trainer:
                 eval_loss = eval_metrics["loss"]
                 if writer:
                     writer.write(done, "eval", eval_metrics)
-            self.checkpointer.save(done, state, iterator.get_state(), force=done == c.steps)
+            preempted = self.preempted(done, sigterm_received)
+            self.checkpointer.save(
+                done, state, iterator.get_state(), force=done == c.steps or preempted
+            )
             bar.update(1)
+            if preempted and done < c.steps:
+                bar.close()
+                self.checkpointer.close()
+                if writer:
+                    writer.close()
+                print(
+                    f"SIGTERM: saved the checkpoint of step {done} in "
+                    f"{self.checkpointer.directory}; the same command resumes from it",
+                    flush=True,
+                )
+                raise SystemExit(0)
         bar.close()
         self.checkpointer.close()
         self.state = state

@@ -3,6 +3,7 @@ simulated devices, several processes (jax.distributed over CPU collectives), or 
 
     python tests/training/worker.py OUT_DIR [--devices N] [--mesh D,F,T] [--steps N]
         [--process-id I --num-processes P --port PORT] [--kill-at-step K]
+        [--term-at-step K]
 """
 
 import argparse
@@ -18,18 +19,20 @@ def dying_data_class():
 
     @dataclasses.dataclass(frozen=True)
     class DyingData(data.LMData):
-        """Kills its own process with SIGKILL when asked for the batch of step `kill_at`."""
+        """Sends its own process `signum` (SIGKILL or SIGTERM) when asked for the batch of step
+        `kill_at`."""
 
         kill_at: int = 0
+        signum: int = signal.SIGKILL
 
         def train_iterator(self, *args):
             inner = super().train_iterator(*args)
-            kill_at = self.kill_at
+            kill_at, signum = self.kill_at, self.signum
 
             class Dying:
                 def __next__(self):
                     if inner.get_state()["next_index"] == kill_at:
-                        os.kill(os.getpid(), signal.SIGKILL)
+                        os.kill(os.getpid(), signum)
                     return next(inner)
 
                 get_state, set_state = inner.get_state, inner.set_state
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--kill-at-step", type=int, default=None)
+    parser.add_argument("--term-at-step", type=int, default=None)
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 
@@ -95,6 +99,8 @@ def main() -> None:
     )
     if args.kill_at_step is not None:
         lm = DyingData(lm.corpus, lm.seq_len, args.kill_at_step)
+    if args.term_at_step is not None:
+        lm = DyingData(lm.corpus, lm.seq_len, args.term_at_step, signal.SIGTERM)
     job = trainer.Trainer(config, lm)
     job.run(progress=False)
     if jax.process_index() == 0:
