@@ -13,6 +13,10 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint in the run's directory that another model or optimizer wrote."""
+
+
 class Checkpointer:
     """Periodic, keep-last-N, asynchronous checkpoints of a training run.
 
@@ -55,12 +59,21 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            # orbax's own message advises strict=False, which would load a mismatched model.
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+            raise CheckpointMismatch(
+                f"the checkpoint of step {step} in {self.directory} does not fit this run's model "
+                f"and optimizer (was another model size trained there?); use another out_dir, "
+                f"or the run config that wrote it ({reason})"
+            ) from None
         return restored["state"], restored["data"]
 
     def wait(self) -> None:
