@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> None:
     resumed = job.checkpointer.latest_step()
     if resumed:
         print(f"resuming from the checkpoint of step {resumed} in {job.checkpointer.directory}")
-    result = job.run()
+    result = job.run(profile_steps=args.profile_steps)
     exported = trainer.export(job, result.out_dir / "model")
     kept = [s for s in args.set if not s.replace(" ", "").startswith("steps=")]
     # As the user can type it: `make demo` runs the command from .venv/bin, not from PATH.
@@ -47,6 +47,15 @@ try it:       {command} {FAMILIES[run.model.model_type].try_command.format(model
 continue:     {command} train {args.config} """
         + " ".join(f"--set {s}" for s in [*kept, f"steps={2 * result.final_step}"])
     )
+
+
+def _step_range(text: str) -> tuple[int, int]:
+    from polyformer.training import trainer
+
+    try:
+        return trainer.parse_step_range(text)
+    except trainer.BadStepRange as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _sample(job, exported, args: argparse.Namespace) -> str:
@@ -98,6 +107,13 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--process-id", type=int, help="with --distributed: this host's index")
     train.add_argument("--prompt", default="def ", help="prompt for the sample printed at the end")
     train.add_argument("--sample-tokens", type=int, default=80)
+    train.add_argument(
+        "--profile-steps",
+        type=_step_range,
+        metavar="FIRST:LAST",
+        help="write a jax.profiler trace of these steps (1-based, inclusive) to OUT_DIR/profile; "
+        "open it with tensorboard --logdir OUT_DIR/profile",
+    )
     train.set_defaults(run=_train)
 
     for family in FAMILIES.values():

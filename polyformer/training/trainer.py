@@ -46,6 +46,24 @@ def sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
 
 
+class BadStepRange(ValueError):
+    """A `--profile-steps` range that is not `FIRST:LAST` with 1 <= FIRST <= LAST."""
+
+
+def parse_step_range(text: str) -> tuple[int, int]:
+    """`"A:B"` as the 1-based inclusive step range (A, B)."""
+    first, sep, last = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        steps = int(first), int(last)
+    except ValueError:
+        raise BadStepRange(f"step range {text!r}: expected FIRST:LAST, e.g. 5:8") from None
+    if not 1 <= steps[0] <= steps[1]:
+        raise BadStepRange(f"step range {text!r}: expected 1 <= FIRST <= LAST, e.g. 5:8")
+    return steps
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What a finished run left behind."""
@@ -222,19 +240,37 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
         return totals | self.objective.derived(totals)
 
-    def run(self, *, progress: bool = True) -> TrainResult:
+    def run(
+        self, *, progress: bool = True, profile_steps: tuple[int, int] | None = None
+    ) -> TrainResult:
         """Trains to `config.steps`, resuming from the latest checkpoint. On SIGTERM (maintenance
         events, schedulers) it finishes the current step, saves a checkpoint and exits with 0;
-        processes of a multi-host run agree on the step through JAX's preemption service."""
+        processes of a multi-host run agree on the step through JAX's preemption service.
+
+        profile_steps: (first, last), 1-based and inclusive: a `jax.profiler` trace of those steps
+          in `out_dir/profile`, which TensorBoard's profile plugin opens.
+        """
+        if profile_steps and not 1 <= profile_steps[0] <= profile_steps[1] <= self.config.steps:
+            raise BadStepRange(
+                f"profile_steps {profile_steps}: expected 1 <= first <= last <= "
+                f"{self.config.steps} (the run's steps)"
+            )
         with sigterm_flag() as sigterm_received:
-            return self._run(progress, sigterm_received)
+            try:
+                return self._run(progress, sigterm_received, profile_steps or (0, -1))
+            finally:
+                if self._tracing:
+                    jax.profiler.stop_trace()
+                    self._tracing = False
 
     def preempted(self, step: int, sigterm_received) -> bool:
         if jax.process_count() > 1:
             return multihost_utils.reached_preemption_sync_point(step)
         return sigterm_received()
 
-    def _run(self, progress: bool, sigterm_received) -> TrainResult:
+    _tracing = False
+
+    def _run(self, progress: bool, sigterm_received, profile_steps: tuple[int, int]) -> TrainResult:
         c = self.config
         state, iterator = self.initial_state()
         start = int(jax.device_get(state.step))
@@ -245,6 +281,9 @@ class Trainer:
         )
         train_loss, eval_loss, window_start, window_steps = math.nan, None, time.perf_counter(), 0
         for step in range(start, c.steps):
+            if step + 1 == profile_steps[0]:
+                jax.profiler.start_trace(str(self.out_dir / "profile"))
+                self._tracing = True
             local = next(iterator)
             if self.flops_per_example is None:
                 self.flops_per_example = flops_per_example(
@@ -252,6 +291,9 @@ class Trainer:
                 )
             state, step_metrics = self.train_step(state, self.global_batch(local))
             step_metrics = jax.device_get(step_metrics)
+            if step + 1 == profile_steps[1]:
+                jax.profiler.stop_trace()
+                self._tracing = False
             if not step_metrics.pop("finite"):
                 self.checkpointer.wait()
                 raise TrainingDiverged(

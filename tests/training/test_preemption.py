@@ -1,9 +1,16 @@
 """SIGTERM (TPU maintenance events, schedulers) ends a run cleanly at a checkpoint, and the same
-command resumes it to the losses of an uninterrupted run."""
+command resumes it to the losses of an uninterrupted run; `--profile-steps` traces a step range."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
+from polyformer import cli
+from polyformer.models.gpt import GPT2Config
+from polyformer.training import data, trainer
+from polyformer.training.config import RunConfig
+from polyformer.training.data import TextData
 from tests.training.test_trainer import params, run_worker, single_device_run, train_losses
 
 pytestmark = pytest.mark.heavy
@@ -29,3 +36,34 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes_to_the_same_run(
     got, want = params(tmp_path), params(single_device_run)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@pytest.mark.parametrize("text", ["5:2", "x", "3", "0:2", "2:y"])
+def test_a_bad_profile_range_is_one_error_before_training(text, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parser().parse_args(["train", "config.py", "--profile-steps", text])
+    assert exit_info.value.code == 2
+    assert f"step range {text!r}: expected" in capsys.readouterr().err
+
+
+def test_profile_steps_writes_a_trace_tensorboard_opens(tmp_path):
+    assert cli.parser().parse_args(["train", "c.py", "--profile-steps", "2:3"]).profile_steps == (
+        2,
+        3,
+    )
+    tokens = np.random.default_rng(0).integers(0, 256, 5000).astype(np.uint16)
+    corpus = data.LMCorpus(data.byte_tokenizer(), None, {"train": tokens, "validation": tokens})
+    config = RunConfig(
+        model=dataclasses.replace(GPT2Config.tiny(), n_positions=8, n_embd=16, n_head=2, n_layer=1),
+        data=TextData(seq_len=8),
+        steps=3,
+        batch_size=4,
+        eval_every=100,
+        log_every=1,
+        out_dir=str(tmp_path),
+    )
+    job = trainer.Trainer(config, data.LMData(corpus, seq_len=8))
+    with pytest.raises(trainer.BadStepRange, match="<= 3"):
+        job.run(progress=False, profile_steps=(2, 4))
+    job.run(progress=False, profile_steps=(2, 3))
+    assert list((tmp_path / "profile").glob("plugins/profile/*/*.xplane.pb"))
