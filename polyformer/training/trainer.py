@@ -34,9 +34,10 @@ class TrainingDiverged(RuntimeError):
 @contextlib.contextmanager
 def sigterm_flag():
     """Yields a function saying whether SIGTERM has arrived since entering; the previous handler
-    is back on exit. Off the main thread (where Python cannot install handlers) it never fires."""
+    is back on exit. Off the main thread (where Python cannot install handlers) it never fires,
+    nor in a multi-host run, whose SIGTERM handler is JAX's preemption notifier's."""
     received = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
         yield received.is_set
         return
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
