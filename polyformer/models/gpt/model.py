@@ -28,11 +28,11 @@ from polyformer.models.layers import (
 
 @flax.struct.dataclass
 class CausalLMOutput:
-    """logits `[batch, length, vocab_size]` (float32); hidden_states, when asked for: n_layer + 1
-    arrays `[batch, length, n_embd]`, the embeddings then each block's output, the last one after
-    ln_f (as transformers reports them)."""
+    """logits `[batch, length, vocab_size]` (float32; None with output_logits=False);
+    hidden_states, when asked for: n_layer + 1 arrays `[batch, length, n_embd]`, the embeddings
+    then each block's output, the last one after ln_f (as transformers reports them)."""
 
-    logits: jax.Array
+    logits: jax.Array | None
     hidden_states: tuple[jax.Array, ...] | None = None
 
 
@@ -233,12 +233,15 @@ class GPT2LMHeadModel(nnx.Module):
         position_ids: jax.Array | None = None,
         *,
         output_hidden_states: bool = False,
+        output_logits: bool = True,
         rngs: nnx.Rngs | None = None,
     ) -> CausalLMOutput:
         """input_ids `[batch, length]`; attention_mask `[batch, length]`, 1 for real tokens and 0
         for padding (None: no padding); position_ids `[batch | 1, length]` (None: 0..length-1, as
         in transformers; left-padded batches that want HF's generation positions pass
-        cumsum(attention_mask) - 1). rngs: needed in training mode, for dropout."""
+        cumsum(attention_mask) - 1). rngs: needed in training mode, for dropout.
+        output_logits=False leaves logits None: a loss over the vocabulary in chunks
+        (gpt.loss.chunked_lm_loss) takes the last hidden state instead."""
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
             raise ValueError(
                 f"input_ids must be [batch, length] with length >= 1, got shape "
@@ -260,7 +263,8 @@ class GPT2LMHeadModel(nnx.Module):
         x = self.ln_f(x)
         hidden[-1] = x
         return CausalLMOutput(
-            logits=self._logits(x), hidden_states=tuple(hidden) if output_hidden_states else None
+            logits=self._logits(x) if output_logits else None,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
         )
 
     def init_cache(self, batch: int, max_length: int) -> tuple[Any, ...]:

@@ -19,9 +19,8 @@ def causal_lm(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | N
     optionally "weights" `[batch, length]` (0 where a target does not count).
 
     The loss runs over the vocabulary a chunk of tokens at a time (chunked_lm_loss), never
-    holding the whole float32 logits and their gradient; the model's own logits go unused, and
-    jit drops them."""
-    out = model(batch["inputs"], output_hidden_states=True, rngs=rngs)
+    holding the whole float32 logits and their gradient."""
+    out = model(batch["inputs"], output_hidden_states=True, output_logits=False, rngs=rngs)
     losses, predictions = chunked_lm_loss(
         out.hidden_states[-1], model.output_kernel(), batch["targets"]
     )
