@@ -27,8 +27,9 @@ from polyformer.training.optim import make_optimizer, schedule
 from polyformer.training.step import TrainState, init_state, make_eval_step, make_train_step
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient stopped being finite."""
+class TrainingDiverged(ValueError):
+    """The loss or the gradient stopped being finite: a run config to change (a lower learning
+    rate, more warm-up, gradient clipping, float32), so the CLI reports it in one line."""
 
 
 @contextlib.contextmanager
@@ -297,11 +298,17 @@ class Trainer:
                 self._tracing = False
             if not step_metrics.pop("finite"):
                 self.checkpointer.wait()
+                last = self.checkpointer.latest_step()
+                saved = (
+                    f"Last good checkpoint: step {last} in {self.checkpointer.directory}"
+                    if last is not None
+                    else "No checkpoint was saved before it"
+                )
                 raise TrainingDiverged(
                     f"loss or gradient not finite at step {step + 1} (loss "
                     f"{step_metrics['loss']}, gradient norm {step_metrics['grad_norm']}); the "
-                    f"parameters were not updated. Last good checkpoint: step "
-                    f"{self.checkpointer.latest_step()} in {self.checkpointer.directory}"
+                    f"parameters were not updated. {saved}; lower the learning rate or raise "
+                    f"warm-up or clipping (--set optimizer.learning_rate=...)"
                 )
             train_loss = float(step_metrics["loss"])
             window_steps += 1

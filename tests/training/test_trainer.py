@@ -130,8 +130,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(single_device_run, tmp_
         assert_same_run(tmp_path, single_device_run, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("every", "saved"), [(2, "Last good checkpoint: step 4"), (100, "No checkpoint was saved")]
+)
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, every, saved
 ):
     tokens = np.random.default_rng(0).integers(0, 256, 5000).astype(np.uint16)
     corpus = data.LMCorpus(data.byte_tokenizer(), None, {"train": tokens, "validation": tokens})
@@ -167,12 +170,12 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         data=TextData(seq_len=8),
         steps=10,
         batch_size=4,
-        checkpoint_every=2,
+        checkpoint_every=every,
         eval_every=100,
         log_every=1,
         out_dir=str(tmp_path),
     )
     job = trainer.Trainer(config, lm)
-    with pytest.raises(trainer.TrainingDiverged, match="at step 5.*Last good checkpoint: step 4"):
+    with pytest.raises(trainer.TrainingDiverged, match=f"at step 5.*{saved}"):
         job.run(progress=False)
-    assert job.checkpointer.latest_step() == 4
+    assert job.checkpointer.latest_step() == (4 if every == 2 else None)
