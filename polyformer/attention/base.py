@@ -321,6 +321,13 @@ def causal_allowed(q_positions: np.ndarray | jax.Array, k_positions, q_len: int,
     return k_positions <= q_positions + (k_len - q_len)
 
 
+def causal_block_mask(q_len: int, k_len: int, block: int) -> np.ndarray:
+    """bool [n_q_blocks, n_k_blocks]: blocks holding a pair the causal rule allows."""
+    last_query = np.minimum(np.arange(0, q_len, block) + block, q_len) - 1
+    first_key = np.arange(0, k_len, block)
+    return causal_allowed(last_query[:, None], first_key[None, :], q_len, k_len)
+
+
 def expand_mask(mask: jax.Array | None, q_len: int) -> jax.Array | None:
     """Any accepted mask as `[batch, heads | 1, q_length | 1, k_length]` (broadcastable)."""
     if mask is None or mask.ndim == 4:

@@ -50,7 +50,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from polyformer.attention import base, patterns, sparse
+from polyformer.attention import base, patterns
 
 # Masked scores take this finite value (not -inf) so that running-max corrections stay finite.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -99,7 +99,7 @@ def kept_blocks(
     fine_block = math.gcd(block_q, block_k)
     fine = pattern.block_mask(q_len, k_len, fine_block)
     if causal:
-        fine &= sparse.causal_block_mask(q_len, k_len, fine_block)
+        fine &= base.causal_block_mask(q_len, k_len, fine_block)
     n_q, n_k = -(-q_len // block_q), -(-k_len // block_k)
     per_q, per_k = block_q // fine_block, block_k // fine_block
     fine = np.pad(fine, ((0, n_q * per_q - fine.shape[0]), (0, n_k * per_k - fine.shape[1])))

@@ -57,18 +57,11 @@ class Plan:
     slot_valid: np.ndarray
 
 
-def causal_block_mask(q_len: int, k_len: int, block: int) -> np.ndarray:
-    """bool [n_q_blocks, n_k_blocks]: blocks holding a pair the causal rule allows."""
-    last_query = np.minimum(np.arange(0, q_len, block) + block, q_len) - 1
-    first_key = np.arange(0, k_len, block)
-    return base.causal_allowed(last_query[:, None], first_key[None, :], q_len, k_len)
-
-
 def make_plan(pattern: patterns.Pattern, q_len: int, k_len: int, block: int, causal: bool) -> Plan:
     """Splits query blocks into dense and sparse rows so the estimated cost is smallest."""
     kept = pattern.block_mask(q_len, k_len, block)
     if causal:
-        kept &= causal_block_mask(q_len, k_len, block)
+        kept &= base.causal_block_mask(q_len, k_len, block)
     n_q, n_k = kept.shape
     counts = kept.sum(axis=1)
     order = np.argsort(-counts, kind="stable")

@@ -28,7 +28,6 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
 from polyformer.attention import base, patterns
-from polyformer.attention import sparse as sparse_plan
 
 # Splash's tiles: the key block must be a multiple of the TPU's 128 lanes.
 BLOCK = 128
@@ -69,7 +68,7 @@ class PatternMask(splash_mask.Mask):
             if self.pattern is not None:
                 kept = self.pattern.block_mask(self.q_len, self.k_len, block)
             if self.causal:
-                kept = kept & sparse_plan.causal_block_mask(self.q_len, self.k_len, block)
+                kept = kept & base.causal_block_mask(self.q_len, self.k_len, block)
             self._kept[block] = kept
         return self._kept[block]
 

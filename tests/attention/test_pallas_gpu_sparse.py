@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyformer.attention import base, sparse
+from polyformer.attention import base
 from polyformer.attention import patterns as P
 from polyformer.attention.pallas_gpu_sparse import (
     block_sparse_attention,
@@ -193,7 +193,7 @@ def test_plan_lists_exactly_the_kept_blocks(pattern, q_len, k_len, block_q, bloc
     if block_q == block_k:  # the pattern's own block mask, at the kernel's block size
         want = pattern.block_mask(q_len, k_len, block_q)
         if causal:
-            want &= sparse.causal_block_mask(q_len, k_len, block_q)
+            want &= base.causal_block_mask(q_len, k_len, block_q)
         np.testing.assert_array_equal(plan.kept, want)
     # Every allowed pair lies in a kept block, a kept block holds an allowed pair (these patterns'
     # block masks are exact), and a full block is one inside the sequences allowing every pair.

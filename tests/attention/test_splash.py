@@ -40,7 +40,7 @@ def test_splash_visits_exactly_the_blocks_the_pattern_keeps(name, causal):
     kept = pattern.block_mask(q_len, k_len, block)
     allowed = pattern.mask(q_len, k_len)
     if causal:
-        kept &= A.sparse.causal_block_mask(q_len, k_len, block)
+        kept &= A.base.causal_block_mask(q_len, k_len, block)
         allowed &= np.arange(k_len)[None, :] <= np.arange(q_len)[:, None] + k_len - q_len
     allowed = np.pad(allowed, [(0, padded[0] - q_len), (0, padded[1] - k_len)])
     holding_a_pair = allowed.reshape(len(kept), block, -1, block).any(axis=(1, 3))
