@@ -23,10 +23,13 @@ from polyformer import cli
 from polyformer.models import clip, gpt, tapas, vit, wav2vec2
 from polyformer.models.clip.processing import CLIPImageProcessor
 from polyformer.models.clip.tokenizer import CLIPTokenizer
+from polyformer.models.gpt import GPT2Config
 from polyformer.models.tapas.tokenizer import TapasTokenizer
 from polyformer.models.vit.processing import ViTImageProcessor, load_image
 from polyformer.models.wav2vec2.processing import Wav2Vec2FeatureExtractor
-from polyformer.training.data import save_tokenizer, train_bpe
+from polyformer.training.config import RunConfig
+from polyformer.training.data import TextData, save_tokenizer, train_bpe
+from polyformer.training.trainer import Trainer
 from tests.models.tapas import tables as tapas_tables
 from tests.models.wav2vec2.test_tokenizer import VOCAB
 
@@ -119,6 +122,21 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
         (["a", 3], {}, "prompts must be a string or a list of strings"),
         ("def", {"max_new_tokens": 2.0}, "max_new_tokens must be an int, got 2.0"),
         ("def", {"do_sample": True, "top_k": 3.5}, "top_k must be an int, got 3.5"),
+        (
+            "def",
+            {"do_sample": True, "top_p": 1.5, "max_new_tokens": 2, "rng": 0},
+            r"top_p must satisfy 0 < top_p <= 1, got 1.5",
+        ),
+        (
+            "def",
+            {"do_sample": True, "top_p": float("nan"), "max_new_tokens": 2, "rng": 0},
+            "top_p must satisfy",
+        ),
+        (
+            "def",
+            {"do_sample": True, "temperature": float("nan"), "max_new_tokens": 2, "rng": 0},
+            "temperature",
+        ),
     ],
 )
 def test_text_generation_refuses_wrong_argument_types(gpt_checkpoint, prompts, kwargs, message):
@@ -361,6 +379,24 @@ def test_table_qa_refuses_bad_tables_and_questions(tapas_checkpoint, table, quer
     pipe = pf.pipeline("table-question-answering", tapas_checkpoint)
     with pytest.raises(ValueError, match=message):
         pipe(tables.get(table, table), queries)
+
+
+@pytest.mark.parametrize("threshold", [1.0, -0.1, float("nan")])
+def test_table_qa_refuses_a_threshold_that_is_not_a_probability(tapas_checkpoint, threshold):
+    pipe = pf.pipeline("table-question-answering", tapas_checkpoint)
+    with pytest.raises(
+        ValueError, match=r"cell_classification_threshold is a probability in \[0, 1\)"
+    ):
+        pipe(tapas_tables.chapters(), "how many?", cell_classification_threshold=threshold)
+
+
+def test_an_out_dir_that_cannot_be_written_is_refused_before_compiling(tmp_path):
+    (tmp_path / "file").write_text("")
+    config = RunConfig(
+        model=GPT2Config.tiny(), data=TextData(seq_len=8), out_dir=str(tmp_path / "file" / "run")
+    )
+    with pytest.raises(ValueError, match=r"out_dir='.*/file/run' cannot be written \(.*\); give"):
+        Trainer(config, data=None)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -134,6 +135,20 @@ def flops_per_example(graphdef: nnx.GraphDef, params: Any, loss_fn, example: dic
     return float((cost or {}).get("flops", 0.0))
 
 
+def check_writable(out_dir: Path) -> None:
+    """Creates `out_dir` and refuses one this process cannot write, before anything compiles:
+    the checkpointer would otherwise fail with an OSError traceback after the first steps."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"out_dir={str(out_dir)!r} cannot be written ({e.strerror or e}); give a directory "
+            "this process may create files in (--set out_dir=...)"
+        ) from e
+
+
 class Trainer:
     """Builds everything a run needs from a RunConfig and its data, then `run()`s it.
 
@@ -143,6 +158,7 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, data: TrainData):
+        check_writable(Path(config.out_dir))
         if not isinstance(data, TrainData):
             raise ValueError(
                 f"data must be a TrainData (train_iterator, eval_batches, model_overrides, "

@@ -36,6 +36,11 @@ def convert_logits_to_predictions(
     aggregation index per example (None without `logits_aggregation`). Unlike transformers, an
     example without table tokens gets an empty list instead of being left out.
     """
+    if not 0 <= cell_classification_threshold < 1:
+        raise ValueError(
+            "cell_classification_threshold is a probability in [0, 1) (a cell is selected when "
+            f"its mean probability exceeds it), got {cell_classification_threshold!r}"
+        )
     logits = np.array(logits, np.float32)
     token_types = np.asarray(batch["token_type_ids"])
     if logits.shape != token_types.shape[:-1]:
