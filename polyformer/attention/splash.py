@@ -119,17 +119,15 @@ def _empty_block(size: int) -> np.ndarray:
     return empty
 
 
+_BLOCK_FIELDS = (
+    "block_q", "block_kv", "block_kv_compute", "block_q_dkv", "block_kv_dkv",
+    "block_kv_dkv_compute", "block_q_dq", "block_kv_dq",
+)  # fmt: skip
+
+
 def block_sizes(block: int) -> splash.BlockSizes:
-    return splash.BlockSizes(
-        block_q=block,
-        block_kv=block,
-        block_kv_compute=block,
-        block_q_dkv=block,
-        block_kv_dkv=block,
-        block_kv_dkv_compute=block,
-        block_q_dq=block,
-        block_kv_dq=block,
-    )
+    """One square block for every pass: the pattern's block plan is laid out in it."""
+    return splash.BlockSizes(**dict.fromkeys(_BLOCK_FIELDS, block))
 
 
 def make_kernel(mask: PatternMask, heads: int, block: int, interpret: bool):

@@ -117,8 +117,6 @@ def _config(name: str, num_colors: int, size: int = 32) -> DigitsConfig:
 class SklearnDigits(EmbeddedBuilder):
     """scikit-learn's digits, upsampled and painted, with captions."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
         _config("gray32", num_colors=0),
         _config("gray8", num_colors=0, size=8),

@@ -44,5 +44,9 @@ class EmbeddedBuilder(tfds.core.GeneratorBasedBuilder):
     reads); TFDS's own default, tfrecord, needs TensorFlow.
     """
 
+    # Each set is at its first release; one that changes what it writes declares its own.
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+
     def __init__(self, *, file_format: str = "array_record", **kwargs):
         super().__init__(file_format=file_format, **kwargs)

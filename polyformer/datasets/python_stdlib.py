@@ -62,8 +62,6 @@ def _config_name() -> str:
 class PythonStdlib(EmbeddedBuilder):
     """The running interpreter's standard library source, one example per file."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
         StdlibConfig(name=_config_name(), description="Every standard library source file."),
     ]

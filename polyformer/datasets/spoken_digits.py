@@ -153,8 +153,6 @@ class SpokenDigitsConfig(tfds.core.BuilderConfig):
 class SpokenDigits(EmbeddedBuilder):
     """Digit and letter sequences read by espeak-ng in several voices, 16 kHz int16 audio."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
         SpokenDigitsConfig(name="default", description="2000 utterances of 3-6 digits/letters."),
         SpokenDigitsConfig(

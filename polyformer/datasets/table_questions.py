@@ -181,8 +181,6 @@ class TableQuestionsConfig(tfds.core.BuilderConfig):
 class TableQuestions(EmbeddedBuilder):
     """Questions about iris and wine tables, with answer cells and aggregation operators."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
         TableQuestionsConfig(name="default", description="1000 + 40 tables per source."),
         TableQuestionsConfig(

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 
 from polyformer.attention import AttentionKernel, Dense
+from polyformer.models.activations import check_activation
 
 # The rematerialisation policies of `ModelConfig.remat`, models.layers.remat_layer's.
 REMAT = ("none", "full", "dots", "minimal")
@@ -256,3 +257,30 @@ def _floating(dtype: Any) -> bool:
         return jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
     except TypeError:
         return False
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig(ModelConfig):
+    """A BERT-shaped layer stack's HF fields, with BERT-base's defaults: ViT, TAPAS and Wav2Vec2
+    declare only the fields they add or whose default differs."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    )  # fmt: skip
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_activation(self.hidden_act)
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )

@@ -6,8 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from polyformer.models.activations import check_activation
-from polyformer.models.config import ModelConfig
+from polyformer.models.config import EncoderConfig
 
 # The seven token-type channels of `token_type_ids[..., i]`, in order.
 TOKEN_TYPES = (
@@ -46,7 +45,7 @@ _WIKISQL_SUPERVISED = dict(
 
 
 @dataclasses.dataclass(frozen=True)
-class TapasConfig(ModelConfig):
+class TapasConfig(EncoderConfig):
     """Field names and defaults are transformers' `TapasConfig` (the SQA base model); the fields
     of ModelConfig (`attention`, `dtype`, `param_dtype`, `architectures`) are ours.
 
@@ -68,27 +67,20 @@ class TapasConfig(ModelConfig):
         "add_cross_attention": "cross-attention blocks",
         "is_decoder": "TAPAS as a causal decoder",
     }
-    OURS: ClassVar[tuple[str, ...]] = (*ModelConfig.OURS, "aggregation_labels")
-    TUPLES: ClassVar[tuple[str, ...]] = (*ModelConfig.TUPLES, "type_vocab_sizes")
+    OURS: ClassVar[tuple[str, ...]] = (*EncoderConfig.OURS, "aggregation_labels")
+    TUPLES: ClassVar[tuple[str, ...]] = (*EncoderConfig.TUPLES, "type_vocab_sizes")
     # Older config.json files (the official ones among them) call type_vocab_sizes this.
     RENAMED: ClassVar[dict[str, str]] = {"type_vocab_size": "type_vocab_sizes"}
     POSITIVE: ClassVar[tuple[str, ...]] = (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "max_position_embeddings", "max_num_rows", "max_num_columns",
+        *EncoderConfig.POSITIVE, "vocab_size", "max_position_embeddings", "max_num_rows",
+        "max_num_columns",
     )  # fmt: skip
 
     vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     max_position_embeddings: int = 1024
     type_vocab_sizes: tuple[int, ...] = (3, 256, 256, 2, 256, 256, 10)
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
     # Fine-tuning hyperparameters: the loss (polyformer.models.tapas.loss) reads them.
     positive_label_weight: float = 10.0
@@ -129,13 +121,7 @@ class TapasConfig(ModelConfig):
             )
         elif self.aggregation_labels is not None:
             object.__setattr__(self, "aggregation_labels", tuple(self.aggregation_labels))
-        check_activation(self.hidden_act)
         super().__post_init__()
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
         if len(self.type_vocab_sizes) != len(TOKEN_TYPES):
             raise ValueError(
                 f"type_vocab_sizes must have {len(TOKEN_TYPES)} entries ({', '.join(TOKEN_TYPES)})"

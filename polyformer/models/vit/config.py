@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from flax.core import FrozenDict
 
 from polyformer.models.activations import check_activation
-from polyformer.models.config import ModelConfig
+from polyformer.models.config import EncoderConfig
 
 
 def size_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -43,7 +43,7 @@ def labels(
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig(ModelConfig):
+class ViTConfig(EncoderConfig):
     """Field names and defaults are transformers' `ViTConfig` (ViT-B/16 at 224 px); the rest are
     ours.
 
@@ -60,22 +60,12 @@ class ViTConfig(ModelConfig):
     model_type: ClassVar[str] = "vit"
     ARCHITECTURES: ClassVar[tuple[str, ...]] = ("ViTForImageClassification", "ViTModel")
     ATTENTION_DROPOUT: ClassVar[str] = "attention_probs_dropout_prob"
-    OURS: ClassVar[tuple[str, ...]] = (*ModelConfig.OURS, "add_pooling_layer", "id2label")
-    TUPLES: ClassVar[tuple[str, ...]] = (*ModelConfig.TUPLES, "image_size", "patch_size")
-    POSITIVE: ClassVar[tuple[str, ...]] = (
-        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "num_channels",
-    )  # fmt: skip
+    OURS: ClassVar[tuple[str, ...]] = (*EncoderConfig.OURS, "add_pooling_layer", "id2label")
+    TUPLES: ClassVar[tuple[str, ...]] = (*EncoderConfig.TUPLES, "image_size", "patch_size")
+    POSITIVE: ClassVar[tuple[str, ...]] = (*EncoderConfig.POSITIVE, "num_channels")
 
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
     image_size: int | tuple[int, int] = 224
     patch_size: int | tuple[int, int] = 16
     num_channels: int = 3
@@ -87,7 +77,6 @@ class ViTConfig(ModelConfig):
     add_pooling_layer: bool = True
 
     def __post_init__(self):
-        check_activation(self.hidden_act)
         check_activation(self.pooler_act)
         super().__post_init__()
         for name in ("image_size", "patch_size"):

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from polyformer.models.activations import check_activation
-from polyformer.models.config import ModelConfig
+from polyformer.models.config import EncoderConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class Wav2Vec2Config(ModelConfig):
+class Wav2Vec2Config(EncoderConfig):
     """Field names and defaults are transformers' `Wav2Vec2Config` (facebook/wav2vec2-base-960h's
     architecture); the fields of ModelConfig (`architectures`, `attention`, `dtype`,
     `param_dtype`) are ours.
@@ -37,20 +37,14 @@ class Wav2Vec2Config(ModelConfig):
     ARCHITECTURES: ClassVar[tuple[str, ...]] = ("Wav2Vec2ForCTC", "Wav2Vec2Model")
     ATTENTION_DROPOUT: ClassVar[str] = "attention_dropout"
     TUPLES: ClassVar[tuple[str, ...]] = (
-        *ModelConfig.TUPLES,
+        *EncoderConfig.TUPLES,
         *("conv_dim", "conv_stride", "conv_kernel", "tdnn_dim", "tdnn_kernel", "tdnn_dilation"),
     )
     POSITIVE: ClassVar[tuple[str, ...]] = (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "num_conv_pos_embeddings",
+        *EncoderConfig.POSITIVE, "vocab_size", "num_conv_pos_embeddings",
     )  # fmt: skip
 
     vocab_size: int = 32
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
     hidden_dropout: float = 0.1
     activation_dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -58,7 +52,6 @@ class Wav2Vec2Config(ModelConfig):
     feat_quantizer_dropout: float = 0.0
     final_dropout: float = 0.1
     layerdrop: float = 0.1
-    initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
     feat_extract_norm: str = "group"
     feat_extract_activation: str = "gelu"
@@ -103,7 +96,6 @@ class Wav2Vec2Config(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_activation(self.hidden_act)
         check_activation(self.feat_extract_activation)
         if self.feat_extract_norm not in ("group", "layer"):
             raise ValueError(
