@@ -13,6 +13,10 @@ def _gpt(m, d):
     return m.report(d["machine"], d["forward"], d["generate"], d["flops"], rounds)
 
 
+def _packing(m, d):
+    return m.report(d["machine"], d["packing"])
+
+
 def _tapas(m, d):
     return m.report(d["machine"], d["forward"], len(d["forward"]["round_loads"]))
 
@@ -30,7 +34,7 @@ def _wav2vec2(m, d):
     return m.report(d["machine"], d["forward"])
 
 
-@pytest.mark.parametrize("report", [_gpt, _tapas, _training, _vision, _wav2vec2])
+@pytest.mark.parametrize("report", [_gpt, _packing, _tapas, _training, _vision, _wav2vec2])
 def test_report_from_stored_measurements_is_the_recorded_section(report):
     name = report.__name__.removeprefix("_")
     module = importlib.import_module(f"benchmarks.{name}_benchmark")

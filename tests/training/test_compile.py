@@ -9,6 +9,7 @@ import pytest
 from polyformer.training import compile as compile_run
 from polyformer.training import config as run_config
 from polyformer.training.data import TextData
+from polyformer.training.data.synthetic import ArraySpec
 from polyformer.training.sharding import MeshConfig
 from tests import tiny_runs
 
@@ -40,6 +41,22 @@ def test_every_family_s_train_step_compiles_for_tpu_and_gpu(family, target, devi
     config = tiny_runs.run_config(family, mesh=FSDP, precision="bfloat16")
     report = compile_run.compile_run(config, target, with_eval=False)
     _check(report, config, target, devices)
+
+
+@pytest.mark.parametrize("target, devices", [("v5e-4", 4), ("h100x8", 8)])
+def test_a_packed_text_batch_compiles_for_tpu_and_gpu(target, devices):
+    """TextData(pack=True)'s extra keys (segment ids, positions, weights) go through the
+    compiled step: the kernels' segment ids on each target."""
+    config = tiny_runs.run_config("gpt2", mesh=FSDP, precision="bfloat16")
+    length = config.data.tokens_per_example
+    packing = (
+        ArraySpec("segment_ids", (length,), high=3),
+        ArraySpec("positions", (length,), high=length),
+        ArraySpec("weights", (length,), "float32"),
+    )
+    data = dataclasses.replace(config.data, arrays=(*config.data.arrays, *packing))
+    config = dataclasses.replace(config, data=data)
+    _check(compile_run.compile_run(config, target, with_eval=False), config, target, devices)
 
 
 CONFIG_FILE = """

@@ -179,3 +179,26 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     with pytest.raises(trainer.TrainingDiverged, match=f"at step 5.*{saved}"):
         job.run(progress=False)
     assert job.checkpointer.latest_step() == (4 if every == 2 else None)
+
+
+def test_a_packed_corpus_trains(tmp_path):
+    """TextData(pack=True)'s batches (segment ids, positions, weights) go through the compiled
+    train and eval steps of a tiny GPT-2."""
+    rng = np.random.default_rng(0)
+    end = 256  # the byte tokenizer's <|endoftext|>
+    docs = [[*rng.integers(0, 256, n - 1), end] for n in rng.integers(2, 12, 400)]
+    tokens = np.concatenate(docs).astype(np.uint16)
+    corpus = data.LMCorpus(data.byte_tokenizer(), None, {"train": tokens, "validation": tokens})
+    config = RunConfig(
+        model=dataclasses.replace(GPT2Config.tiny(), n_positions=8, n_embd=16, n_head=2, n_layer=1),
+        data=TextData(seq_len=8, pack=True),
+        steps=4,
+        batch_size=4,
+        eval_every=2,
+        eval_batches=2,
+        log_every=1,
+        out_dir=str(tmp_path),
+    )
+    result = trainer.Trainer(config, data.LMData(corpus, 8, pack=True)).run(progress=False)
+    assert result.final_step == 4 and sorted(train_losses(tmp_path)) == [1, 2, 3, 4]
+    assert np.isfinite(result.train_loss) and np.isfinite(result.eval_loss)

@@ -130,10 +130,19 @@ class GPT2Block(nnx.Module):
         )
         self.scale = scale  # on q.k, fixed per layer by the config
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None, rngs: nnx.Rngs | None) -> jax.Array:
-        """mask `[batch, length]` True for real tokens (None: all real)."""
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        rngs: nnx.Rngs | None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """mask `[batch, length]` True for real tokens (None: all real); segment_ids `[batch,
+        length]`: a token attends only to tokens of its own segment (None: one segment)."""
         rng = None if rngs is None else rngs.dropout()
-        h = self.attn(self.ln_1(x), mask=mask, causal=True, scale=self.scale, rng=rng)
+        h = self.attn(
+            self.ln_1(x), mask=mask, causal=True, scale=self.scale, rng=rng, segment_ids=segment_ids
+        )
         x = x + self.attn_dropout(h, deterministic=rngs is None, rngs=rngs)
         return x + self.mlp(self.ln_2(x), rngs)
 
@@ -232,6 +241,7 @@ class GPT2LMHeadModel(nnx.Module):
         attention_mask: jax.Array | None = None,
         position_ids: jax.Array | None = None,
         *,
+        segment_ids: jax.Array | None = None,
         output_hidden_states: bool = False,
         output_logits: bool = True,
         rngs: nnx.Rngs | None = None,
@@ -239,7 +249,9 @@ class GPT2LMHeadModel(nnx.Module):
         """input_ids `[batch, length]`; attention_mask `[batch, length]`, 1 for real tokens and 0
         for padding (None: no padding); position_ids `[batch | 1, length]` (None: 0..length-1, as
         in transformers; left-padded batches that want HF's generation positions pass
-        cumsum(attention_mask) - 1). rngs: needed in training mode, for dropout.
+        cumsum(attention_mask) - 1); segment_ids `[batch, length]` int packs several documents
+        in a row: a token attends only to its own document's (give each document's positions in
+        position_ids). rngs: needed in training mode, for dropout.
         output_logits=False leaves logits None: a loss over the vocabulary in chunks
         (gpt.loss.chunked_lm_loss) takes the last hidden state instead."""
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
@@ -255,10 +267,10 @@ class GPT2LMHeadModel(nnx.Module):
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.wte(input_ids) + self.wpe(position_ids)
         x = self.drop(x, deterministic=rngs is None, rngs=rngs)
-        run = remat_layer(lambda block, x, mask, rngs: block(x, mask, rngs), self.config.remat)
+        run = remat_layer(lambda block, *args: block(*args), self.config.remat)
         hidden = [x]
         for block in self.h:
-            x = run(block, x, mask, rngs)
+            x = run(block, x, mask, rngs, segment_ids)
             hidden.append(x)
         x = self.ln_f(x)
         hidden[-1] = x

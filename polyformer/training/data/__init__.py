@@ -8,6 +8,7 @@ corpus = prepare_lm_corpus("python_stdlib", vocab_size=4096)   # built and cache
 train = lm_dataset(corpus.tokens["train"], seq_len=256, global_batch=32, seed=0)
 batches = batch_iterator(train)          # next(batches)["inputs"]: [32 // hosts, 256]
 state = batches.get_state()              # {"next_index": step}; set_state(state) resumes
+packed = lm_dataset(..., end_of_text=corpus.end_of_text_id)  # + segment_ids, positions, weights
 """
 
 from polyformer.training.data.arrays import ArrayData, array_dataset
@@ -18,6 +19,7 @@ from polyformer.training.data.lm import (
     batch_iterator,
     lm_dataset,
     num_windows,
+    pack_documents,
 )
 from polyformer.training.data.protocol import Batch, DataConfig, TrainData, TrainIterator
 from polyformer.training.data.sources import data_source, texts
@@ -45,6 +47,7 @@ __all__ = [
     "lm_dataset",
     "load_tokenizer",
     "num_windows",
+    "pack_documents",
     "prepare_lm_corpus",
     "save_tokenizer",
     "TextData",

@@ -7,6 +7,14 @@ The pipeline is a `grain.MapDataset` whose element `step` is the batch of that s
 from the step number alone: any step can be read directly, and an iterator over it saves and
 restores its position with `get_state()` / `set_state()`.
 
+Packing (`end_of_text` given): the corpus already lays its documents end to end, each ending in
+`<|endoftext|>`, so a window is a row of packed documents with no padding. A packed batch adds
+each row's segment ids (a new segment after every `<|endoftext|>`) and positions that restart at
+every segment and at the row's start (a document that runs on from the previous row continues as
+a new segment), and weights that drop the one pair per document boundary: a document's last
+token predicting the next document's first. Attention within segments and those weights give
+every document the loss it has alone.
+
 Sharding: every host forms the same global batch of window indices (shuffled per epoch with
 `seed`) and keeps its contiguous block of rows: host `h` of `P` holds rows `h * B / P` up to
 `(h + 1) * B / P`. That is the order in which `jax.make_array_from_process_local_data` stacks
@@ -43,10 +51,13 @@ def lm_dataset(
     num_epochs: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    end_of_text: int | None = None,
 ) -> grain.MapDataset:
     """Batches `{"inputs", "targets"}`, both int32 `[global_batch // process_count, seq_len]`,
     for host `process_index` of `process_count` (default: this JAX process). Row r of both is
     one window of `seq_len + 1` tokens: `inputs` its first `seq_len`, `targets` its last.
+    `end_of_text`: the id that ends each document; given, the rows are packed documents and
+    the batches add `pack_documents`' "segment_ids", "positions" and "weights".
 
     `tokens`: `[num_tokens]` ids. `seed`: shuffles the windows, differently in every epoch
     (None: in order, e.g. for evaluation). `num_epochs`: None repeats forever; a number ends
@@ -71,17 +82,43 @@ def lm_dataset(
     ds = ds.batch(global_batch, drop_remainder=True)
     rows = global_batch // process_count
     mine = slice(process_index * rows, (process_index + 1) * rows)
-    return ds.map(functools.partial(_gather_windows, tokens, seq_len, mine))
+    return ds.map(functools.partial(_gather_windows, tokens, seq_len, mine, end_of_text))
 
 
 def _gather_windows(
-    tokens: np.ndarray, seq_len: int, rows: slice, indices: np.ndarray
+    tokens: np.ndarray,
+    seq_len: int,
+    rows: slice,
+    end_of_text: int | None,
+    indices: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """`indices[rows]`: window numbers -> inputs and targets `[rows, seq_len]`, read in one
-    gather (a memory map reads only the pages it touches)."""
+    gather (a memory map reads only the pages it touches), and packing's keys when
+    `end_of_text` is given."""
     positions = indices[rows, None] * seq_len + np.arange(seq_len + 1)
     windows = np.asarray(tokens[positions], np.int32)
-    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+    batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+    if end_of_text is not None:
+        batch.update(pack_documents(batch["inputs"], end_of_text))
+    return batch
+
+
+def pack_documents(inputs: np.ndarray, end_of_text: int) -> dict[str, np.ndarray]:
+    """What the model and the loss need to keep the documents in rows `inputs` `[rows, length]`
+    apart, a document ending at each `end_of_text`: "segment_ids" int32 `[rows, length]` (0 for
+    the row's first document, +1 after each end), "positions" int32 `[rows, length]` (0 at
+    each segment's first token) and "weights" float32 `[rows, length]` (0 at each
+    `end_of_text`, whose target is the next document's first token)."""
+    ends = inputs == end_of_text
+    starts = np.zeros_like(ends)
+    starts[:, 1:] = ends[:, :-1]
+    index = np.arange(inputs.shape[1])
+    first = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    return {
+        "segment_ids": np.cumsum(starts, axis=1, dtype=np.int32),
+        "positions": (index - first).astype(np.int32),
+        "weights": (~ends).astype(np.float32),
+    }
 
 
 def batch_iterator(dataset: grain.MapDataset, prefetch: int = 4) -> grain.DatasetIterator:
@@ -96,10 +133,16 @@ def batch_iterator(dataset: grain.MapDataset, prefetch: int = 4) -> grain.Datase
 @dataclasses.dataclass(frozen=True)
 class LMData:
     """A prepared corpus cut into windows of `seq_len`, as a trainer reads it: shuffled training
-    batches from "train", evaluation batches in order from "validation"."""
+    batches from "train", evaluation batches in order from "validation". `pack`: the windows'
+    documents are kept apart (see the module docstring), in training and evaluation."""
 
     corpus: LMCorpus
     seq_len: int
+    pack: bool = False
+
+    @property
+    def _end_of_text(self) -> int | None:
+        return self.end_of_text_id if self.pack else None
 
     @property
     def vocab_size(self) -> int:
@@ -135,6 +178,7 @@ class LMData:
             seed=seed,
             process_index=shard_index,
             process_count=shard_count,
+            end_of_text=self._end_of_text,
         )
         return batch_iterator(dataset)
 
@@ -147,6 +191,7 @@ class LMData:
             global_batch=batch_size * jax.process_count(),
             seed=None,
             num_epochs=1,
+            end_of_text=self._end_of_text,
         )
         return [dataset[step] for step in range(min(count, len(dataset)))]
 
@@ -162,6 +207,10 @@ class TextData:
       dataset, text_feature, data_dir: the TFDS dataset and feature (see `data_source`).
       tokenizer: "bpe" (trained on the train split, `vocab_size` tokens) or "bytes".
       seq_len: tokens per training window.
+      pack: keep the documents of a window apart: each attends only to itself, with positions
+        from 0, and no token predicts the next document's first (`lm.pack_documents`). The
+        windows are the same (documents end to end, no padding; the corpus's last partial
+        window is dropped); without it a window is one stream of text across documents.
     """
 
     dataset: str = "python_stdlib"
@@ -170,6 +219,7 @@ class TextData:
     tokenizer: str = "bpe"
     vocab_size: int = 4096
     seq_len: int = 128
+    pack: bool = False
 
     def __post_init__(self):
         if self.tokenizer not in TOKENIZERS:
@@ -179,6 +229,8 @@ class TextData:
                 f"data.seq_len and data.vocab_size must be positive, got {self.seq_len}, "
                 f"{self.vocab_size}"
             )
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"data.pack must be True or False, got {self.pack!r}")
 
     def load(self) -> LMData:
         """The corpus (built, tokenised and cached on first use) as `LMData`."""
@@ -188,4 +240,4 @@ class TextData:
             text_key=self.text_feature,
             data_dir=self.data_dir,
         )
-        return LMData(corpus, self.seq_len)
+        return LMData(corpus, self.seq_len, self.pack)

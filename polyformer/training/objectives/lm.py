@@ -18,9 +18,26 @@ def causal_lm(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | N
     """Next-token cross-entropy. batch: "inputs" and "targets" `[batch, length]` int32, and
     optionally "weights" `[batch, length]` (0 where a target does not count).
 
+    Packed rows (several documents end to end, as `TextData(pack=True)` gives them) add
+    "segment_ids" and "positions" `[batch, length]` int32, each document's own, so that a token
+    attends only to its document; their "weights" are 0 at each document's last token, whose
+    target begins the next document. Each document's loss is then the one it has alone.
+
     The loss runs over the vocabulary a chunk of tokens at a time (chunked_lm_loss), never
     holding the whole float32 logits and their gradient."""
-    out = model(batch["inputs"], output_hidden_states=True, output_logits=False, rngs=rngs)
+    if "segment_ids" in batch and "weights" not in batch:
+        raise ValueError(
+            "a batch with segment_ids needs weights that are 0 at each document's last token "
+            "(its target is the next document's first), as TextData(pack=True) gives them"
+        )
+    out = model(
+        batch["inputs"],
+        position_ids=batch.get("positions"),
+        segment_ids=batch.get("segment_ids"),
+        output_hidden_states=True,
+        output_logits=False,
+        rngs=rngs,
+    )
     losses, predictions = chunked_lm_loss(
         out.hidden_states[-1], model.output_kernel(), batch["targets"]
     )

@@ -130,6 +130,21 @@ def test_decode_equals_the_full_forward(name):
     np.testing.assert_allclose(got[1, 4:], want[1, 4:], atol=1e-4)
 
 
+@pytest.mark.parametrize("name", KERNELS)
+def test_two_packed_sequences_give_the_logits_each_gives_alone(name):
+    """segment_ids reach every layer's kernel; positions restart with each sequence."""
+    model = GPT2LMHeadModel(GPT2Config.tiny(attention=KERNELS[name]), rngs=nnx.Rngs(0))
+    first, second = ids(1, 7, seed=4), ids(1, 11, seed=5)
+    packed = nnx.jit(lambda m, x, p, s: m(x, position_ids=p, segment_ids=s).logits)(
+        model,
+        jnp.concatenate([first, second], axis=1),
+        jnp.array([[*range(7), *range(11)]]),
+        jnp.array([[0] * 7 + [1] * 11]),
+    )
+    np.testing.assert_allclose(packed[:, :7], logits(model, first), atol=1e-5)
+    np.testing.assert_allclose(packed[:, 7:], logits(model, second), atol=1e-5)
+
+
 def test_a_sparse_band_wider_than_the_input_gives_the_dense_logits():
     dense = GPT2LMHeadModel(GPT2Config.tiny(), rngs=nnx.Rngs(0))
     sparse = GPT2LMHeadModel(GPT2Config.tiny(attention=KERNELS["sparse_band"]), rngs=nnx.Rngs(0))

@@ -10,12 +10,14 @@ from polyformer.models.gpt.tokenizer import GPT2Tokenizer
 from polyformer.training.data import (
     END_OF_TEXT,
     LMData,
+    TextData,
     batch_iterator,
     byte_tokenizer,
     data_source,
     end_of_text_id,
     lm_dataset,
     num_windows,
+    pack_documents,
     prepare_lm_corpus,
     save_tokenizer,
     texts,
@@ -174,3 +176,56 @@ def test_lm_data_serves_train_and_eval_batches(corpus):
     evals = data.eval_batches(4, count=3)
     assert len(evals) == 3 and evals[0]["inputs"].shape == (4, 16)
     np.testing.assert_array_equal(evals[0]["inputs"][0], corpus.tokens["validation"][:16])
+
+
+def test_packed_segments_and_positions_restart_after_each_end_of_text():
+    end = 9
+    inputs = np.array([[1, 2, end, 3, end, end, 4, 5], [6, 7, 8, 1, 2, 3, 4, 5]])
+    packed = pack_documents(inputs, end)
+    np.testing.assert_array_equal(
+        packed["segment_ids"], [[0, 0, 0, 1, 1, 2, 3, 3], [0, 0, 0, 0, 0, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        packed["positions"], [[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]]
+    )
+    # An end's target is the next document's first token: it does not count.
+    np.testing.assert_array_equal(packed["weights"], inputs != end)
+    assert packed["weights"].dtype == np.float32 and packed["positions"].dtype == np.int32
+
+
+def test_packed_rows_hold_every_token_and_no_padding():
+    """Documents of 1 to 20 tokens, end to end: an epoch's rows are the corpus itself, whose
+    last partial row is dropped, and every row starts its positions at 0."""
+    end = 99
+    rng = np.random.default_rng(0)
+    docs = [[*rng.integers(0, end, n - 1), end] for n in rng.integers(1, 21, 30)]
+    tokens = np.concatenate(docs).astype(np.uint16)
+    batches = list(dataset(tokens, global_batch=3, seed=None, num_epochs=1, end_of_text=end))
+    inputs = np.concatenate([b["inputs"] for b in batches])
+    assert len(inputs) == num_windows(len(tokens), 16) // 3 * 3
+    np.testing.assert_array_equal(inputs.ravel(), tokens[: inputs.size])
+    positions = np.concatenate([b["positions"] for b in batches])
+    segments = np.concatenate([b["segment_ids"] for b in batches])
+    assert np.all(positions[:, 0] == 0) and np.all(segments[:, 0] == 0)
+    for row, (ids, pos, seg) in enumerate(zip(inputs, positions, segments, strict=True)):
+        for s in np.unique(seg):
+            np.testing.assert_array_equal(pos[seg == s], np.arange(np.sum(seg == s)), f"row {row}")
+            # A segment is one document's: only its last token can be an end.
+            assert not np.any(ids[seg == s][:-1] == end)
+
+
+def test_lm_data_packs_train_and_eval_batches(corpus):
+    data = LMData(corpus, seq_len=16, pack=True)
+    train = next(data.train_iterator(4, seed=0, shard_index=0, shard_count=1))
+    evals = data.eval_batches(4, count=1)[0]
+    for batch in (train, evals):
+        assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "weights"}
+        want = pack_documents(batch["inputs"], corpus.end_of_text_id)
+        for key, value in want.items():
+            np.testing.assert_array_equal(batch[key], value)
+    assert data.tokens_per_example == 16
+
+
+def test_text_data_refuses_a_pack_that_is_not_a_bool():
+    with pytest.raises(ValueError, match="data.pack must be True or False"):
+        TextData(pack="yes")
