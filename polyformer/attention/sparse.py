@@ -37,8 +37,8 @@ from polyformer.attention import base, dense, flash_gpu, patterns, splash
 # decides rows that keep most blocks, and BigBird's and Longformer's plans do not depend on it).
 _GATHER_COST = 1.25
 # Score elements per chunk of rows (4 MiB of float32 scores): bounds the memory of gathered keys
-# and scores whatever the length. From 2^18 to 2^21 the BigBird timings at 4K and 16K tokens were
-# flat within noise on a 2-core CPU; 2^22 and up were slower (out of cache).
+# and scores whatever the length; benchmarks/RESULTS.md, "Sparse attention's row chunks", says
+# how it was chosen.
 _CHUNK_SCORES = 1 << 20
 
 
