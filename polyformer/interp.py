@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jax
 from flax import nnx
 
 from polyformer.models.module_paths import ModulePathError, module_paths, node, replace, resolve
@@ -50,7 +51,7 @@ class Hook(nnx.Module):
     def __call__(self, *args, **kwargs) -> Any:
         out = self.module(*args, **kwargs)
         if self.patch is not None:
-            out = self.patch(out)
+            out = _checked(self.path, out, self.patch(out))
         self.sow(nnx.Intermediate, "output", out)
         return out
 
@@ -58,6 +59,16 @@ class Hook(nnx.Module):
         if name == "module" or name.startswith("_"):  # not built yet, or nnx's own
             raise AttributeError(name)
         return getattr(self.module, name)
+
+
+def _checked(path: str, output: Any, patched: Any) -> Any:
+    """`patched`, if it has the structure, shapes and dtypes of `output`; else a ValueError."""
+    shapes = [jax.eval_shape(lambda x: x, tree) for tree in (output, patched)]
+    if jax.tree.structure(shapes[0]) != jax.tree.structure(shapes[1]) or shapes[0] != shapes[1]:
+        raise ValueError(
+            f"patch[{path!r}] must return what the module returns, {shapes[0]}; got {shapes[1]}"
+        )
+    return patched
 
 
 def _hooks(

@@ -169,6 +169,8 @@ def test_an_unknown_path_names_the_nearest_valid_ones(pair):
         interp.run(ours, capture=(block + ".dropout",), **batch)
     with pytest.raises(ValueError, match="must be a function"):
         interp.run(ours, patch={block: 0.0}, **batch)
+    with pytest.raises(ValueError, match=f"patch\\['{block}'\\] must return what the module"):
+        interp.run(ours, patch={block: lambda x: x[:, :1]}, **batch)
 
 
 @pytest.mark.parametrize("pair", ["tapas"], indirect=True)
