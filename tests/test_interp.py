@@ -1,6 +1,8 @@
 """Capture and patch by transformers module path, against transformers' forward hooks on the same
 weights: every family, eager and under jit, and the model unchanged afterwards."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -206,3 +208,22 @@ def test_models_configs_and_captures_render_with_treescope(pair):
     for value in (ours, ours.config):
         assert type(value).__name__ in treescope.render_to_text(value)
     assert PATHS[model_type][0][0] in treescope.render_to_text(captured)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_captures_flow_through_remat_and_grad(remat):
+    family = pf.models.FAMILIES["gpt2"]
+    config = dataclasses.replace(family.config.tiny(), remat=remat)
+    model = family.build(config, rngs=nnx.Rngs(0))
+    ids = jnp.arange(18).reshape(2, 9) % config.vocab_size
+    hidden = model(ids, output_hidden_states=True).hidden_states
+
+    def loss(m):
+        _, got = interp.run(m, ids, capture=("transformer.h.1",))
+        return jnp.sum(got["transformer.h.1"] ** 2), got["transformer.h.1"]
+
+    grads, got = nnx.grad(loss, has_aux=True)(model)
+    np.testing.assert_allclose(got, hidden[2], atol=1e-6, rtol=0)
+    # the stream after block 1 does not depend on block 2, and does on block 0
+    assert not np.any(grads.h[2].mlp.c_fc.kernel[...])
+    assert np.any(grads.h[0].mlp.c_fc.kernel[...])
