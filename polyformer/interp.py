@@ -99,6 +99,7 @@ def run(
     *args: Any,
     capture: Iterable[str] = (),
     patch: Mapping[str, Callable[[Any], Any]] | None = None,
+    method: str = "__call__",
     **kwargs: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """`model(*args, **kwargs)` with the modules at transformers paths `capture` captured and
@@ -108,6 +109,8 @@ def run(
       capture: transformers module paths whose outputs to return (after their patch, if any).
       patch: transformers module path -> a function of that module's output (an array, or the
         tuple or pytree the module returns) returning its replacement, of the same structure.
+      method: the model's method to call instead of `__call__` (e.g. CLIP's
+        `get_image_features`).
 
     Returns (the model's output, {path: its module's output for each path in `capture`}); a
     module that runs several times in the call gives the tuple of its outputs in call order.
@@ -124,7 +127,8 @@ def run(
     try:
         # The hooks' paths in the wrapped model, where nnx.capture reports what they sowed.
         where = {id(m): path for path, m in nnx.iter_graph(model) if isinstance(m, Hook)}
-        out, sown = nnx.capture(lambda m: m(*args, **kwargs), nnx.Intermediate)(model)
+        call = nnx.capture(lambda m: getattr(m, method)(*args, **kwargs), nnx.Intermediate)
+        out, sown = call(model)
         sown = dict(nnx.to_flat_state(sown))
         outputs = {}
         for _, hook in placed:

@@ -175,6 +175,46 @@ def test_an_unknown_path_names_the_nearest_valid_ones(pair):
         interp.run(ours, patch={block: lambda x: x[:, :1]}, **batch)
 
 
+@pytest.mark.parametrize("pair", ["wav2vec2"], indirect=True)
+def test_a_tuple_output_is_captured_whole(pair):
+    _, hf, ours, batch = pair
+    path = "wav2vec2.feature_projection"  # (projected, layer-normed input), in HF as in ours
+    captured = {}
+    hook = hf.get_submodule(path).register_forward_hook(
+        lambda module, args, output: captured.update(want=[x.numpy() for x in output])
+    )
+    try:
+        hf_run(hf, batch)
+    finally:
+        hook.remove()
+    _, got = interp.run(ours, capture=(path,), **batch)
+    assert isinstance(got[path], tuple) and len(got[path]) == len(captured["want"]) == 2
+    for g, w in zip(got[path], captured["want"], strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+    _, patched = interp.run(
+        ours, capture=(path,), patch={path: lambda out: (out[0], 0 * out[1])}, **batch
+    )
+    assert not np.any(patched[path][1]) and np.array_equal(patched[path][0], got[path][0])
+
+
+@pytest.mark.parametrize("pair", ["clip"], indirect=True)
+def test_another_method_runs_with_its_hooks(pair):
+    _, hf, ours, batch = pair
+    path = "vision_model.encoder.layers.1"
+    pixels = batch["pixel_values"]
+    want = {}
+    hook = hf.get_submodule(path).register_forward_hook(
+        lambda module, args, output: want.update(value=first(output).numpy())
+    )
+    try:
+        with torch.no_grad():
+            hf.get_image_features(pixel_values=torch.as_tensor(pixels))
+    finally:
+        hook.remove()
+    _, got = interp.run(ours, pixels, capture=(path,), method="get_image_features")
+    np.testing.assert_allclose(got[path], want["value"], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("pair", ["tapas"], indirect=True)
 def test_a_module_of_another_split_is_refused_with_its_parts(pair):
     ours = pair[2]
