@@ -187,14 +187,11 @@ def test_a_tuple_output_is_captured_whole(pair):
         hf_run(hf, batch)
     finally:
         hook.remove()
-    _, got = interp.run(ours, capture=(path,), **batch)
+    # projected, and the layer-normed input doubled (read only by output_hidden_states)
+    _, got = jitted_run(ours, batch, capture=(path,), patch={path: lambda x: (x[0], 2 * x[1])})
     assert isinstance(got[path], tuple) and len(got[path]) == len(captured["want"]) == 2
-    for g, w in zip(got[path], captured["want"], strict=True):
-        np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
-    _, patched = interp.run(
-        ours, capture=(path,), patch={path: lambda out: (out[0], 0 * out[1])}, **batch
-    )
-    assert not np.any(patched[path][1]) and np.array_equal(patched[path][0], got[path][0])
+    np.testing.assert_allclose(got[path][0], captured["want"][0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got[path][1], 2 * captured["want"][1], atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("pair", ["clip"], indirect=True)
@@ -250,10 +247,9 @@ def test_models_configs_and_captures_render_with_treescope(pair):
     assert PATHS[model_type][0][0] in treescope.render_to_text(captured)
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_captures_flow_through_remat_and_grad(remat):
+def test_captures_flow_through_remat_and_grad():
     family = pf.models.FAMILIES["gpt2"]
-    config = dataclasses.replace(family.config.tiny(), remat=remat)
+    config = dataclasses.replace(family.config.tiny(), remat="full")
     model = family.build(config, rngs=nnx.Rngs(0))
     ids = jnp.arange(18).reshape(2, 9) % config.vocab_size
     hidden = model(ids, output_hidden_states=True).hidden_states
