@@ -38,26 +38,13 @@ from flax import nnx
 
 from polyformer.models import FAMILIES
 from polyformer.models.convert import CheckpointError, CheckpointMismatchError, Entry
+from polyformer.models.module_paths import node, rename, replace
 
 LoRAParam = nnx.LoRAParam  # a Param, so that optimizers and savers of all parameters see it
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-
-# transformers 5 renamed some families' modules; it still reads and writes checkpoints under the
-# old tensor names (which our tables use), but PEFT names adapters by the live module paths.
-MODULE_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
-    "vit": (
-        (r"encoder\.layer\.", "layers."),
-        (r"attention\.attention\.query", "attention.q_proj"),
-        (r"attention\.attention\.key", "attention.k_proj"),
-        (r"attention\.attention\.value", "attention.v_proj"),
-        (r"attention\.output\.dense", "attention.o_proj"),
-        (r"intermediate\.dense", "mlp.fc1"),
-        (r"(?<!attention\.)output\.dense", "mlp.fc2"),
-    ),
-}
 
 # What `target_modules=()` adapts: the attention's query and value projections, PEFT's default
 # for GPT-2 and BERT (it has none for the other families).
@@ -269,20 +256,6 @@ class Site:
     fan_in_fan_out: bool
 
 
-def _node(model: nnx.Module, path: tuple[str | int, ...]) -> Any:
-    for key in path:
-        model = model[key] if isinstance(key, int) else getattr(model, key)
-    return model
-
-
-def _replace(model: nnx.Module, path: tuple[str | int, ...], module: nnx.Module) -> None:
-    parent, key = _node(model, path[:-1]), path[-1]
-    if isinstance(key, int):
-        parent[key] = module
-    else:
-        setattr(parent, key, module)
-
-
 def _layout(entry: Entry, shapes: list[tuple[int, int]]) -> bool | None:
     """Probes the entry's transform with distinct values: True if the HF tensor is our kernels
     `[in, out_i]` concatenated along out, False if that transposed (a torch nn.Linear), None if
@@ -296,12 +269,6 @@ def _layout(entry: Entry, shapes: list[tuple[int, int]]) -> bool | None:
     if hf.shape == joined.T.shape and np.array_equal(hf, joined.T):
         return False
     return None
-
-
-def _rename(model_type: str, name: str) -> str:
-    for pattern, replacement in MODULE_RENAMES.get(model_type, ()):
-        name = re.sub(pattern, replacement, name)
-    return name
 
 
 def sites(model: nnx.Module) -> list[Site]:
@@ -325,7 +292,7 @@ def sites(model: nnx.Module) -> list[Site]:
         shapes = [linears[m].kernel.shape for m in modules]
         fan_in_fan_out = _layout(entry, shapes)
         if fan_in_fan_out is not None:
-            module = _rename(config.model_type, entry.hf.removesuffix(".weight"))
+            module = rename(config.model_type, entry.hf.removesuffix(".weight"))
             found.append(Site(module, tuple(modules), fan_in_fan_out))
     return found
 
@@ -365,7 +332,7 @@ def apply(model: nnx.Module, config: LoraConfig, *, rngs: nnx.Rngs | None = None
     rngs = nnx.Rngs(0) if rngs is None else rngs
     deterministic = getattr(model, "deterministic", True)
     for site in _targets(model, config):
-        bases = [_node(model, path) for path in site.paths]
+        bases = [node(model, path) for path in site.paths]
         in_axis, _ = _axes(bases[0].kernel)
         in_features = bases[0].in_features
         bound = 1 / math.sqrt(in_features)
@@ -386,7 +353,7 @@ def apply(model: nnx.Module, config: LoraConfig, *, rngs: nnx.Rngs | None = None
             if config.dropout:
                 dropout = nnx.Dropout(config.dropout, deterministic=deterministic, rngs=rngs)
             layer = LoRALinear(base, lora_A, lora_B, scaling=config.scaling, dropout=dropout)
-            _replace(model, path, layer)
+            replace(model, path, layer)
     model.lora_config = config
     return model
 
@@ -394,7 +361,7 @@ def apply(model: nnx.Module, config: LoraConfig, *, rngs: nnx.Rngs | None = None
 def _adapted(model: nnx.Module) -> Iterator[tuple[Site, list[LoRALinear]]]:
     """Each adapted site with its LoRALinear layers (one per part)."""
     for site in sites(model):
-        layers = [_node(model, path) for path in site.paths]
+        layers = [node(model, path) for path in site.paths]
         adapted = [isinstance(layer, LoRALinear) for layer in layers]
         if any(adapted) and not all(adapted):
             raise LoraConfigError(f"{site.module}: only some of its parts {site.paths} adapted")
@@ -484,7 +451,7 @@ def load_adapter(
     expected = adapter_tensors(model)
     by_name, unexpected = {}, []
     for name, value in tensors.items():
-        full = _rename(model.config.model_type, name)
+        full = rename(model.config.model_type, name)
         if full not in expected and full.startswith(PEFT_PREFIX):
             full = PEFT_PREFIX + prefix + full.removeprefix(PEFT_PREFIX)
         if full in expected and full not in by_name:
@@ -520,7 +487,7 @@ def merge(model: nnx.Module) -> nnx.Module:
     merged = nnx.clone(model)
     for site, layers in list(_adapted(merged)):
         for path, layer in zip(site.paths, layers, strict=True):
-            _replace(merged, path, layer.merged())
+            replace(merged, path, layer.merged())
     del merged.lora_config
     return merged
 

@@ -14,7 +14,8 @@ ROOT = pathlib.Path(polyformer.__file__).parent
 # Area (first name under polyformer/) -> layer. An area imports its own modules and those of
 # lower layers only: cli -> training and pipelines -> hub -> models -> attention, with
 # checkpoint_io, targets and audio beside attention at the bottom. datasets sit beside models
-# and import neither it nor anything above; lora (adapters on any family) sits beside hub.
+# and import neither it nor anything above; lora (adapters on any family) and interp (capture
+# and patch) sit beside hub.
 LAYERS = {
     "attention": 0,
     "audio": 0,
@@ -24,6 +25,7 @@ LAYERS = {
     "models": 1,
     "hub": 2,
     "lora": 2,
+    "interp": 2,
     "pipelines": 3,
     "training": 3,
     "cli": 4,
