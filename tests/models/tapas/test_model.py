@@ -102,6 +102,19 @@ def test_from_bert_equals_bert(bert_checkpoint, head):
         assert not np.any(np.asarray(model.output_weights[...]))
 
 
+def test_from_bert_tells_table_rows_and_columns_apart_from_the_start(bert_checkpoint):
+    """Row 0 of the six table-structure token-type tables (question and padding tokens) is zero,
+    which keeps BERT's outputs; their other rows are random and distinct, so fine-tuning starts
+    with rows, columns and ranks told apart."""
+    _, path = bert_checkpoint
+    config = tapas.TapasConfig.tiny(max_position_embeddings=LENGTH)
+    tables = list(tapas.from_bert(path, config).tapas.embeddings.token_type_embeddings)
+    for size, table in zip(config.type_vocab_sizes[1:], tables[1:], strict=True):
+        rows = np.asarray(table.embedding[...])
+        assert not rows[0].any()
+        assert len(np.unique(rows[1:], axis=0)) == size - 1 and np.abs(rows[1:]).min() > 0
+
+
 def test_from_bert_grows_the_vocabulary_for_added_tokens(bert_checkpoint):
     """A TapasTokenizer on BERT's vocab.txt numbers [EMPTY] after BERT's words."""
     bert, path = bert_checkpoint

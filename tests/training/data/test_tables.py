@@ -1,8 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pytest
+import transformers
 
 from polyformer.models.tapas.tokenizer import TapasTokenizer
 from polyformer.training.data.tables import BATCH_KEYS, TableQuestionsData, vocabulary
+from tests.training.tiny_bert import words
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +47,39 @@ def test_bad_sizes_are_refused():
         TableQuestionsData(train_tables=0)
     with pytest.raises(ValueError, match="data.train_percent"):
         TableQuestionsData(train_percent=100)
+
+
+def test_a_bert_vocabulary_gives_transformers_ids_with_empty_added(tables, tmp_path):
+    """On a BERT checkpoint's vocab.txt (no [EMPTY]) the inputs are transformers' TapasTokenizer's
+    on the same file, [EMPTY] is an added token after the vocabulary, and the model gets a row
+    for it."""
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "vocab.txt").write_text("".join(f"{w}\n" for w in words()))
+    data = dataclasses.replace(tables, vocabulary=str(tmp_path / "bert"))
+    assert data.tokenizer().added_tokens == {"[EMPTY]": len(words())}
+    assert data.load().model_overrides["vocab_size"] == len(words()) + 1
+    theirs = transformers.TapasTokenizer(str(tmp_path / "bert" / "vocab.txt"))
+    encoded, _ = data.encode("validation")
+    start = 0
+    for table, asked in data.tables("validation"):
+        want = theirs(
+            table,
+            [q.text for q in asked],
+            answer_coordinates=[q.coordinates for q in asked],
+            answer_text=[[table.iat[r, c] for r, c in q.coordinates] for q in asked],
+            padding="max_length",
+            max_length=data.max_length,
+        )
+        for key in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+            got = encoded[key][start : start + len(asked)]
+            np.testing.assert_array_equal(got, np.asarray(want[key]), err_msg=key)
+        start += len(asked)
+    data.load().save(tmp_path / "saved")
+    assert transformers.TapasTokenizer.from_pretrained(tmp_path / "saved").added_tokens_encoder == {
+        "[EMPTY]": len(words())
+    }
+
+
+def test_a_vocabulary_without_vocab_txt_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.vocabulary=.*no vocab.txt"):
+        TableQuestionsData(vocabulary=str(tmp_path))
