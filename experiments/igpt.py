@@ -1,7 +1,7 @@
 """iGPT on 8x8 digits: a GPT trained on pixels, scored in bits per pixel, completing half images.
 
     python -m experiments.igpt [--quick] [--levels 17] [--samples 4] [--results PATH]
-                               [--set key=value ...]
+                               [--copies DIR] [--set key=value ...]
 
 Data: the 1797 8x8 digit images that scikit-learn ships, gray values 0..16, from the embedded
 TFDS set `sklearn_digits/gray8` (polyformer/datasets/digits.py; nothing downloaded) through the
@@ -31,23 +31,22 @@ Evaluation, on all held-out images:
   half masked, then the samples.
 
 Outputs in the run's out_dir: the trainer's checkpoints, metrics.jsonl and loss.png, then
-completions.png, igpt.json and igpt.md. igpt.md replaces the section between
-`<!-- igpt:start -->` and `<!-- igpt:end -->` of --results (default benchmarks/RESULTS.md in
-full and quick mode; `--results none` writes none).
+completions.png, igpt.json and igpt.md (experiments/templates/igpt.md filled from igpt.json).
+igpt.md replaces the section between `<!-- igpt:start -->` and `<!-- igpt:end -->` of --results
+(default benchmarks/RESULTS.md in full and quick mode; `--results none` writes none), and
+--copies (default experiments/results; `none`: no copies) gets igpt.json and completions.png as
+igpt[_quick].json and igpt_completions[_quick].png, the PNG the section links to.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import json
 import math
 import os
-import platform
-import re
-import sys
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +57,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from benchmarks import harness
 from polyformer.models.gpt import GPT2LMHeadModel
 from polyformer.models.gpt.generate import generate
 from polyformer.training import config as run_config
@@ -67,8 +67,9 @@ from polyformer.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "configs" / "igpt.py"
-MARK_START = "<!-- igpt:start -->"
-MARK_END = "<!-- igpt:end -->"
+TEMPLATE = ROOT / "experiments" / "templates" / "igpt.md"
+COPIES = ROOT / "experiments" / "results"
+MARKS = harness.marks("igpt")
 
 SIDE = 8
 PIXELS = SIDE * SIDE
@@ -261,26 +262,6 @@ def save_grid(
 # Running it
 
 
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = cpu.group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "device": jax.devices()[0].device_kind,
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "numpy": np.__version__,
-        },
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
 def train(config: run_config.RunConfig, data: ArrayData, progress: bool = True):
     """Runs (or resumes) the Trainer; returns (trainer, its TrainResult, the step it began at)."""
     trainer = Trainer(config, data)
@@ -327,118 +308,82 @@ def evaluate(
     }
 
 
-def _fmt_config(config: run_config.RunConfig, params: int) -> str:
+def describe_config(config: run_config.RunConfig, params: int) -> dict:
+    """The run config's figures the report names."""
     m, o = config.model, config.optimizer
-    return (
-        f"GPT-2 {m.n_layer} layers, width {m.n_embd}, {m.n_head} heads, {params:,} parameters, "
-        f"dropout {m.resid_pdrop}; AdamW peak lr {o.learning_rate:g} (warm-up {o.warmup_steps}, "
-        f"cosine to {o.end_lr_ratio:g}x), weight decay {o.weight_decay:g}; {config.steps} steps "
-        f"of {config.batch_size} images ({config.batch_size * PIXELS} pixel tokens), "
-        f"{config.precision}, seed {config.seed}"
-    )
+    return {
+        "n_layer": m.n_layer,
+        "n_embd": m.n_embd,
+        "n_head": m.n_head,
+        "params": params,
+        "dropout": m.resid_pdrop,
+        "learning_rate": o.learning_rate,
+        "warmup_steps": o.warmup_steps,
+        "end_lr_ratio": o.end_lr_ratio,
+        "weight_decay": o.weight_decay,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "precision": config.precision,
+        "seed": config.seed,
+    }
+
+
+def _bits(loss: float | None, suffix: str = "") -> str:
+    """A loss in nats per pixel as bits, "n/a (no step ran)" where there is none."""
+    if loss is None or math.isnan(loss):
+        return "n/a (no step ran)"
+    return f"{loss / math.log(2):.3f}{suffix}"
 
 
 def report(info: dict) -> str:
-    """The markdown section (between the markers) for RESULTS.md."""
-    m = info["machine"]
+    """The markdown section (between the markers) for RESULTS.md, from `main`'s record."""
+    m, c, s = info["machine"], info["config"], info["sampling"]
     bpp, agree = info["bits_per_pixel"], info["digit_agreement"]
-    s = info["sampling"]
-    load = ", ".join(f"{x:.2f}" for x in info["load_average_start"])
-    load_end = ", ".join(f"{x:.2f}" for x in info["load_average_end"])
-    resumed = (
-        f" (resumed from the checkpoint of step {info['begun_at_step']})"
-        if info["begun_at_step"]
-        else ""
-    )
-    eval_loss = info["trainer_eval_loss"]
-    trainer_bits = "n/a (no step ran)" if eval_loss is None else f"{eval_loss / math.log(2):.3f}"
-
-    def rel(bits: float) -> str:
-        return f"{bits / bpp['uniform']:.2f}"
-
-    train_bits = (
-        "n/a (no step ran)"
-        if math.isnan(info["train_loss"])
-        else f"{info['train_loss'] / math.log(2):.3f} bits per pixel (with dropout)"
-    )
-    lines = [
-        MARK_START,
-        "## iGPT: a GPT on the pixels of 8x8 digits",
-        "",
-        f"Command: `{info['command']}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores ({m['device']}); python "
-        f"{m['versions']['python']}, jax {m['versions']['jax']}, numpy {m['versions']['numpy']}.  ",
-        f"Date: {m['date']}. Load average (1, 5, 15 min) at the start {load}, at the end "
-        f"{load_end}: above the core count, other work shared the machine and times are "
-        "inflated.  ",
-        f"Wall time: {info['wall_s']:.0f} s in all, of which training {info['train_s']:.0f} s "
-        f"(compilation included){resumed}, evaluation and sampling {info['eval_s']:.0f} s.",
-        "",
-        f"Data: scikit-learn's digits (1797 images, gray 0..16), {info['levels']} levels "
-        f"(`round(v * {info['levels'] - 1} / 16)`"
-        + (", the identity: lossless" if info["levels"] == DigitPixels().levels else "")
-        + f"); a start token then 64 pixels in raster order; {info['train_images']} training and "
-        f"{info['heldout_images']} held-out images (by a hash of the image index).  ",
-        f"Model and training: {info['config']}. Final train loss {train_bits}; the trainer's "
-        f"last evaluation, on the first {info['trainer_eval_images']} held-out images: "
-        f"{trainer_bits} per pixel (this script's own computation on them: "
-        f"{bpp['model_on_trainer_eval_images']:.3f}).",
-        "",
-        "### Held-out bits per pixel",
-        "",
-        f"Mean -log2 p(pixel) over all 64 pixels of the {info['heldout_images']} held-out "
-        "images (lower is better).",
-        "",
-        "| Model | bits per pixel | / uniform |",
-        "|---|---|---|",
-        f"| iGPT (this run) | **{bpp['model']:.3f}** | {rel(bpp['model'])} |",
-        f"| iGPT, top half (pixels 0..31) | {bpp['model_top_half']:.3f} | "
-        f"{rel(bpp['model_top_half'])} |",
-        f"| iGPT, bottom half (pixels 32..63) | {bpp['model_bottom_half']:.3f} | "
-        f"{rel(bpp['model_bottom_half'])} |",
-        f"| per-position histogram (train, add-one) | {bpp['histogram']:.3f} | "
-        f"{rel(bpp['histogram'])} |",
-        f"| uniform, log2({info['levels']}) | {bpp['uniform']:.3f} | 1.00 |",
-        "",
-        "### Completions of the bottom half",
-        "",
-        f"Start token + top 32 pixels given; {s['samples']} samples of the bottom 32 per image, "
-        f"temperature {s['temperature']:g}, top-k "
-        + ("off" if not s["top_k"] else str(s["top_k"]))
-        + f", seed {s['seed']}. `{info['png']}` shows the first {info['shown']} held-out images: "
-        "the original (top row), the input with the bottom half masked (blue), then the samples "
-        "(the red line marks where sampling starts).",
-        "",
-        "How often an image reads as its own digit to a 5-nearest-neighbour classifier over "
-        f"the training images (all {info['heldout_images']} held-out images x samples):",
-        "",
-        "| Bottom half | digit agreement |",
-        "|---|---|",
-        f"| original | {agree['original']:.1%} |",
-        f"| iGPT sample | **{agree['model_completion']:.1%}** |",
-        f"| per-position histogram sample | {agree['histogram_completion']:.1%} |",
-        f"| blank (zeros) | {agree['bottom_half_blank']:.1%} |",
-        "",
-        f"Sampled start tokens in pixel positions: {info['sampled_start_tokens']}.",
-        "",
-        MARK_END,
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_results(path: Path, section: str) -> None:
-    """Replaces the marked section of `path` (appends it, or creates the file, if absent)."""
-    if path.exists():
-        text = path.read_text()
-        if MARK_START in text and MARK_END in text:
-            head, rest = text.split(MARK_START, 1)
-            text = head + section.rstrip("\n") + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        text = "# Benchmark results\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    load_end = info["load_average_end"]
+    begun = info["begun_at_step"]
+    fields = {
+        "command": info["command"],
+        "machine": f"{m['cpu']}, {m['cores']} cores ({m['device']}); "
+        + harness.versions_text(m, ("jax", "numpy")),
+        "date": m["date"],
+        "load_start": harness.fmt_load(m["load_average_start"]),
+        "load_end": harness.fmt_load(load_end),
+        "load_meaning": "above the core count, other work shared the machine and times are inflated"
+        if max(m["load_average_start"][0], load_end[0]) > m["cores"]
+        else "at or below the core count",
+        "wall_s": f"{info['wall_s']:.0f}",
+        "train_s": f"{info['train_s']:.0f}",
+        "eval_s": f"{info['eval_s']:.0f}",
+        "resumed": f" (resumed from the checkpoint of step {begun})" if begun else "",
+        "levels": info["levels"],
+        "levels_minus_one": info["levels"] - 1,
+        "lossless": ", the identity: lossless" if info["levels"] == DigitPixels().levels else "",
+        "train_images": info["train_images"],
+        "heldout_images": info["heldout_images"],
+        **c,
+        "params": f"{c['params']:,}",
+        "learning_rate": f"{c['learning_rate']:g}",
+        "end_lr_ratio": f"{c['end_lr_ratio']:g}",
+        "weight_decay": f"{c['weight_decay']:g}",
+        "pixel_tokens": c["batch_size"] * PIXELS,
+        "train_bits": _bits(info["train_loss"], " bits per pixel (with dropout)"),
+        "trainer_eval_images": info["trainer_eval_images"],
+        "trainer_bits": _bits(info["trainer_eval_loss"]),
+        "samples": s["samples"],
+        "temperature": f"{s['temperature']:g}",
+        "top_k": s["top_k"] or "off",
+        "sample_seed": s["seed"],
+        "png": info["png"],
+        "copy": f" (a copy: [{info['copy']}](../{info['copy']}))" if info["copy"] else "",
+        "shown": info["shown"],
+        "sampled_start_tokens": info["sampled_start_tokens"],
+    }
+    for name, bits in bpp.items():
+        fields[f"bpp_{name}"] = f"{bits:.3f}"
+        fields[f"rel_{name}"] = f"{bits / bpp['uniform']:.2f}"
+    for name, share in agree.items():
+        fields[f"agree_{name}"] = f"{share:.1%}"
+    return harness.section(TEMPLATE, MARKS, **fields)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -454,8 +399,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--show", type=int, default=10, help="held-out images in the PNG")
     p.add_argument(
         "--results",
-        default=str(ROOT / "benchmarks" / "RESULTS.md"),
+        default=str(harness.RESULTS),
         help="markdown file whose igpt section is replaced ('none': no file)",
+    )
+    p.add_argument(
+        "--copies",
+        default=str(COPIES),
+        help="folder that gets igpt[_quick].json and its completions PNG ('none': no copies)",
     )
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -463,7 +413,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     start = time.perf_counter()
-    load_start = os.getloadavg()
+    machine = harness.machine_info()
+    machine["device"] = jax.devices()[0].device_kind
     args = parse_args(argv)
     config = run_config.load(args.config)
     levels = [f"data.levels={args.levels}"] if args.levels else []
@@ -492,12 +443,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     evaluated = time.perf_counter()
 
-    argv_text = argv if argv is not None else sys.argv[1:]
+    suffix = "_quick" if args.quick else ""
+    copies = None if args.copies.lower() == "none" else Path(args.copies)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     info = {
-        "command": " ".join(["python -m experiments.igpt", *argv_text]),
-        "machine": machine_info(),
-        "load_average_start": load_start,
+        "command": harness.command_line("experiments.igpt", argv, python="python"),
+        "machine": machine,
         "load_average_end": os.getloadavg(),
         "wall_s": time.perf_counter() - start,
         "train_s": trained - start,
@@ -506,22 +457,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "levels": data.levels,
         "train_images": len(data.train),
         "heldout_images": len(data.heldout),
-        "config": _fmt_config(config, params),
+        "config": describe_config(config, params),
         "train_loss": result.train_loss,
         "trainer_eval_loss": result.eval_loss,
         "trainer_eval_images": trainer_eval_images,
         "sampling": dataclasses.asdict(sampling),
-        "png": str(png.relative_to(ROOT) if png.is_relative_to(ROOT) else png),
+        "png": _shown_path(png),
+        "copy": None if copies is None else _shown_path(copies / f"igpt_completions{suffix}.png"),
         **evaluation,
     }
     section = report(info)
-    (out / "igpt.json").write_text(json.dumps(info, indent=1))
+    record = json.dumps(info, indent=1)
+    (out / "igpt.json").write_text(record)
     (out / "igpt.md").write_text(section)
+    if copies is not None:
+        copies.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, copies / f"igpt_completions{suffix}.png")
+        (copies / f"igpt{suffix}.json").write_text(record)
     if args.results.lower() != "none":
-        write_results(Path(args.results), section)
+        harness.write_section(Path(args.results), *MARKS, section)
     print(section)
     print(f"wrote {out} in {time.perf_counter() - start:.0f} s", flush=True)
     return info
+
+
+def _shown_path(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from benchmarks import harness
 from experiments import igpt
 
 
@@ -24,15 +25,22 @@ def test_histogram_baseline():
 
 def test_two_step_run_writes_every_output(tmp_path_factory, tmp_path):
     results = tmp_path / "RESULTS.md"
-    results.write_text(
-        f"# Results\n\nkept above\n\n{igpt.MARK_START}\nold\n{igpt.MARK_END}\n\nkept below\n"
-    )
+    results.write_text("# Results\n\nkept above\n\n{}\nold\n{}\n\nkept below\n".format(*igpt.MARKS))
     out = tmp_path / "run"
     tiny = ["model.n_embd=16", "model.n_layer=1", "model.n_head=2", "batch_size=8"]
     tiny += ["steps=2", "eval_batches=1", "log_every=1", f"out_dir={out}"]
     tiny += [f"data.data_dir={tmp_path_factory.mktemp('tfds')}"]
     argv = [arg for key in tiny for arg in ("--set", key)]
-    info = igpt.main([*argv, "--samples=2", "--show=3", f"--results={results}", "--no-progress"])
+    info = igpt.main(
+        [
+            *argv,
+            "--samples=2",
+            "--show=3",
+            f"--results={results}",
+            f"--copies={tmp_path}",
+            "--no-progress",
+        ]
+    )
 
     bpp = info["bits_per_pixel"]
     assert 0 < bpp["model"] < 2 * bpp["uniform"] and bpp["uniform"] == math.log2(17)
@@ -46,4 +54,15 @@ def test_two_step_run_writes_every_output(tmp_path_factory, tmp_path):
     assert json.loads((out / "igpt.json").read_text())["levels"] == 17
     text = results.read_text()
     assert "kept above" in text and "kept below" in text and "old" not in text
-    assert text.count(igpt.MARK_START) == 1 and "bits per pixel" in text
+    assert text.count(igpt.MARKS[0]) == 1 and "bits per pixel" in text
+
+
+def test_report_from_stored_quick_run_opens_the_recorded_section():
+    """The section's figures come from the stored record; after them, RESULTS.md keeps only the
+    hand-written paragraphs on the completions image."""
+    stored = json.loads((igpt.COPIES / "igpt_quick.json").read_text())
+    rendered = igpt.report(stored).strip("\n").removesuffix(igpt.MARKS[1])
+    start, end = igpt.MARKS
+    results = harness.RESULTS.read_text()
+    recorded = start + results.split(start, 1)[1].split(end, 1)[0] + end
+    assert recorded.startswith(rendered)
