@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from polyformer import cli
+from polyformer.lora import LoraConfig
 from polyformer.training import config as C
 from polyformer.training.optim import OptimizerConfig
 
@@ -92,3 +93,32 @@ def test_the_objective_defaults_to_the_model_familys_first():
     vit = C.load("experiments/configs/vit_digits.py")
     assert C.RunConfig(model=vit.model, data=vit.data).objective_name == "image_classification"
     assert vit.objective_name == "image_classification_mixup"
+
+
+def test_lora_keys_create_the_section_with_peft_defaults():
+    run = C.apply_overrides(C.load(DEMO), ["lora.rank=8"])
+    assert run.lora == LoraConfig(rank=8) and run.lora.alpha == 8.0 and run.lora.dropout == 0.0
+    run = C.apply_overrides(
+        C.load(DEMO),
+        ["lora.alpha=16", "lora.dropout=0.1", "lora.target_modules=('c_attn', 'c_fc')"],
+    )
+    assert run.lora == LoraConfig(
+        rank=8, alpha=16.0, dropout=0.1, target_modules=("c_attn", "c_fc")
+    )
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("lora.rank=0", "--set lora.rank=0: rank must be a positive integer, got 0"),
+        ("lora.dropout=1.0", "dropout must be in \\[0, 1\\), got 1.0"),
+        ("lora.target_modules=('c_attn', 'q_proj')", "lora.target_modules \\['q_proj'\\] match no"),
+        ("lora.target_modules=c_attn", "a regular expression .* give names as a tuple"),
+        ("lora.ranks=2", "unknown config key 'lora.ranks'; valid keys: .*lora.rank, lora.alpha"),
+    ],
+)
+def test_bad_lora_values_are_errors_when_the_config_is_built(assignment, message):
+    with pytest.raises(ValueError, match=message):
+        C.apply_overrides(C.load(DEMO), [assignment])
+    with pytest.raises(ValueError, match="lora must be a polyformer.lora.LoraConfig or None"):
+        C.RunConfig(lora=8)
