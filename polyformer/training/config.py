@@ -156,7 +156,7 @@ def _section(config: Any, name: str) -> Any:
     `Section | None`, a `Section()` with its defaults (so `--set lora.rank=8` creates the LoRA
     section); None for a field that holds no section."""
     value = getattr(config, name)
-    if dataclasses.is_dataclass(value) or value is not None:
+    if value is not None:
         return value if dataclasses.is_dataclass(value) else None
     annotation = typing.get_type_hints(type(config))[name]
     sections = [t for t in typing.get_args(annotation) if dataclasses.is_dataclass(t)]

@@ -97,6 +97,20 @@ def model_config(config: RunConfig, overrides: dict[str, Any]) -> Any:
     )
 
 
+def build_model(config: RunConfig, model_config: Any) -> nnx.Module:
+    """The run's model (`model_config`, from `model_config()`), initialised from `config.seed`;
+    with `config.lora`, LoRA adapters on it, initialised from a seed of their own."""
+    model = FAMILIES[model_config.model_type].build(model_config, rngs=nnx.Rngs(config.seed))
+    if config.lora is not None:
+        lora.apply(model, config.lora, rngs=nnx.Rngs(config.seed + 2))
+    return model
+
+
+def trainable(config: RunConfig) -> nnx.filterlib.Filter:
+    """The variables a run trains: every parameter, or with `config.lora` the adapters alone."""
+    return nnx.Param if config.lora is None else lora.LoRAParam
+
+
 def _path_key(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
@@ -168,17 +182,12 @@ class Trainer:
                 f"batch_size={config.batch_size} does not split over {jax.process_count()} hosts"
             )
         self.model_config = model_config(config, dict(data.model_overrides))
-        family = FAMILIES[self.model_config.model_type]
         self.optimizer = make_optimizer(config.optimizer, config.steps)
         self.learning_rate = schedule(config.optimizer, config.steps)
-
-        self.trainable = nnx.Param if config.lora is None else lora.LoRAParam
+        self.trainable = trainable(config)
 
         def build():
-            model = family.build(self.model_config, rngs=nnx.Rngs(config.seed))
-            if config.lora is not None:
-                lora.apply(model, config.lora, rngs=nnx.Rngs(config.seed + 2))
-            return model
+            return build_model(config, self.model_config)
 
         abstract_model = nnx.eval_shape(build)
         abstract_model.train()

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from polyformer.lora import LoraConfig
 from polyformer.training import compile as compile_run
 from polyformer.training import config as run_config
 from polyformer.training.data import TextData
@@ -40,6 +41,16 @@ def test_every_family_s_train_step_compiles_for_tpu_and_gpu(family, target, devi
     config = tiny_runs.run_config(family, mesh=FSDP, precision="bfloat16")
     report = compile_run.compile_run(config, target, with_eval=False)
     _check(report, config, target, devices)
+
+
+def test_a_lora_run_compiles_with_optimizer_state_for_its_adapters_only():
+    config = tiny_runs.run_config("gpt2", mesh=FSDP)
+    full = compile_run.compile_run(config, "v5e-4", with_eval=False)
+    adapted = dataclasses.replace(config, lora=LoraConfig(rank=4))
+    adapted = compile_run.compile_run(adapted, "v5e-4", with_eval=False)
+    # The full run's arguments hold the parameters and AdamW's two moments of each; the LoRA
+    # run's hold the parameters once, plus the small adapters and their moments.
+    assert adapted.train.arguments < 0.5 * full.train.arguments
 
 
 CONFIG_FILE = """
