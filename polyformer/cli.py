@@ -33,6 +33,13 @@ def _train(args: argparse.Namespace) -> None:
     # As the user can type it: `make demo` runs the command from .venv/bin, not from PATH.
     command = "polyformer" if shutil.which("polyformer") else sys.argv[0]
     eval_text = "n/a" if result.eval_loss is None else f"{result.eval_loss:.3f}"
+    adapter = (
+        ""
+        if run.lora is None
+        else f"adapter:      {exported / trainer.ADAPTER_DIR} (the LoRA adapter, merged into the "
+        "model above, in PEFT's format: lora.load_adapter and peft.PeftModel.from_pretrained "
+        "read it)\n"
+    )
     print(f"\nstep {result.final_step}: train loss {result.train_loss:.3f}, eval loss {eval_text}")
     if run.model.model_type == "gpt2" and (exported / "tokenizer.json").is_file():
         print(f"\n--- sample from the trained model ---\n{_sample(job, exported, args)}")
@@ -43,7 +50,7 @@ metrics:      {result.metrics_path} (and TensorBoard files in {result.out_dir / 
 loss plot:    {result.plot_path}
 checkpoints:  {job.checkpointer.directory}
 model:        {exported} (a Hugging Face checkpoint; pf.from_pretrained and transformers read it)
-try it:       {command} {FAMILIES[run.model.model_type].try_command.format(model=exported)}
+{adapter}try it:       {command} {FAMILIES[run.model.model_type].try_command.format(model=exported)}
 continue:     {command} train {args.config} """
         + " ".join(f"--set {s}" for s in [*kept, f"steps={2 * result.final_step}"])
     )

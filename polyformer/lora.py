@@ -87,11 +87,11 @@ class LoraConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """A LoRA adapter's shape: PEFT's LoraConfig fields under shorter names.
+    """A LoRA adapter's shape: PEFT's LoraConfig fields under shorter names, with PEFT's
+    defaults (rank 8, alpha 8, no dropout, the family's default targets).
 
     Attributes:
-      rank: PEFT's `r`, the inner width of each adapter; 0 means no adapters (a run config's
-        default, which `--set lora.rank=8` turns on).
+      rank: PEFT's `r`, the inner width of each adapter (positive).
       alpha: PEFT's `lora_alpha`; the update is scaled by alpha / rank (alpha / sqrt(rank) with
         use_rslora).
       dropout: PEFT's `lora_dropout`, on the adapter's input in training mode only.
@@ -102,7 +102,7 @@ class LoraConfig:
       use_rslora: PEFT's rank-stabilised scaling.
     """
 
-    rank: int = 0
+    rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] | str = ()
@@ -111,9 +111,11 @@ class LoraConfig:
     def __post_init__(self):
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if not isinstance(self.rank, int) or self.rank < 0:
-            raise LoraConfigError(f"rank must be a non-negative integer, got {self.rank!r}")
-        if not 0 <= self.dropout < 1:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise LoraConfigError(f"rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
+            raise LoraConfigError(f"alpha must be a number, got {self.alpha!r}")
+        if not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
             raise LoraConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
@@ -262,7 +264,8 @@ def _layout(entry: Entry, shapes: list[tuple[int, int]]) -> bool | None:
     neither (then LoRA's two factors have no HF counterpart)."""
     rng = np.random.default_rng(0)
     parts = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
-    hf = np.asarray(entry.to_hf(*map(jnp.asarray, parts)))
+    with jax.ensure_compile_time_eval():  # concrete values even where apply runs under jit
+        hf = np.asarray(entry.to_hf(*map(jnp.asarray, parts)))
     joined = np.concatenate(parts, axis=1)
     if hf.shape == joined.shape and np.array_equal(hf, joined):
         return True
@@ -297,16 +300,48 @@ def sites(model: nnx.Module) -> list[Site]:
     return found
 
 
-def _targets(model: nnx.Module, config: LoraConfig) -> list[Site]:
-    adaptable = sites(model)
-    unmatched = [n for n in config.names if not any(config.matches(s.module, n) for s in adaptable)]
-    if unmatched:
-        endings = sorted({s.module.rsplit(".", 1)[-1] for s in adaptable})
+def _check_names(config: LoraConfig, modules: list[str], owner: str) -> None:
+    unmatched = [n for n in config.names if not any(config.matches(m, n) for m in modules)]
+    if unmatched and isinstance(config.target_modules, str):
         raise LoraConfigError(
-            f"target_modules {unmatched} match no Linear layer of {type(model).__name__}; "
+            f"target_modules {config.target_modules!r}, a string, is a regular expression that "
+            f"must match a whole module path (as in PEFT), and matches no module of {owner}, e.g. "
+            f"{modules[0]}; give names as a tuple, e.g. {(modules[0].rsplit('.', 1)[-1],)}"
+        )
+    if unmatched:
+        endings = sorted({m.rsplit(".", 1)[-1] for m in modules})
+        raise LoraConfigError(
+            f"target_modules {unmatched} match no Linear layer of {owner}; "
             f"its adaptable modules end in: {', '.join(endings)}"
         )
+
+
+def _targets(model: nnx.Module, config: LoraConfig) -> list[Site]:
+    adaptable = sites(model)
+    _check_names(config, [s.module for s in adaptable], type(model).__name__)
     return [site for site in adaptable if config.matches(site.module)]
+
+
+def _with_defaults(config: LoraConfig, model_type: str) -> LoraConfig:
+    if config.target_modules:
+        return config
+    return dataclasses.replace(config, target_modules=DEFAULT_TARGETS[model_type])
+
+
+def check_targets(model_config: Any, config: LoraConfig) -> None:
+    """Raises LoraConfigError naming the target names that match no module of the model that
+    `model_config` builds, from the family's conversion table alone (building the model to
+    find its Linear layers takes seconds): what a run config checks when it is built. `apply`
+    checks the rest (that each match is a Linear layer the model calls)."""
+    model_type = model_config.model_type
+    skipped = NOT_CALLED.get(model_type, frozenset())
+    modules = [
+        rename(model_type, entry.hf.removesuffix(".weight"))
+        for entry in FAMILIES[model_type].table(model_config).entries
+        if entry.hf.endswith(".weight")
+        and all(path[-1] == "kernel" and path[:-1] not in skipped for path in entry.ours)
+    ]
+    _check_names(_with_defaults(config, model_type), modules, f"{model_type} models")
 
 
 def _axes(variable: nnx.Variable) -> tuple[Any, Any]:
@@ -320,15 +355,11 @@ def apply(model: nnx.Module, config: LoraConfig, *, rngs: nnx.Rngs | None = None
     lora_A is initialised as PEFT initialises it (uniform in +-1/sqrt(in_features)) from
     `rngs.params`, lora_B with zeros, so the adapted model computes what it did. Dropout, when
     config.dropout > 0, draws from `rngs.dropout` and runs in training mode only (model.train()).
-    Raises LoraConfigError for rank 0 or a target name that matches no adaptable module.
+    Raises LoraConfigError for a target name that matches no adaptable module.
     """
     if getattr(model, "lora_config", None) is not None:
         raise LoraConfigError(f"{type(model).__name__} already has LoRA adapters")
-    if config.rank == 0:
-        raise LoraConfigError("rank=0 means no adapters: give LoraConfig a positive rank")
-    if not config.target_modules:
-        defaults = DEFAULT_TARGETS[model.config.model_type]
-        config = dataclasses.replace(config, target_modules=defaults)
+    config = _with_defaults(config, model.config.model_type)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     deterministic = getattr(model, "deterministic", True)
     for site in _targets(model, config):
@@ -412,6 +443,9 @@ def save_adapter(model: nnx.Module, path: str | os.PathLike) -> None:
     fan_in_fan_out = all(site.fan_in_fan_out for site, _ in _adapted(model))
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
+    # jnp.asarray: safetensors writes a NumPy view's buffer as it lies in memory, so a transposed
+    # view of host parameters (a gathered model's) would be saved scrambled.
+    tensors = {name: jnp.asarray(value) for name, value in tensors.items()}
     safetensors.flax.save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     peft_config = config.to_peft() | {"fan_in_fan_out": fan_in_fan_out}
     (directory / ADAPTER_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True))
@@ -502,6 +536,7 @@ __all__ = [
     "Site",
     "adapter_tensors",
     "apply",
+    "check_targets",
     "load_adapter",
     "merge",
     "save_adapter",

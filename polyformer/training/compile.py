@@ -33,7 +33,6 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from polyformer import targets
-from polyformer.models import FAMILIES
 from polyformer.training import config as run_config
 from polyformer.training import objectives, sharding, trainer
 from polyformer.training.optim import make_optimizer
@@ -305,22 +304,22 @@ def compile_run(
     check_batch(config, mesh, target)
     data = data_shapes(config)
     model_config = trainer.model_config(config, dict(data.model_overrides))
-    family = FAMILIES[model_config.model_type]
     optimizer = make_optimizer(config.optimizer, config.steps)
     loss_fn = objectives.OBJECTIVES[config.objective_name]
+    trained = trainer.trainable(config)
 
     def build():
-        return family.build(model_config, rngs=nnx.Rngs(config.seed))
+        return trainer.build_model(config, model_config)
 
     model = nnx.eval_shape(build)
     model.train()
-    graphdef, _ = nnx.split(model, nnx.Param)
+    graphdef = nnx.graphdef(model)
     model.eval()
-    eval_graphdef, _ = nnx.split(model, nnx.Param)
+    eval_graphdef = nnx.graphdef(model)
     state = jax.eval_shape(
-        lambda: init_state(nnx.state(build(), nnx.Param), optimizer, jax.random.key(0))
+        lambda: init_state(nnx.state(build()), optimizer, jax.random.key(0), trained)
     )
-    state_shardings = sharding.state_shardings(state, optimizer, mesh, config.mesh.rules)
+    state_shardings = sharding.state_shardings(state, optimizer, mesh, config.mesh.rules, trained)
     batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
     batch = {
         a.name: jax.ShapeDtypeStruct(
@@ -330,7 +329,9 @@ def compile_run(
     }
     train_step = jax.jit(
         sharding.constrained(
-            make_train_step(graphdef, loss_fn, optimizer, config.optimizer.accumulation_steps),
+            make_train_step(
+                graphdef, loss_fn, optimizer, config.optimizer.accumulation_steps, trained
+            ),
             mesh,
             config.mesh.rules,
         ),
@@ -358,7 +359,7 @@ def compile_run(
         compiled_eval, eval_seconds = _compile(eval_step, (abstract_state.params, batch))
         evaluation = _memory(compiled_eval)
     example = {a.name: np.zeros((1, *a.shape), a.dtype) for a in data.arrays}
-    per_example = trainer.flops_per_example(graphdef, state.params, loss_fn, example)
+    per_example = trainer.flops_per_example(graphdef, state.params, loss_fn, example, trained)
     flops, bytes_accessed = (0.0, 0.0) if compiled_train is None else _cost(compiled_train)
     remat = getattr(model_config, "remat", None)
     return CompileReport(

@@ -2,7 +2,9 @@
 
 An experiment file under `experiments/configs/` defines `config() -> RunConfig`.
 `polyformer train CONFIG --set model.n_layer=4 attention=favor` loads it and applies the
-overrides; a key that does not exist is an error that lists the keys that do.
+overrides; a key that does not exist is an error that lists the keys that do. A key inside an
+optional section that the config leaves at None creates the section with its defaults first:
+`--set lora.rank=8` trains LoRA adapters (a `polyformer.lora.LoraConfig(rank=8)`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from polyformer.attention import AttentionKernel, Favor, Sparse, patterns
+from polyformer.lora import LoraConfig, LoraConfigError, check_targets
 from polyformer.models import FAMILIES
 from polyformer.models.gpt import GPT2Config
 from polyformer.training.data import DataConfig, TextData
@@ -48,10 +51,13 @@ class RunConfig:
     (`polyformer.training.data.DataConfig`: `TextData` for causal-LM text, or the vision, speech
     and table configs of `polyformer.training.data`) whose `load()` returns the `TrainData` the
     trainer reads. `objective` names the loss in `objectives.OBJECTIVES`, one of those the
-    family lists (None: the family's first, `objective_name`). Every field is checked
-    here, when the config is built, so a bad value fails before anything compiles.
+    family lists (None: the family's first, `objective_name`). `lora`: None trains every
+    parameter; a `polyformer.lora.LoraConfig` adds adapters to the model and trains only them
+    (its defaults are PEFT's: rank 8, alpha 8, no dropout, and the family's
+    `lora.DEFAULT_TARGETS`, the attention's query and value projections: `c_attn` for GPT-2).
     `model_init` is where the weights start (`polyformer.training.initializers`, e.g. `FromBert`);
-    None: the family's random initialisation.
+    None: the family's random initialisation. Every field is checked here, when the config is
+    built, so a bad value fails before anything compiles.
     """
 
     model: Any = GPT2Config.tiny()
@@ -62,6 +68,7 @@ class RunConfig:
     mesh: MeshConfig = MeshConfig()
     objective: str | None = None
     model_init: ModelInit | None = None
+    lora: LoraConfig | None = None
     steps: int = 1000
     batch_size: int = 16  # global, across all hosts and devices
     eval_every: int = 200
@@ -105,6 +112,15 @@ class RunConfig:
                 f"model_init must be None or a model init dataclass with load(model_config) "
                 f"(polyformer.training.initializers), got {self.model_init!r}"
             )
+        if self.lora is not None:
+            if not isinstance(self.lora, LoraConfig):
+                raise ValueError(
+                    f"lora must be a polyformer.lora.LoraConfig or None, got {self.lora!r}"
+                )
+            try:
+                check_targets(self.model, self.lora)
+            except LoraConfigError as e:
+                raise LoraConfigError(f"lora.{e}") from None
         for name in POSITIVE:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -145,22 +161,48 @@ def load(path: str | Path) -> RunConfig:
     return config
 
 
+def _section(config: Any, name: str) -> Any:
+    """The dataclass in field `name` of `config`; where the field is None and typed
+    `Section | None`, a `Section()` with its defaults (so `--set lora.rank=8` creates the LoRA
+    section); None for a field that holds no section."""
+    value = getattr(config, name)
+    if value is not None:
+        return value if dataclasses.is_dataclass(value) else None
+    annotation = typing.get_type_hints(type(config))[name]
+    sections = [t for t in typing.get_args(annotation) if dataclasses.is_dataclass(t)]
+    return sections[0]() if len(sections) == 1 else None
+
+
 def _keys(config: Any, prefix: str = "") -> list[str]:
     keys = []
     for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value):
-            keys += _keys(value, f"{prefix}{field.name}.")
+        section = _section(config, field.name)
+        if section is not None:
+            keys += _keys(section, f"{prefix}{field.name}.")
         else:
             keys.append(prefix + field.name)
     return keys
+
+
+def _literal_of(text: str, options: tuple[Any, ...]) -> bool:
+    """Whether `text` is None or a Python tuple or list literal that a field typed as one of
+    `options` (a union with str) takes as such rather than as a string: `--set
+    lora.target_modules="('c_attn', 'c_proj')"`."""
+    if text.lower() == "none":
+        return True
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return False
+    kinds = {typing.get_origin(t) or t for t in options}
+    return isinstance(value, tuple | list) and bool(kinds & {tuple, list})
 
 
 def _parse(text: str, annotation: Any, key: str) -> Any:
     """A command-line value as the field's type: int, float, bool, None, str or a tuple."""
     origin = typing.get_origin(annotation)
     options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else ()
-    if annotation is str or (str in options and text.lower() not in ("none",)):
+    if annotation is str or (str in options and not _literal_of(text, options)):
         return text
     try:
         value = ast.literal_eval(text)
@@ -178,12 +220,13 @@ def override(config: Any, key: str, text: str, prefix: str = "") -> Any:
     """`config` with the field at dotted `key` set from the string `text`."""
     head, _, rest = key.partition(".")
     fields = {f.name: f for f in dataclasses.fields(config)}
-    if head not in fields or (rest and not dataclasses.is_dataclass(getattr(config, head))):
+    section = _section(config, head) if head in fields else None
+    if head not in fields or (rest and section is None):
         raise ValueError(
             f"unknown config key {prefix + key!r}; valid keys: {', '.join(_keys(config, prefix))}"
         )
     if rest:
-        inner = override(getattr(config, head), rest, text, f"{prefix}{head}.")
+        inner = override(section, rest, text, f"{prefix}{head}.")
         return dataclasses.replace(config, **{head: inner})
     hints = typing.get_type_hints(type(config))
     return dataclasses.replace(config, **{head: _parse(text, hints[head], prefix + key)})
@@ -195,5 +238,11 @@ def apply_overrides(config: RunConfig, assignments: list[str]) -> RunConfig:
         key, sep, value = assignment.partition("=")
         if not sep:
             raise ValueError(f"--set wants key=value, got {assignment!r}")
-        config = override(config, key.strip(), value.strip())
+        try:
+            config = override(config, key.strip(), value.strip())
+        except ValueError as error:
+            # A section's own check (LoraConfig(rank=0)) names the field, not the key typed.
+            if str(error).startswith(("--set", "unknown config key")):
+                raise
+            raise ValueError(f"--set {assignment}: {error}") from error
     return config

@@ -92,18 +92,22 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules) -> nnx.State:
 
 
 def state_shardings(
-    abstract_state: TrainState, optimizer: optax.GradientTransformation, mesh: Mesh, rules
+    abstract_state: TrainState,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    rules,
+    trainable: nnx.filterlib.Filter = nnx.Param,
 ) -> TrainState:
-    """Shardings for a whole (abstract) TrainState: parameters from their logical axes, each
-    optimizer moment as the parameter it belongs to (`optax.tree_map_params` finds them
-    exactly), counters and keys replicated."""
+    """Shardings for a whole (abstract) TrainState: parameters (trained or frozen) from their
+    logical axes, each optimizer moment as the `trainable` parameter it belongs to
+    (`optax.tree_map_params` finds them exactly), counters and keys replicated."""
     params = param_shardings(abstract_state.params, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = optax.tree_map_params(
         optimizer,
         lambda _, sharding: sharding,
         abstract_state.opt_state,
-        params,
+        nnx.filter_state(params, trainable),
         transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
     )

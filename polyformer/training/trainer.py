@@ -19,7 +19,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from polyformer import hub
+from polyformer import hub, lora
 from polyformer.models import FAMILIES
 from polyformer.training import checkpoint, metrics, objectives, sharding
 from polyformer.training.config import ATTENTION, RunConfig
@@ -98,6 +98,20 @@ def model_config(config: RunConfig, overrides: dict[str, Any]) -> Any:
     )
 
 
+def build_model(config: RunConfig, model_config: Any) -> nnx.Module:
+    """The run's model (`model_config`, from `model_config()`), initialised from `config.seed`;
+    with `config.lora`, LoRA adapters on it, initialised from a seed of their own."""
+    model = FAMILIES[model_config.model_type].build(model_config, rngs=nnx.Rngs(config.seed))
+    if config.lora is not None:
+        lora.apply(model, config.lora, rngs=nnx.Rngs(config.seed + 2))
+    return model
+
+
+def trainable(config: RunConfig) -> nnx.filterlib.Filter:
+    """The variables a run trains: every parameter, or with `config.lora` the adapters alone."""
+    return nnx.Param if config.lora is None else lora.LoRAParam
+
+
 def _path_key(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
@@ -114,24 +128,32 @@ def non_embedding_params(params: nnx.State) -> int:
     return total - tables
 
 
-def flops_per_example(graphdef: nnx.GraphDef, params: Any, loss_fn, example: dict) -> float:
+def flops_per_example(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    loss_fn,
+    example: dict,
+    trainable: nnx.filterlib.Filter = nnx.Param,
+) -> float:
     """FLOPs of the forward and backward pass of one example, as XLA counts them in the lowered
     (not compiled) gradient computation: any model, whatever its towers, convolutions or
     attention kernel, and recomputation under `jax.checkpoint` included. 0 where the backend
     has no cost model (the MFU then reads 0).
 
-    `params` may be abstract; `example`: a batch whose first row is taken.
+    `params` may be abstract; `example`: a batch whose first row is taken; `trainable`: the
+    variables differentiated, as the train step does (a LoRA run's adapters).
     """
 
-    def loss(params, batch):
-        model = nnx.merge(graphdef, params)
+    def loss(params, frozen, batch):
+        model = nnx.merge(graphdef, params, frozen, copy=True)  # as the train step does
         return loss_fn(model, batch, nnx.Rngs(dropout=jax.random.key(0)))[0]
 
     one = {
         k: jax.ShapeDtypeStruct((1, *np.shape(v)[1:]), np.asarray(v).dtype)
         for k, v in example.items()
     }
-    cost = jax.jit(jax.grad(loss)).lower(params, one).cost_analysis()
+    trained, frozen = nnx.split_state(params, trainable, ...)
+    cost = jax.jit(jax.grad(loss)).lower(trained, frozen, one).cost_analysis()
     return float((cost or {}).get("flops", 0.0))
 
 
@@ -154,7 +176,9 @@ class Trainer:
 
     `data` is what `config.data.load()` returns: a `polyformer.training.data.TrainData`.
     The model is the class `polyformer.models.FAMILIES[config.model.model_type]` builds, the
-    objective `config.objective_name`.
+    objective `config.objective_name`. With `config.lora` the model gets LoRA adapters
+    (`lora.apply`) and only they train: the optimizer holds state for them alone, the base
+    weights get no gradient and pass through each step unchanged in `TrainState.params`.
     """
 
     def __init__(self, config: RunConfig, data: TrainData):
@@ -174,28 +198,30 @@ class Trainer:
                 f"batch_size={config.batch_size} does not split over {jax.process_count()} hosts"
             )
         self.model_config = model_config(config, dict(data.model_overrides))
-        family = FAMILIES[self.model_config.model_type]
         self.optimizer = make_optimizer(config.optimizer, config.steps)
         self.learning_rate = schedule(config.optimizer, config.steps)
+        self.trainable = trainable(config)
 
         def build():
-            return family.build(self.model_config, rngs=nnx.Rngs(config.seed))
+            return build_model(config, self.model_config)
 
         abstract_model = nnx.eval_shape(build)
         abstract_model.train()
-        self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
+        self.graphdef = nnx.graphdef(abstract_model)
         abstract_model.eval()
-        self.eval_graphdef, _ = nnx.split(abstract_model, nnx.Param)
+        self.eval_graphdef = nnx.graphdef(abstract_model)
         rng = jax.random.key(config.seed + 1)
         start = config.model_init and config.model_init.load(self.model_config)
+        if start is not None and config.lora is not None:
+            lora.apply(start, config.lora, rngs=nnx.Rngs(config.seed + 2))
 
         def init():
-            params = nnx.state(build() if start is None else start, nnx.Param)
-            return init_state(params, self.optimizer, rng)
+            model = build() if start is None else start
+            return init_state(nnx.state(model), self.optimizer, rng, self.trainable)
 
         abstract_state = jax.eval_shape(init)
         self.state_shardings = sharding.state_shardings(
-            abstract_state, self.optimizer, self.mesh, self.rules
+            abstract_state, self.optimizer, self.mesh, self.rules, self.trainable
         )
         self._init = jax.jit(init, out_shardings=self.state_shardings)
         self.abstract_state = jax.tree.map(
@@ -209,7 +235,11 @@ class Trainer:
         self.train_step = jax.jit(
             sharding.constrained(
                 make_train_step(
-                    self.graphdef, loss_fn, self.optimizer, config.optimizer.accumulation_steps
+                    self.graphdef,
+                    loss_fn,
+                    self.optimizer,
+                    config.optimizer.accumulation_steps,
+                    self.trainable,
                 ),
                 self.mesh,
                 self.rules,
@@ -306,7 +336,7 @@ class Trainer:
             local = next(iterator)
             if self.flops_per_example is None:
                 self.flops_per_example = flops_per_example(
-                    self.graphdef, self.abstract_state.params, self.loss_fn, local
+                    self.graphdef, self.abstract_state.params, self.loss_fn, local, self.trainable
                 )
             state, step_metrics = self.train_step(state, self.global_batch(local))
             step_metrics = jax.device_get(step_metrics)
@@ -377,15 +407,29 @@ class Trainer:
         )
 
     def model(self) -> nnx.Module:
-        """The trained model (after `run`), in evaluation mode, gathered onto this host."""
-        params = multihost_utils.process_allgather(self.state.params, tiled=True)
-        return nnx.merge(self.eval_graphdef, params)
+        """The trained model (after `run`), in evaluation mode, gathered onto this host; with
+        its LoRA adapters in a LoRA run."""
+        # Only the parameters: LoRA dropout's rng streams hold keys, which cannot be gathered
+        # (and which evaluation mode never draws from).
+        params, rest = nnx.split_state(self.state.params, nnx.Param, ...)
+        params = multihost_utils.process_allgather(params, tiled=True)
+        return nnx.merge(self.eval_graphdef, params, rest)
+
+
+ADAPTER_DIR = "adapter"
 
 
 def export(trainer: Trainer, directory: str | Path) -> Path:
     """The trained model with its tokenizer or processor files as a Hugging Face checkpoint
-    directory, which polyformer's pipelines, `pf.from_pretrained` and transformers all read."""
+    directory, which polyformer's pipelines, `pf.from_pretrained` and transformers all read.
+
+    A LoRA run's checkpoint is the merged model (`lora.merge`), and its adapter goes to
+    `directory/adapter` in PEFT's format (`lora.save_adapter`), which `lora.load_adapter` and
+    `peft.PeftModel.from_pretrained` read on top of the base model."""
     directory = Path(directory)
-    hub.save_pretrained(trainer.model(), directory)
+    model = trainer.model()
+    hub.save_pretrained(model if trainer.config.lora is None else lora.merge(model), directory)
+    if trainer.config.lora is not None:
+        lora.save_adapter(model, directory / ADAPTER_DIR)
     trainer.data.save(directory)
     return directory

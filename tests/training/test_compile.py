@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from polyformer.lora import LoraConfig
 from polyformer.training import compile as compile_run
 from polyformer.training import config as run_config
 from polyformer.training.data import TextData
@@ -57,6 +58,16 @@ def test_a_packed_text_batch_compiles_for_tpu_and_gpu(target, devices):
     data = dataclasses.replace(config.data, arrays=(*config.data.arrays, *packing))
     config = dataclasses.replace(config, data=data)
     _check(compile_run.compile_run(config, target, with_eval=False), config, target, devices)
+
+
+def test_a_lora_run_compiles_with_optimizer_state_for_its_adapters_only():
+    config = tiny_runs.run_config("gpt2", mesh=FSDP)
+    full = compile_run.compile_run(config, "v5e-4", with_eval=False)
+    adapted = dataclasses.replace(config, lora=LoraConfig(rank=4))
+    adapted = compile_run.compile_run(adapted, "v5e-4", with_eval=False)
+    # The full run's arguments hold the parameters and AdamW's two moments of each; the LoRA
+    # run's hold the parameters once, plus the small adapters and their moments.
+    assert adapted.train.arguments < 0.5 * full.train.arguments
 
 
 CONFIG_FILE = """

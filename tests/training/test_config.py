@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from polyformer import cli
+from polyformer.lora import LoraConfig
 from polyformer.training import config as C
 from polyformer.training.optim import OptimizerConfig
 
@@ -31,6 +32,11 @@ def test_overrides_reach_nested_fields_with_their_types():
         ("attention=linear", "attention='linear' is not one of dense, favor"),
         ("steps", "key=value"),
         ("precision=float16", "precision must be"),
+        ("lora.rank=0", "--set lora.rank=0: rank must be a positive integer, got 0"),
+        ("lora.dropout=1.0", "dropout must be in \\[0, 1\\), got 1.0"),
+        ("lora.target_modules=('c_attn', 'q_proj')", "lora.target_modules \\['q_proj'\\] match no"),
+        ("lora.target_modules=c_attn", "a regular expression .* give names as a tuple"),
+        ("lora.ranks=2", "unknown config key 'lora.ranks'; valid keys: .*lora.rank, lora.alpha"),
     ],
 )
 def test_bad_overrides_are_errors_that_say_what_is_valid(assignment, message):
@@ -74,6 +80,7 @@ def test_every_experiment_config_loads(path):
         ("objective", "ctc", "objective='ctc' does not train gpt2 models; give one of causal_lm"),
         ("out_dir", "", "out_dir must name a directory"),
         ("data", 3, "data must be a data config"),
+        ("lora", 8, "lora must be a polyformer.lora.LoraConfig or None, got 8"),
         ("model", "gpt2", "model must be the config of a model family \\(gpt2, vit, "),
     ],
 )
@@ -92,3 +99,15 @@ def test_the_objective_defaults_to_the_model_familys_first():
     vit = C.load("experiments/configs/vit_digits.py")
     assert C.RunConfig(model=vit.model, data=vit.data).objective_name == "image_classification"
     assert vit.objective_name == "image_classification_mixup"
+
+
+def test_lora_keys_create_the_section_with_peft_defaults():
+    run = C.apply_overrides(C.load(DEMO), ["lora.rank=8"])
+    assert run.lora == LoraConfig(rank=8) and run.lora.alpha == 8.0 and run.lora.dropout == 0.0
+    run = C.apply_overrides(
+        C.load(DEMO),
+        ["lora.alpha=16", "lora.dropout=0.1", "lora.target_modules=('c_attn', 'c_fc')"],
+    )
+    assert run.lora == LoraConfig(
+        rank=8, alpha=16.0, dropout=0.1, target_modules=("c_attn", "c_fc")
+    )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from polyformer import lora
 from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel
 from polyformer.training import objectives, optim, step, trainer
 from polyformer.training.config import RunConfig
@@ -66,3 +67,32 @@ def test_schedule_warms_up_then_decays_to_the_end_ratio():
 def test_batches_that_do_not_split_into_micro_batches_are_refused():
     with pytest.raises(ValueError, match="does not split into 3"):
         run_steps(CONFIG, 3, steps=1)
+
+
+def lora_losses(dropout: float, seeds: tuple[int, ...]) -> list[list[float]]:
+    """Two steps training LoRA adapters on a model without dropout of its own, per root seed."""
+    model = GPT2LMHeadModel(CONFIG, rngs=nnx.Rngs(0))
+    lora.apply(model, lora.LoraConfig(rank=2, dropout=dropout), rngs=nnx.Rngs(1))
+    model.train()
+    graphdef, params = nnx.split(model)
+    opt = optim.make_optimizer(optim.OptimizerConfig(learning_rate=1e-2, warmup_steps=0), 10)
+    train_step = jax.jit(
+        step.make_train_step(graphdef, objectives.lm.causal_lm, opt, trainable=lora.LoRAParam)
+    )
+    runs = []
+    for seed in seeds:
+        state = step.init_state(params, opt, jax.random.key(seed), lora.LoRAParam)
+        losses = []
+        for _ in range(2):
+            state, metrics = train_step(state, batch())
+            losses.append(float(metrics["loss"]))
+        runs.append(losses)
+    return runs
+
+
+def test_lora_dropout_draws_its_masks_from_the_steps_rng():
+    # lora_B starts at 0, so the masks of step 1 show in the loss of step 2.
+    first, again, other = lora_losses(0.5, (0, 0, 1))
+    assert first == again and first[1] != other[1]
+    without, other = lora_losses(0.0, (0, 1))
+    assert without == other and without[1] != first[1]
