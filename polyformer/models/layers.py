@@ -4,7 +4,6 @@ the layer stack with its remat, hidden states and attention probabilities."""
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -88,7 +87,8 @@ def run_layers(
     Returns (the last x, the hidden states: x then every layer's x, len(layers) + 1 arrays
     `[batch, length, hidden]`, and when output_attentions each layer's probabilities `[batch,
     heads, q_length, k_length]`, else None)."""
-    run = remat_layer(functools.partial(call, output_attentions=output_attentions), remat)
+    # A closure, not functools.partial: nnx.remat cannot place a partial's keywords.
+    run = remat_layer(lambda layer, *a: call(layer, *a, output_attentions=output_attentions), remat)
     hidden, attentions = [x], []
     for layer in layers:
         out = run(layer, x, *args)
