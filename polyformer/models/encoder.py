@@ -117,9 +117,9 @@ class EncoderLayer(nnx.Module):
         self,
         x: jax.Array,
         mask: jax.Array | None,
-        causal: bool,
         rngs: nnx.Rngs | None,
         *,
+        causal: bool = False,
         output_attentions: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """mask `[batch, length]` True for real tokens (None: all real); causal: each position
@@ -162,10 +162,12 @@ class Encoder(nnx.Module):
         every layer's output, num_layers + 1 arrays `[batch, length, hidden]`, and with
         output_attentions every layer's attention probabilities `[batch, heads, length,
         length]`, else None)."""
-
-        def call(layer, x, mask, rngs, *, output_attentions):  # causal stays a Python bool
-            return layer(x, mask, causal, rngs, output_attentions=output_attentions)
-
         return run_layers(
-            self.layers, x, call, self.remat, mask, rngs, output_attentions=output_attentions
+            self.layers,
+            x,
+            self.remat,
+            mask,
+            rngs,
+            output_attentions=output_attentions,
+            causal=causal,
         )

@@ -73,22 +73,24 @@ def remat_layer(call: Callable[..., Any], remat: str) -> Callable[..., Any]:
 def run_layers(
     layers: Sequence[nnx.Module],
     x: jax.Array,
-    call: Callable[..., Any],
     remat: str,
     *args: Any,
     output_attentions: bool = False,
     after: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    **options: Any,
 ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
-    """A stack of layers, each run as `call(layer, x, *args, output_attentions=...)` under
-    `remat_layer`; the call returns the layer's output, or (output, attention probabilities)
-    when output_attentions (a Python bool, so static under jit). `after(x, out)`, when given,
-    makes the next x from a layer's input and output (LayerDrop).
+    """A stack of layers, each called as `layer(x, *args, output_attentions=..., **options)`
+    under `remat_layer`: args are arrays (traced by remat), options Python values (static, as
+    output_attentions is under jit). A layer returns its output, or (output, attention
+    probabilities) when output_attentions. `after(x, out)`, when given, makes the next x from a
+    layer's input and output (LayerDrop).
 
     Returns (the last x, the hidden states: x then every layer's x, len(layers) + 1 arrays
     `[batch, length, hidden]`, and when output_attentions each layer's probabilities `[batch,
     heads, q_length, k_length]`, else None)."""
-    # A closure, not functools.partial: nnx.remat cannot place a partial's keywords.
-    run = remat_layer(lambda layer, *a: call(layer, *a, output_attentions=output_attentions), remat)
+    run = remat_layer(
+        lambda layer, *a: layer(*a, output_attentions=output_attentions, **options), remat
+    )
     hidden, attentions = [x], []
     for layer in layers:
         out = run(layer, x, *args)

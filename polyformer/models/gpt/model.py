@@ -274,7 +274,6 @@ class GPT2LMHeadModel(nnx.Module):
         x, hidden, attentions = run_layers(
             self.h,
             x,
-            GPT2Block.__call__,
             self.config.remat,
             mask,
             rngs,

@@ -319,7 +319,6 @@ class TapasModel(nnx.Module):
         x, hidden, attentions = run_layers(
             self.encoder.layer,
             x,
-            TapasLayer.__call__,
             self.config.remat,
             mask,
             rngs,

@@ -402,7 +402,6 @@ class Wav2Vec2Encoder(nnx.Module):
         x, hidden, attentions = run_layers(
             self.layers,
             x,
-            Wav2Vec2EncoderLayer.__call__,
             self.remat,
             mask,
             rngs,
