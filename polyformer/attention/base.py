@@ -19,6 +19,10 @@ row: `[batch, length]` ints (q_length == k_length) or a pair (`[batch, q_length]
 
 A query that may see no key at all (a fully padded row, an empty pattern row) gets output 0 and a
 finite gradient, never NaN.
+
+`kernel.probabilities(q, k, mask, causal, *, bias, scale, segment_ids)` returns the attention
+probabilities `[batch, heads, q_length, k_length]` (float32) that a call with the same arguments
+applies to v, without dropout: the rows of a query that sees no key are all zero.
 """
 
 from __future__ import annotations
@@ -46,6 +50,18 @@ class AttentionKernel(Protocol):
         bias: jax.Array | None = None,
         scale: float | None = None,
         rng: jax.Array | None = None,
+        segment_ids: SegmentIds | None = None,
+    ) -> jax.Array: ...
+
+    def probabilities(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        mask: jax.Array | None = None,
+        causal: bool = False,
+        *,
+        bias: jax.Array | None = None,
+        scale: float | None = None,
         segment_ids: SegmentIds | None = None,
     ) -> jax.Array: ...
 
@@ -285,6 +301,25 @@ class Kernel(abc.ABC):
         scale = default_scale(head_dim, scale)
         return self._attend(q, k, v, mask, causal, bias, scale, rng, segment_ids, segments)
 
+    def probabilities(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        mask: jax.Array | None = None,
+        causal: bool = False,
+        *,
+        bias: jax.Array | None = None,
+        scale: float | None = None,
+        segment_ids: SegmentIds | None = None,
+    ) -> jax.Array:
+        """The probabilities `[batch, heads, q_length, k_length]` (float32) with which a call on
+        these arguments (and any v) weighs the values, without dropout; all zero in the row of a
+        query that sees no key. q, k and the rest as `__call__`'s."""
+        batch, q_len, k_len, _, head_dim = check_inputs(q, k, k, mask, bias, segment_ids)
+        segments = split_segments(segment_ids, batch, q_len, k_len)
+        scale = default_scale(head_dim, scale)
+        return self._probabilities(q, k, mask, causal, bias, scale, segments)
+
     def decode(
         self,
         cache: Any,
@@ -312,6 +347,10 @@ class Kernel(abc.ABC):
         """The kernel's decoding step, on checked inputs."""
 
     @abc.abstractmethod
+    def _probabilities(self, q, k, mask, causal, bias, scale, segments) -> jax.Array:
+        """`probabilities` on checked inputs."""
+
+    @abc.abstractmethod
     def _attend(self, q, k, v, mask, causal, bias, scale, rng, segment_ids, segments) -> jax.Array:
         """The kernel itself, on checked inputs."""
 
@@ -326,6 +365,48 @@ def causal_block_mask(q_len: int, k_len: int, block: int) -> np.ndarray:
     last_query = np.minimum(np.arange(0, q_len, block) + block, q_len) - 1
     first_key = np.arange(0, k_len, block)
     return causal_allowed(last_query[:, None], first_key[None, :], q_len, k_len)
+
+
+def allowed_pairs(
+    mask: jax.Array | None,
+    causal: bool,
+    segments: tuple[jax.Array, jax.Array] | None,
+    q_len: int,
+    k_len: int,
+) -> jax.Array | None:
+    """The caller's mask, the causal rule and the segments as one boolean mask broadcastable to
+    `[batch, heads, q_length, k_length]`, or None when everything is allowed."""
+    allowed = expand_mask(mask, q_len)
+    if causal:
+        rule = causal_allowed(np.arange(q_len)[:, None], np.arange(k_len)[None, :], q_len, k_len)
+        allowed = jnp.asarray(rule) if allowed is None else allowed & rule
+    return and_masks(allowed, segment_mask(segments))
+
+
+def grouped_scores(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
+    """float32 q.k * scale `[batch, heads, q_length, k_length]` for q `[batch, q_length, heads,
+    head_dim]` and k `[batch, k_length, kv_heads, head_dim]`; query head h reads key head
+    h // (heads // kv_heads), without repeating k."""
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    qg = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
+    return scores.reshape(batch, heads, q_len, -1) * scale
+
+
+def softmax_probabilities(
+    q: jax.Array,
+    k: jax.Array,
+    allowed: jax.Array | None,
+    bias: jax.Array | None,
+    scale: float,
+) -> jax.Array:
+    """Exact softmax(q k^T * scale + bias) over the `allowed` keys, float32 `[batch, heads,
+    q_length, k_length]`; rows with no allowed key are zero. Shapes as `grouped_scores`."""
+    scores = grouped_scores(q, k, scale)
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    return masked_softmax(scores, allowed)
 
 
 def expand_mask(mask: jax.Array | None, q_len: int) -> jax.Array | None:

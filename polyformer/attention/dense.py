@@ -211,18 +211,6 @@ def _attend_in_chunks(qh, kh, vh, allowed, bias, scale, dropout_rate, rng, c: _C
     return out
 
 
-def combine_masks(mask: jax.Array | None, causal: bool, q_len: int, k_len: int) -> jax.Array | None:
-    """Key-padding / full mask and the causal rule as one mask broadcastable to
-    `[batch, heads, q_length, k_length]`, or None when everything is allowed."""
-    allowed = base.expand_mask(mask, q_len)
-    if causal:
-        rule = base.causal_allowed(
-            np.arange(q_len)[:, None], np.arange(k_len)[None, :], q_len, k_len
-        )
-        allowed = jnp.asarray(rule) if allowed is None else allowed & rule
-    return allowed
-
-
 @dataclasses.dataclass(frozen=True)
 class Dense(base.Kernel):
     """Exact attention, the reference every other kernel is tested against.
@@ -254,9 +242,7 @@ class Dense(base.Kernel):
             return self._cudnn(q, k, v, mask, causal, bias, scale, rng, segments)
 
         def xla():
-            allowed = base.and_masks(
-                combine_masks(mask, causal, q_len, k_len), base.segment_mask(segments)
-            )
+            allowed = base.allowed_pairs(mask, causal, segments, q_len, k_len)
             return dense_attention(
                 q, k, v, allowed, bias=bias, scale=scale, dropout_rate=self.dropout_rate, rng=rng
             )
@@ -297,6 +283,10 @@ class Dense(base.Kernel):
         pallas = base.pallas_unsupported(mask, bias, rng, self.dropout_rate)
         unsupported = {"pallas_tpu": pallas, "pallas_gpu": pallas}
         return base.dispatch(self.implementation, unsupported, xla=xla, tpu=tpu, gpu=gpu)
+
+    def _probabilities(self, q, k, mask, causal, bias, scale, segments) -> jax.Array:
+        allowed = base.allowed_pairs(mask, causal, segments, q.shape[1], k.shape[1])
+        return base.softmax_probabilities(q, k, allowed, bias, scale)
 
     def init_cache(self, batch: int, max_length: int, heads: int, head_dim: int, dtype) -> KVCache:
         """An empty cache; `heads` is the number of key/value heads."""

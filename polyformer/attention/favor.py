@@ -48,6 +48,10 @@ import numpy as np
 
 from polyformer.attention import base
 
+MAX_PROBABILITIES = 2**28
+"""The most elements `Favor.probabilities` forms (1 GiB in float32): the [q_length, k_length]
+matrices are what FAVOR+ exists to avoid, and beyond this they no longer fit beside a model."""
+
 State = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 """(kv `[batch, kv_heads, m, head_dim]`, k_sum `[batch, kv_heads, m]`, shift `[batch, kv_heads]`,
 segment `[batch]`: the id of the segment whose keys the sums hold)."""
@@ -155,22 +159,8 @@ class Favor(base.Kernel):
     def _attend(self, q, k, v, mask, causal, bias, scale, rng, segment_ids, segments) -> jax.Array:
         """Each segment of segment_ids is one contiguous run (packed sequences): the sums restart
         at every segment boundary."""
-        q_len, k_len, head_dim = q.shape[1], k.shape[1], q.shape[-1]
-        if segments is not None and not causal and q_len != k_len:
-            raise ValueError(
-                "Favor takes segment_ids without causal masking only for q_length == k_length "
-                f"(its per-segment sums run along one sequence), got {q_len} and {k_len}"
-            )
-        if bias is not None:
-            raise ValueError(
-                "Favor cannot add an attention bias: linear attention never forms the q x k scores"
-            )
-        if mask is not None and mask.ndim == 4:
-            raise ValueError(
-                "Favor cannot honour a full [batch, heads, q_length, k_length] mask: linear "
-                "attention never forms the q x k scores. Pass a key-padding mask [batch, k_length] "
-                "and causal=True for causal masking."
-            )
+        head_dim = q.shape[-1]
+        _check_arguments(q.shape[1], k.shape[1], mask, causal, bias, segments)
         projection = self.projection(head_dim, rng)
         qs, ks, vs, valid = _prepare(q, k, v, mask, scale)
         if causal:
@@ -182,6 +172,40 @@ class Favor(base.Kernel):
         else:
             out = bidirectional_attention(qs, ks, vs, valid, projection, self.eps)
         return _heads_last(out).astype(q.dtype)
+
+    def _probabilities(self, q, k, mask, causal, bias, scale, segments) -> jax.Array:
+        """The attention matrix the fixed features define: query i weighs key j by
+        phi(q_i).phi(k_j) over the sum of that over the keys i sees (causal: j <= i; of its
+        segment; unpadded), so these probabilities times v give the kernel's output. Raises
+        ValueError when the matrix would exceed MAX_PROBABILITIES elements."""
+        batch, q_len, heads, head_dim = q.shape
+        k_len, kv_heads = k.shape[1], k.shape[2]
+        _check_arguments(q_len, k_len, mask, causal, bias, segments)
+        size = batch * heads * q_len * k_len
+        if size > MAX_PROBABILITIES:
+            raise ValueError(
+                f"Favor.probabilities would form a [{batch}, {heads}, {q_len}, {k_len}] matrix "
+                f"({size * 4 / 2**30:.1f} GiB in float32), above MAX_PROBABILITIES = "
+                f"{MAX_PROBABILITIES} elements (1 GiB): FAVOR+ runs in linear memory because it "
+                "never forms this matrix. Ask for the probabilities of fewer or shorter sequences."
+            )
+        projection = self.projection(head_dim)
+        qs, ks, _, valid = _prepare(q, k, k, mask, scale)
+        psi, log_scale = key_features(ks, valid, projection, self.eps)
+        products = jnp.einsum("bhgqr,bhkr->bhgqk", query_features(qs, projection, self.eps), psi)
+        products = products.reshape(batch, heads, q_len, k_len)
+        group = heads // kv_heads
+        log_scale = jnp.broadcast_to(
+            log_scale[:, :, None, None], (batch, kv_heads, group, 1, k_len)
+        )
+        log_scale = log_scale.reshape(batch, heads, 1, k_len)
+        allowed = base.allowed_pairs(mask, causal, segments, q_len, k_len)
+        if allowed is not None:
+            log_scale = jnp.where(allowed, log_scale, -jnp.inf)
+        # As in the kernel, keys are weighed relative to the largest log-scale a query sees.
+        ref = _finite(jnp.max(log_scale, axis=-1, keepdims=True))
+        weights = products * jnp.exp(log_scale - ref)
+        return _normalise(weights, jnp.sum(weights, axis=-1))
 
     def init_cache(
         self, batch: int, max_length: int, heads: int, head_dim: int, dtype
@@ -212,6 +236,25 @@ class Favor(base.Kernel):
             qs, ks, vs, valid, segments, self.projection(head_dim), self.eps, self.chunk, state
         )
         return _heads_last(out).astype(q.dtype), FavorCache(*state, index=cache.index + q.shape[1])
+
+
+def _check_arguments(q_len: int, k_len: int, mask, causal: bool, bias, segments) -> None:
+    """Raises ValueError for what FAVOR+ cannot honour."""
+    if segments is not None and not causal and q_len != k_len:
+        raise ValueError(
+            "Favor takes segment_ids without causal masking only for q_length == k_length "
+            f"(its per-segment sums run along one sequence), got {q_len} and {k_len}"
+        )
+    if bias is not None:
+        raise ValueError(
+            "Favor cannot add an attention bias: linear attention never forms the q x k scores"
+        )
+    if mask is not None and mask.ndim == 4:
+        raise ValueError(
+            "Favor cannot honour a full [batch, heads, q_length, k_length] mask: linear "
+            "attention never forms the q x k scores. Pass a key-padding mask [batch, k_length] "
+            "and causal=True for causal masking."
+        )
 
 
 def _is_prng_key(key) -> bool:

@@ -131,18 +131,27 @@ class MultiHeadAttention(nnx.Module):
         scale: float | None = None,
         rng: jax.Array | None = None,
         segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
-    ) -> jax.Array:
+        output_attentions: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """x `[batch, q_length, in_features]`, context `[batch, k_length, in_features]` (default
         x) -> `[batch, q_length, out_features]`. mask, causal, bias, scale, rng, segment_ids: as
-        the kernel (base.py)."""
+        the kernel (base.py). With output_attentions (a Python bool), returns (that output, the
+        kernel's probabilities `[batch, heads, q_length, k_length]` in float32, before dropout)."""
         context = x if context is None else context
         q = self._split(self.query(x))
         k = self._split(self.key(context))
         v = self._split(self.value(context))
-        out = self.kernel(
-            q, k, v, mask, causal, bias=bias, scale=scale, rng=rng, segment_ids=segment_ids
-        )
-        return self.out(out.reshape(*out.shape[:2], -1))
+        masking = dict(bias=bias, scale=scale, segment_ids=segment_ids)
+        out = self.kernel(q, k, v, mask, causal, rng=rng, **masking)
+        out = self.out(out.reshape(*out.shape[:2], -1))
+        if not output_attentions:
+            return out
+        if not hasattr(self.kernel, "probabilities"):
+            raise ValueError(
+                f"{type(self.kernel).__name__} has no `probabilities` method, which "
+                "output_attentions needs (see polyformer.attention.base)"
+            )
+        return out, self.kernel.probabilities(q, k, mask, causal, **masking)
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None):
         """The kernel's decoding cache for up to `max_length` positions."""

@@ -139,11 +139,7 @@ class Sparse(base.Kernel):
         base.check_implementation(self.implementation)
 
     def _attend(self, q, k, v, mask, causal, bias, scale, rng, segment_ids, segments) -> jax.Array:
-        if bias is not None:
-            raise ValueError(
-                "Sparse does not support an additive bias; use Dense, or express the bias as a "
-                "pattern or a boolean mask"
-            )
+        _refuse_bias(bias)
 
         def xla():
             return self._xla(q, k, v, mask, causal, scale, rng, segments)
@@ -179,6 +175,17 @@ class Sparse(base.Kernel):
         pallas = base.pallas_unsupported(mask, None, rng, self.dropout_rate)
         unsupported = {"pallas_tpu": pallas, "pallas_gpu": pallas}
         return base.dispatch(self.implementation, unsupported, xla=xla, tpu=tpu, gpu=gpu)
+
+    def _probabilities(self, q, k, mask, causal, bias, scale, segments) -> jax.Array:
+        """Dense probabilities restricted to `pattern.mask`: what the kernel computes, as one
+        `[q_length, k_length]` matrix per head."""
+        _refuse_bias(bias)
+        q_len, k_len = q.shape[1], k.shape[1]
+        allowed = base.and_masks(
+            base.allowed_pairs(mask, causal, segments, q_len, k_len),
+            jnp.asarray(self.pattern.mask(q_len, k_len)),
+        )
+        return base.softmax_probabilities(q, k, allowed, None, scale)
 
     def _xla(self, q, k, v, mask, causal, scale, rng, segments) -> jax.Array:
         """The XLA path: the plan's dense rows and gathered sparse rows."""
@@ -351,6 +358,14 @@ def _decode_ring(
         index=start + n,
     )
     return out, cache
+
+
+def _refuse_bias(bias: jax.Array | None) -> None:
+    if bias is not None:
+        raise ValueError(
+            "Sparse does not support an additive bias; use Dense, or express the bias as a "
+            "pattern or a boolean mask"
+        )
 
 
 def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:

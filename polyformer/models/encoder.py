@@ -20,7 +20,13 @@ from jax.ad_checkpoint import checkpoint_name
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.layers import ATTENTION_OUTPUT, MLP_OUTPUT, layer_norm, remat_layer
+from polyformer.models.layers import (
+    MLP_OUTPUT,
+    attend,
+    layer_norm,
+    layer_output,
+    run_layers,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,17 +114,30 @@ class EncoderLayer(nnx.Module):
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None, causal: bool, rngs: nnx.Rngs | None
-    ) -> jax.Array:
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        rngs: nnx.Rngs | None,
+        *,
+        causal: bool = False,
+        output_attentions: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """mask `[batch, length]` True for real tokens (None: all real); causal: each position
-        sees only itself and earlier ones."""
+        sees only itself and earlier ones. Returns the layer's output, with its attention
+        probabilities `[batch, heads, length, length]` when output_attentions."""
         deterministic = rngs is None
         rng = None if deterministic else rngs.dropout()
-        h = self.self_attn(self.layer_norm1(x), mask=mask, causal=causal, rng=rng)
-        h = checkpoint_name(h, ATTENTION_OUTPUT)
+        h, probs = attend(
+            self.self_attn,
+            self.layer_norm1(x),
+            mask=mask,
+            causal=causal,
+            rng=rng,
+            output_attentions=output_attentions,
+        )
         x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
         h = checkpoint_name(self.mlp(self.layer_norm2(x)), MLP_OUTPUT)
-        return x + self.dropout(h, deterministic=deterministic, rngs=rngs)
+        return layer_output(x + self.dropout(h, deterministic=deterministic, rngs=rngs), probs)
 
 
 class Encoder(nnx.Module):
@@ -137,12 +156,18 @@ class Encoder(nnx.Module):
         *,
         causal: bool = False,
         rngs: nnx.Rngs | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        output_attentions: bool = False,
+    ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
         """x `[batch, length, hidden]` -> (the last layer's output, the hidden states: x then
-        every layer's output, num_layers + 1 arrays `[batch, length, hidden]`)."""
-        run = remat_layer(lambda layer, x, mask, rngs: layer(x, mask, causal, rngs), self.remat)
-        hidden = [x]
-        for layer in self.layers:
-            x = run(layer, x, mask, rngs)
-            hidden.append(x)
-        return x, tuple(hidden)
+        every layer's output, num_layers + 1 arrays `[batch, length, hidden]`, and with
+        output_attentions every layer's attention probabilities `[batch, heads, length,
+        length]`, else None)."""
+        return run_layers(
+            self.layers,
+            x,
+            self.remat,
+            mask,
+            rngs,
+            output_attentions=output_attentions,
+            causal=causal,
+        )

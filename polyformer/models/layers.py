@@ -1,16 +1,18 @@
-"""Small pieces every family's model uses: torch's LayerNorm and the training-mode rngs check."""
+"""Small pieces every family's model uses: torch's LayerNorm, the training-mode rngs check, and
+the layer stack with its remat, hidden states and attention probabilities."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
 import jax
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
-from polyformer.attention.layer import logical
+from polyformer.attention.layer import MultiHeadAttention, logical
 
 
 def layer_norm(width: int, epsilon: float, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
@@ -55,9 +57,67 @@ def remat_layer(call: Callable[..., Any], remat: str) -> Callable[..., Any]:
     unchanged for "none"; otherwise under nnx.remat, so the backward pass recomputes what the
     policy does not save and a stack keeps, per layer, its input and the saved values only.
     Every remat gives the same values and gradients. The layer's output `[batch, length, embed]`
-    is constrained to its logical layout (`constrain`)."""
+    (the first item, when the layer returns it with its attention probabilities) is constrained
+    to its logical layout (`constrain`)."""
     run = call if remat == "none" else nnx.remat(call, policy=_REMAT_POLICIES[remat])
-    return lambda layer, *args: constrain(run(layer, *args), ("batch", "length", "embed"))
+
+    def constrained(layer, *args):
+        out = run(layer, *args)
+        if isinstance(out, tuple):
+            return (constrain(out[0], ("batch", "length", "embed")), *out[1:])
+        return constrain(out, ("batch", "length", "embed"))
+
+    return constrained
+
+
+def run_layers(
+    layers: Sequence[nnx.Module],
+    x: jax.Array,
+    remat: str,
+    *args: Any,
+    output_attentions: bool = False,
+    after: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    **options: Any,
+) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
+    """A stack of layers, each called as `layer(x, *args, output_attentions=..., **options)`
+    under `remat_layer`: args are arrays (traced by remat), options Python values (static, as
+    output_attentions is under jit). A layer returns its output, or (output, attention
+    probabilities) when output_attentions. `after(x, out)`, when given, makes the next x from a
+    layer's input and output (LayerDrop).
+
+    Returns (the last x, the hidden states: x then every layer's x, len(layers) + 1 arrays
+    `[batch, length, hidden]`, and when output_attentions each layer's probabilities `[batch,
+    heads, q_length, k_length]`, else None)."""
+    run = remat_layer(
+        lambda layer, *a: layer(*a, output_attentions=output_attentions, **options), remat
+    )
+    hidden, attentions = [x], []
+    for layer in layers:
+        out = run(layer, x, *args)
+        if output_attentions:
+            out, probs = out
+            attentions.append(probs)
+        x = out if after is None else after(x, out)
+        hidden.append(x)
+    return x, tuple(hidden), tuple(attentions) if output_attentions else None
+
+
+def attend(
+    attention: MultiHeadAttention, x: jax.Array, *, output_attentions: bool, **kwargs: Any
+) -> tuple[jax.Array, jax.Array | None]:
+    """`attention(x, **kwargs)`, named ATTENTION_OUTPUT (kept by remat="minimal"), and its
+    probabilities `[batch, heads, q_length, k_length]` when output_attentions (else None): a
+    layer's attention call, either way."""
+    if output_attentions:
+        out, probs = attention(x, output_attentions=True, **kwargs)
+    else:
+        out, probs = attention(x, **kwargs), None
+    return checkpoint_name(out, ATTENTION_OUTPUT), probs
+
+
+def layer_output(x: jax.Array, probs: jax.Array | None) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """What a layer returns to `run_layers`: x, or (x, probs) when it was asked for them."""
+    return x if probs is None else (x, probs)
 
 
 # Pins an activation to the devices by its logical axes while a step traces: set by the trainer

@@ -155,3 +155,38 @@ def test_cudnn_matches_xla_on_gpu():
         want = A.Dense()(q, k, v, pad, causal=causal).astype(jnp.float32)
         got = A.Dense(implementation="cudnn")(q, k, v, pad, causal=causal).astype(jnp.float32)
         np.testing.assert_allclose(got[0], want[0], atol=2e-2)
+
+
+def reference_probabilities(q, k, allowed, bias=None, scale=None):
+    """The weights of `reference`, float64 `[batch, heads, q, k]`: its output for v = identity."""
+    eye = np.broadcast_to(np.eye(k.shape[1])[None, :, None, :], (*k.shape[:3], k.shape[1]))
+    return reference(q, k, eye, allowed, bias, scale).transpose(0, 2, 1, 3)
+
+
+def test_probabilities_match_the_formula_and_weigh_the_values_as_the_call():
+    q, k, v = qkv(6)
+    pad = jnp.array([[True] * 7, [False, False] + [True] * 5])
+    bias = jax.random.normal(jax.random.key(7), (1, 3, 7, 7))
+    args = dict(causal=True, bias=bias, scale=0.3)
+    probs = A.Dense().probabilities(q, k, pad, **args)
+    assert probs.shape == (2, 3, 7, 7) and probs.dtype == jnp.float32
+    allowed = np.asarray(pad)[:, None, None, :] & np.tril(np.ones((7, 7), bool))
+    np.testing.assert_allclose(probs, reference_probabilities(q, k, allowed, bias, 0.3), atol=1e-6)
+    assert not np.asarray(probs)[1, :, :2].any()  # queries that see no key: all zero
+    out = np.einsum("bhqk,bkhd->bqhd", probs, v)
+    np.testing.assert_allclose(out, A.Dense()(q, k, v, pad, **args), atol=1e-5)
+
+
+def test_probabilities_of_grouped_heads_and_packed_segments():
+    q, _, _ = qkv(8, heads=4)
+    _, k, v = qkv(9, heads=2)
+    segments = jnp.array([[0, 0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 2, 2, 2]])
+    probs = A.Dense().probabilities(q, k, causal=True, segment_ids=segments)
+    same = np.asarray(segments)[:, :, None] == np.asarray(segments)[:, None, :]
+    allowed = (same & np.tril(np.ones((7, 7), bool)))[:, None]
+    want = reference_probabilities(q, np.repeat(k, 2, axis=2), allowed)
+    np.testing.assert_allclose(probs, want, atol=1e-6)
+    out = np.einsum("bhqk,bkhd->bqhd", probs, np.repeat(v, 2, axis=2))
+    np.testing.assert_allclose(
+        out, A.Dense()(q, k, v, causal=True, segment_ids=segments), atol=1e-5
+    )

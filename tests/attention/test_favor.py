@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from polyformer import attention as A
-from polyformer.attention import base
+from polyformer.attention import base, favor
 
 
 def qkv(seed, batch=2, q_len=13, k_len=None, heads=2, head_dim=8, dtype=jnp.float32, size=1.0):
@@ -294,3 +294,55 @@ def test_unsupported_arguments_and_bad_shapes_raise():
     for bad in ({"num_features": 0}, {"chunk": 0}, {"eps": 0.0}, {"key": "seed"}):
         with pytest.raises(ValueError):
             A.Favor(**bad)
+
+
+def probabilities_times_v(kernel, q, k, v, *args, **kwargs):
+    """The kernel's probabilities times v (query heads grouped onto their key/value heads)."""
+    probs = kernel.probabilities(q, k, *args, **kwargs)
+    group = q.shape[2] // k.shape[2]
+    return probs, jnp.einsum("bhqk,bkhd->bqhd", probs, jnp.repeat(v, group, axis=2))
+
+
+@pytest.mark.parametrize(
+    "q_len,k_len,causal,segmented",
+    [(29, 29, True, False), (5, 29, True, False), (6, 17, False, False), (24, 24, False, True)],
+)
+def test_probabilities_times_v_equal_the_output(q_len, k_len, causal, segmented):
+    q, _, _ = qkv(12, q_len=q_len, heads=4)
+    _, k, v = qkv(13, q_len=q_len, k_len=k_len)
+    pad = jnp.ones((2, k_len), bool).at[1, :3].set(False).at[0, k_len // 2].set(False)
+    segments = None
+    if segmented:
+        segments = jnp.asarray(np.repeat([[0, 1, 2], [0, 0, 1]], [8, 8, 8], axis=1))
+    kernel = A.Favor(16, chunk=8)
+    args = dict(causal=causal, scale=0.2, segment_ids=segments)
+    probs, out = probabilities_times_v(kernel, q, k, v, pad, **args)
+    assert probs.shape == (2, 4, q_len, k_len)
+    assert_close(out, kernel(q, k, v, pad, **args), 1e-5)
+    allowed = base.allowed_pairs(
+        pad, causal, base.split_segments(segments, 2, q_len, k_len), q_len, k_len
+    )
+    seen = np.broadcast_to(np.asarray(allowed), probs.shape).any(-1)
+    np.testing.assert_allclose(np.asarray(probs).sum(-1), seen.astype(np.float32), atol=1e-5)
+    assert not np.asarray(probs)[~np.broadcast_to(np.asarray(allowed), probs.shape)].any()
+
+
+def test_probabilities_of_large_norms_stay_finite_and_weigh_like_the_call():
+    q, k, v = qkv(3, q_len=20, size=30.0)
+    kernel = A.Favor(16)
+    probs, out = probabilities_times_v(kernel, q, k, v, causal=True)
+    assert bool(jnp.all(jnp.isfinite(probs)))
+    assert_close(out, kernel(q, k, v, causal=True), 1e-5)
+
+
+def test_probabilities_refuse_a_matrix_past_the_limit_and_what_the_call_refuses():
+    kernel = A.Favor(16)
+    length = int(np.sqrt(favor.MAX_PROBABILITIES)) + 1
+    big = jax.ShapeDtypeStruct((1, length, 1, 8), jnp.float32)
+    with pytest.raises(ValueError, match="MAX_PROBABILITIES"):
+        jax.eval_shape(kernel.probabilities, big, big)
+    q, k, _ = qkv(11)
+    with pytest.raises(ValueError, match="bias"):
+        kernel.probabilities(q, k, bias=jnp.zeros((1, 2, 13, 13)))
+    with pytest.raises(ValueError, match="full"):
+        kernel.probabilities(q, k, jnp.ones((2, 1, 13, 13), bool))

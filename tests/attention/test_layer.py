@@ -109,3 +109,17 @@ def test_grouped_heads_and_packed_segments_decode_like_one_causal_pass(name):
 def test_num_kv_heads_must_divide_num_heads():
     with pytest.raises(ValueError, match="num_kv_heads=3"):
         A.MultiHeadAttention(4, 16, num_kv_heads=3, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_output_attentions_returns_the_kernels_probabilities_and_the_same_output(name):
+    attn = layer(KERNELS[name]())
+    x = jax.random.normal(jax.random.key(5), (2, 10, 16))
+    pad = jnp.ones((2, 10), bool).at[1, :2].set(False)
+    run = nnx.jit(lambda m, x: m(x, mask=pad, causal=True, output_attentions=True))
+    out, probs = run(attn, x)
+    np.testing.assert_allclose(out, attn(x, mask=pad, causal=True), atol=1e-6)
+    q, k = (proj(x).reshape(2, 10, 2, 8) for proj in (attn.query, attn.key))
+    want = attn.kernel.probabilities(q, k, pad, causal=True)
+    assert probs.shape == (2, 2, 10, 10)
+    np.testing.assert_allclose(probs, want, atol=1e-6)

@@ -56,15 +56,22 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_matches_dense_with_the_pattern_mask_forward_and_gradient(name):
-    pattern, q_len, k_len, causal, mask_kind, block = CASES[name]
+def case_inputs(name):
+    """q, k, v and the caller's mask (None, key padding or a full mask) of a case in CASES."""
+    _, q_len, k_len, _, mask_kind, _ = CASES[name]
     q, k, v = qkv(list(CASES).index(name), q_len, k_len)
     mask = None
     if mask_kind == "padding":
         mask = padding(2, k_len)
     elif mask_kind == "full":
         mask = jnp.asarray(np.random.default_rng(5).random((2, 2, q_len, k_len)) < 0.8)
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_matches_dense_with_the_pattern_mask_forward_and_gradient(name):
+    pattern, q_len, k_len, causal, _, block = CASES[name]
+    q, k, v, mask = case_inputs(name)
     out, grads = output_and_grads(A.Sparse(pattern, block=block), q, k, v, mask, causal)
     reference = full_mask(pattern, mask, q_len, k_len)
     want, want_grads = output_and_grads(A.Dense(), q, k, v, reference, causal)
@@ -203,3 +210,24 @@ def test_bad_inputs_raise_and_name_the_shapes():
     cache = kernel.init_cache(2, 16, 2, 8, jnp.float32)
     with pytest.raises(ValueError, match="expected"):
         kernel.decode(cache, q[:, :1, :1], k[:, :1, :1], v[:, :1, :1])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_probabilities_are_dense_ones_under_the_pattern_mask_renormalised(name):
+    pattern, q_len, k_len, causal, _, block = CASES[name]
+    q, k, v, mask = case_inputs(name)
+    kernel = A.Sparse(pattern, block=block)
+    probs = kernel.probabilities(q, k, mask, causal)
+    dense = np.asarray(A.Dense().probabilities(q, k, mask, causal), np.float64)
+    kept = dense * pattern.mask(q_len, k_len)
+    total = kept.sum(-1, keepdims=True)
+    want = np.where(total > 0, kept / np.where(total > 0, total, 1), 0.0)
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+    out = np.einsum("bhqk,bkhd->bqhd", probs, v)
+    np.testing.assert_allclose(out, kernel(q, k, v, mask, causal), atol=1e-5)
+
+
+def test_probabilities_refuse_a_bias_as_the_call_does():
+    q, k, _ = qkv(0, 16)
+    with pytest.raises(ValueError, match="additive bias"):
+        A.Sparse(LONGFORMER).probabilities(q, k, bias=jnp.zeros((1, 1, 16, 16)))

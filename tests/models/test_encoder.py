@@ -32,10 +32,26 @@ def test_layer_norm_computes_torchs_layer_norm():
 
 def test_encoder_returns_every_hidden_state_and_keeps_shapes():
     x = jax.random.normal(jax.random.key(0), (2, 7, WIDTH))
-    out, hidden = encoder(layers=3)(x)
-    assert out.shape == x.shape and len(hidden) == 4
+    out, hidden, attentions = encoder(layers=3)(x)
+    assert out.shape == x.shape and len(hidden) == 4 and attentions is None
     np.testing.assert_array_equal(hidden[0], x)
     np.testing.assert_array_equal(hidden[-1], out)
+
+
+@pytest.mark.parametrize("remat", ["none", "minimal"])
+def test_output_attentions_gives_each_layers_probabilities_and_the_same_output(remat):
+    model = encoder(layers=3, remat=remat)
+    x = jax.random.normal(jax.random.key(0), (2, 7, WIDTH))
+    mask = jnp.arange(7)[None] < jnp.array([[7], [4]])
+    run = nnx.jit(lambda m, x: m(x, mask, causal=True, output_attentions=True))
+    out, hidden, attentions = run(model, x)
+    np.testing.assert_allclose(out, model(x, mask, causal=True)[0], atol=1e-6)
+    assert len(attentions) == 3 and all(a.shape == (2, HEADS, 7, 7) for a in attentions)
+    layer = model.layers[1]
+    q, k = (p(layer.layer_norm1(hidden[1])).reshape(2, 7, HEADS, -1) for p in (
+        layer.self_attn.query, layer.self_attn.key))  # fmt: skip
+    want = A.Dense().probabilities(q, k, mask, causal=True)
+    np.testing.assert_allclose(attentions[1], want, atol=1e-6)
 
 
 def test_padding_does_not_change_the_real_positions():

@@ -113,6 +113,7 @@ class CLIPTextTransformer(nnx.Module):
         position_ids: jax.Array | None = None,
         *,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> BaseModelOutputWithPooling:
         """input_ids `[batch, length]`; attention_mask `[batch, length]` 1 for real tokens, 0 for
@@ -133,7 +134,9 @@ class CLIPTextTransformer(nnx.Module):
             position_ids = jnp.arange(length)[None]
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.embeddings(input_ids, position_ids)
-        x, hidden = self.encoder(x, mask, causal=True, rngs=rngs)
+        x, hidden, attentions = self.encoder(
+            x, mask, causal=True, rngs=rngs, output_attentions=output_attentions
+        )
         x = self.final_layer_norm(x)
         if text.legacy_pooling:
             end = jnp.argmax(input_ids, axis=-1)
@@ -144,6 +147,7 @@ class CLIPTextTransformer(nnx.Module):
             last_hidden_state=x,
             pooler_output=pooled,
             hidden_states=hidden if output_hidden_states else None,
+            attentions=attentions,
         )
 
 
@@ -178,16 +182,18 @@ class CLIPVisionTransformer(nnx.Module):
         *,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> BaseModelOutputWithPooling:
         """pixel_values `[batch, channels, height, width]` -> last_hidden_state
         `[batch, 1 + patches, hidden]` and pooler_output `[batch, hidden]`."""
         x = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
-        x, hidden = self.encoder(x, rngs=rngs)
+        x, hidden, attentions = self.encoder(x, rngs=rngs, output_attentions=output_attentions)
         return BaseModelOutputWithPooling(
             last_hidden_state=x,
             pooler_output=self.post_layernorm(x[:, 0]),
             hidden_states=hidden if output_hidden_states else None,
+            attentions=attentions,
         )
 
 
@@ -236,6 +242,7 @@ class CLIPModel(nnx.Module):
         position_ids: jax.Array | None = None,
         *,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> BaseModelOutputWithPooling:
         """The text tower's output with pooler_output replaced by its projection
@@ -245,6 +252,7 @@ class CLIPModel(nnx.Module):
             attention_mask,
             position_ids,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             rngs=training_rngs(self, rngs),
         )
         projected = self.text_projection(out.pooler_output).astype(jnp.float32)
@@ -256,6 +264,7 @@ class CLIPModel(nnx.Module):
         *,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> BaseModelOutputWithPooling:
         """The vision tower's output with pooler_output replaced by its projection
@@ -264,6 +273,7 @@ class CLIPModel(nnx.Module):
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             rngs=training_rngs(self, rngs),
         )
         projected = self.visual_projection(out.pooler_output).astype(jnp.float32)
@@ -278,11 +288,16 @@ class CLIPModel(nnx.Module):
         *,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> CLIPOutput:
         """input_ids `[texts, length]` (attention_mask, position_ids as get_text_features) and
         pixel_values `[images, channels, height, width]` -> CLIPOutput."""
-        args: dict[str, Any] = dict(output_hidden_states=output_hidden_states, rngs=rngs)
+        args: dict[str, Any] = dict(
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            rngs=rngs,
+        )
         image = self.get_image_features(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **args
         )

@@ -18,10 +18,11 @@ from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.gpt.config import GPT2Config
 from polyformer.models.inputs import check_ids
 from polyformer.models.layers import (
-    ATTENTION_OUTPUT,
     MLP_OUTPUT,
+    attend,
     layer_norm,
-    remat_layer,
+    layer_output,
+    run_layers,
     training_rngs,
 )
 
@@ -30,10 +31,13 @@ from polyformer.models.layers import (
 class CausalLMOutput:
     """logits `[batch, length, vocab_size]` (float32; None with output_logits=False);
     hidden_states, when asked for: n_layer + 1 arrays `[batch, length, n_embd]`, the embeddings
-    then each block's output, the last one after ln_f (as transformers reports them)."""
+    then each block's output, the last one after ln_f (as transformers reports them);
+    attentions, when asked for: n_layer arrays `[batch, n_head, length, length]` (float32), each
+    block's attention probabilities."""
 
     logits: jax.Array | None
     hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
 
 
 class GPT2MLP(nnx.Module):
@@ -75,13 +79,6 @@ class GPT2MLP(nnx.Module):
         return self.dropout(x, deterministic=rngs is None, rngs=rngs)
 
 
-class GPT2Attention(MultiHeadAttention):
-    """MultiHeadAttention whose output is named for remat="minimal", which keeps it."""
-
-    def __call__(self, *args, **kwargs) -> jax.Array:
-        return checkpoint_name(super().__call__(*args, **kwargs), ATTENTION_OUTPUT)
-
-
 class GPT2Block(nnx.Module):
     """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); x `[batch, length, n_embd]`.
 
@@ -107,7 +104,7 @@ class GPT2Block(nnx.Module):
     ):
         dtypes = dict(dtype=dtype, param_dtype=param_dtype)
         self.ln_1 = layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
-        self.attn = GPT2Attention(
+        self.attn = MultiHeadAttention(
             n_head,
             n_embd,
             kernel=kernel,
@@ -136,15 +133,26 @@ class GPT2Block(nnx.Module):
         mask: jax.Array | None,
         rngs: nnx.Rngs | None,
         segment_ids: jax.Array | None = None,
-    ) -> jax.Array:
+        *,
+        output_attentions: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """mask `[batch, length]` True for real tokens (None: all real); segment_ids `[batch,
-        length]`: a token attends only to tokens of its own segment (None: one segment)."""
+        length]`: a token attends only to tokens of its own segment (None: one segment). Returns
+        the block's output, with its attention probabilities `[batch, n_head, length, length]`
+        when output_attentions."""
         rng = None if rngs is None else rngs.dropout()
-        h = self.attn(
-            self.ln_1(x), mask=mask, causal=True, scale=self.scale, rng=rng, segment_ids=segment_ids
+        h, probs = attend(
+            self.attn,
+            self.ln_1(x),
+            mask=mask,
+            causal=True,
+            scale=self.scale,
+            rng=rng,
+            segment_ids=segment_ids,
+            output_attentions=output_attentions,
         )
         x = x + self.attn_dropout(h, deterministic=rngs is None, rngs=rngs)
-        return x + self.mlp(self.ln_2(x), rngs)
+        return layer_output(x + self.mlp(self.ln_2(x), rngs), probs)
 
     def decode(self, x: jax.Array, cache, mask: jax.Array | None) -> tuple[jax.Array, Any]:
         """n new positions x `[batch, n, n_embd]` against the layer's cache; no dropout."""
@@ -243,6 +251,7 @@ class GPT2LMHeadModel(nnx.Module):
         *,
         segment_ids: jax.Array | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         output_logits: bool = True,
         rngs: nnx.Rngs | None = None,
     ) -> CausalLMOutput:
@@ -252,8 +261,9 @@ class GPT2LMHeadModel(nnx.Module):
         cumsum(attention_mask) - 1); segment_ids `[batch, length]` int packs several documents
         in a row: a token attends only to its own document's (give each document's positions in
         position_ids). rngs: needed in training mode, for dropout.
-        output_logits=False leaves logits None: a loss over the vocabulary in chunks
-        (gpt.loss.chunked_lm_loss) takes the last hidden state instead."""
+        output_hidden_states, output_attentions: return the hidden states and the attention
+        probabilities (see CausalLMOutput). output_logits=False leaves logits None: a loss over
+        the vocabulary in chunks (gpt.loss.chunked_lm_loss) takes the last hidden state instead."""
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
             raise ValueError(
                 f"input_ids must be [batch, length] with length >= 1, got shape "
@@ -267,16 +277,20 @@ class GPT2LMHeadModel(nnx.Module):
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.wte(input_ids) + self.wpe(position_ids)
         x = self.drop(x, deterministic=rngs is None, rngs=rngs)
-        run = remat_layer(lambda block, *args: block(*args), self.config.remat)
-        hidden = [x]
-        for block in self.h:
-            x = run(block, x, mask, rngs, segment_ids)
-            hidden.append(x)
+        x, hidden, attentions = run_layers(
+            self.h,
+            x,
+            self.config.remat,
+            mask,
+            rngs,
+            segment_ids,
+            output_attentions=output_attentions,
+        )
         x = self.ln_f(x)
-        hidden[-1] = x
         return CausalLMOutput(
             logits=self._logits(x) if output_logits else None,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+            hidden_states=(*hidden[:-1], x) if output_hidden_states else None,
+            attentions=attentions,
         )
 
     def init_cache(self, batch: int, max_length: int) -> tuple[Any, ...]:

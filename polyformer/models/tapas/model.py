@@ -25,10 +25,11 @@ from polyformer.attention.layer import linear, logical
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.inputs import check_ids
 from polyformer.models.layers import (
-    ATTENTION_OUTPUT,
     MLP_OUTPUT,
+    attend,
     layer_norm,
-    remat_layer,
+    layer_output,
+    run_layers,
     training_rngs,
 )
 from polyformer.models.tapas import segments
@@ -40,11 +41,14 @@ from polyformer.models.tapas.loss import tapas_loss
 class BaseModelOutput:
     """last_hidden_state `[batch, length, hidden_size]`; pooler_output `[batch, hidden_size]`
     (tanh(dense(first token))); hidden_states, when asked for: num_hidden_layers + 1 arrays
-    `[batch, length, hidden_size]`, the embeddings then each layer's output."""
+    `[batch, length, hidden_size]`, the embeddings then each layer's output; attentions, when
+    asked for: num_hidden_layers arrays `[batch, num_attention_heads, length, length]` (float32),
+    each layer's attention probabilities."""
 
     last_hidden_state: jax.Array
     pooler_output: jax.Array
     hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
 
 
 @flax.struct.dataclass
@@ -61,7 +65,7 @@ class TableQuestionAnsweringOutput:
         before averaging per cell and column masking.
       column_logits: float32 `[batch, max_num_columns]` (None unless `select_one_column`).
       loss: the scalar training loss, when labels were given.
-      hidden_states: as BaseModelOutput's, when asked for.
+      hidden_states, attentions: as BaseModelOutput's, when asked for.
     """
 
     logits: jax.Array
@@ -70,6 +74,7 @@ class TableQuestionAnsweringOutput:
     column_logits: jax.Array | None
     loss: jax.Array | None = None
     hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
 
 
 def position_ids_per_cell(token_type_ids: jax.Array, config: TapasConfig) -> jax.Array:
@@ -179,14 +184,26 @@ class TapasLayer(nnx.Module):
         self.act = ACTIVATIONS[activation]
         self.dropout = nnx.Dropout(dropout)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None, rngs: nnx.Rngs | None) -> jax.Array:
-        """x `[batch, length, hidden_size]`; mask `[batch, length]` True for real tokens."""
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        rngs: nnx.Rngs | None,
+        *,
+        output_attentions: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """x `[batch, length, hidden_size]`; mask `[batch, length]` True for real tokens. Returns
+        the layer's output, with its attention probabilities `[batch, heads, length, length]`
+        when output_attentions."""
         deterministic = rngs is None
         rng = None if deterministic else rngs.dropout()
-        h = checkpoint_name(self.attention(x, mask=mask, rng=rng), ATTENTION_OUTPUT)
+        h, probs = attend(
+            self.attention, x, mask=mask, rng=rng, output_attentions=output_attentions
+        )
         x = self.attention_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
         h = checkpoint_name(self.output(self.act(self.intermediate(x))), MLP_OUTPUT)
-        return self.output_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
+        x = self.output_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
+        return layer_output(x, probs)
 
 
 class TapasEncoder(nnx.Module):
@@ -279,12 +296,15 @@ class TapasModel(nnx.Module):
         position_ids: jax.Array | None = None,
         *,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> BaseModelOutput:
         """input_ids `[batch, length]`; attention_mask `[batch, length]`, 1 for real tokens
         (None: all real); token_type_ids `[batch, length, 7]` (None: zeros); position_ids
         `[batch | 1, length]` (None: per-cell positions when reset_position_index_per_cell,
-        else 0..length-1). rngs: needed in training mode, for dropout."""
+        else 0..length-1). output_hidden_states, output_attentions: return the hidden states and
+        attention probabilities (see BaseModelOutput). rngs: needed in training mode, for
+        dropout."""
         _check_inputs(self.config, input_ids, token_type_ids)
         rngs = training_rngs(self, rngs)
         if token_type_ids is None:
@@ -296,15 +316,19 @@ class TapasModel(nnx.Module):
                 position_ids = jnp.arange(input_ids.shape[1])[None]
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.embeddings(input_ids, token_type_ids, position_ids, rngs)
-        run = remat_layer(lambda layer, x, mask, rngs: layer(x, mask, rngs), self.config.remat)
-        hidden = [x]
-        for layer in self.encoder.layer:
-            x = run(layer, x, mask, rngs)
-            hidden.append(x)
+        x, hidden, attentions = run_layers(
+            self.encoder.layer,
+            x,
+            self.config.remat,
+            mask,
+            rngs,
+            output_attentions=output_attentions,
+        )
         return BaseModelOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x),
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+            hidden_states=hidden if output_hidden_states else None,
+            attentions=attentions,
         )
 
 
@@ -368,6 +392,7 @@ class TapasForQuestionAnswering(nnx.Module):
         numeric_values: jax.Array | None = None,
         numeric_values_scale: jax.Array | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> TableQuestionAnsweringOutput:
         """input_ids `[batch, length]`; attention_mask `[batch, length]`; token_type_ids
@@ -385,6 +410,7 @@ class TapasForQuestionAnswering(nnx.Module):
             token_type_ids,
             position_ids,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             rngs=rngs,
         )
         sequence = self.dropout(
@@ -443,6 +469,7 @@ class TapasForQuestionAnswering(nnx.Module):
             column_logits=column_logits,
             loss=loss,
             hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
 
 

@@ -28,20 +28,25 @@ from polyformer.models.vit.config import ViTConfig, size_pair
 class ImageClassifierOutput:
     """logits `[batch, num_labels]` (float32); hidden_states, when asked for: num_hidden_layers + 1
     arrays `[batch, 1 + patches, hidden_size]`, the embeddings then each layer's output (before
-    the final layernorm, as transformers reports them)."""
+    the final layernorm, as transformers reports them); attentions, when asked for:
+    num_hidden_layers arrays `[batch, num_attention_heads, 1 + patches, 1 + patches]` (float32),
+    each layer's attention probabilities."""
 
     logits: jax.Array
     hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
 
 
 @flax.struct.dataclass
 class BaseModelOutputWithPooling:
     """last_hidden_state `[batch, length, hidden_size]`; pooler_output `[batch, pooler_output_size]`
-    (None for a ViTModel without pooler); hidden_states as in ImageClassifierOutput."""
+    (None for a ViTModel without pooler); hidden_states and attentions as in
+    ImageClassifierOutput."""
 
     last_hidden_state: jax.Array
     pooler_output: jax.Array | None = None
     hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
 
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -199,20 +204,24 @@ class ViTModel(nnx.Module):
         *,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> BaseModelOutputWithPooling:
         """pixel_values `[batch, num_channels, height, width]` (height, width = image_size unless
-        interpolate_pos_encoding). rngs: needed in training mode, for dropout."""
+        interpolate_pos_encoding). output_hidden_states, output_attentions: return the hidden
+        states and attention probabilities (see ImageClassifierOutput). rngs: needed in training
+        mode, for dropout."""
         rngs = training_rngs(self, rngs)
         x = self.embeddings(pixel_values, interpolate_pos_encoding)
         x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
-        x, hidden = self.encoder(x, rngs=rngs)
+        x, hidden, attentions = self.encoder(x, rngs=rngs, output_attentions=output_attentions)
         x = self.layernorm(x)
         pooled = self.pooler(x) if self.config.add_pooling_layer else None
         return BaseModelOutputWithPooling(
             last_hidden_state=x,
             pooler_output=pooled,
             hidden_states=hidden if output_hidden_states else None,
+            attentions=attentions,
         )
 
 
@@ -235,6 +244,7 @@ class ViTForImageClassification(nnx.Module):
         *,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> ImageClassifierOutput:
         """pixel_values `[batch, num_channels, height, width]` -> float32 logits
@@ -244,10 +254,13 @@ class ViTForImageClassification(nnx.Module):
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             rngs=rngs,
         )
         logits = self.classifier(out.last_hidden_state[:, 0]).astype(jnp.float32)
-        return ImageClassifierOutput(logits=logits, hidden_states=out.hidden_states)
+        return ImageClassifierOutput(
+            logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
 
 
 def _head(config: ViTConfig, width: int, rngs: nnx.Rngs) -> nnx.Linear:

@@ -21,10 +21,11 @@ from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.layers import (
-    ATTENTION_OUTPUT,
     MLP_OUTPUT,
+    attend,
     layer_norm,
-    remat_layer,
+    layer_output,
+    run_layers,
     training_rngs,
 )
 from polyformer.models.wav2vec2.config import Wav2Vec2Config
@@ -40,20 +41,24 @@ class Wav2Vec2BaseModelOutput:
     conv_dim[-1]]`, the feature encoder's output after the feature projection's layer norm;
     hidden_states, when asked for: num_hidden_layers + 1 arrays `[batch, frames, hidden_size]`,
     the first layer's input then each layer's output (as transformers reports them: for the
-    stable-layer-norm encoder the last one is before the final layer_norm)."""
+    stable-layer-norm encoder the last one is before the final layer_norm); attentions, when
+    asked for: num_hidden_layers arrays `[batch, num_attention_heads, frames, frames]` (float32),
+    each layer's attention probabilities."""
 
     last_hidden_state: jax.Array
     extract_features: jax.Array
     hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
 
 
 @flax.struct.dataclass
 class CTCOutput:
-    """logits `[batch, frames, vocab_size]` (float32); hidden_states as in
+    """logits `[batch, frames, vocab_size]` (float32); hidden_states and attentions as in
     Wav2Vec2BaseModelOutput."""
 
     logits: jax.Array
     hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
 
 
 def feat_extract_output_lengths(config: Wav2Vec2Config, lengths):
@@ -323,17 +328,29 @@ class Wav2Vec2EncoderLayer(nnx.Module):
         self.final_layer_norm = layer_norm(c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs)
         self.stable = stable
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None, rngs: nnx.Rngs | None) -> jax.Array:
-        """mask `[batch, frames]` True for real frames (None: all real)."""
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        rngs: nnx.Rngs | None,
+        *,
+        output_attentions: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """mask `[batch, frames]` True for real frames (None: all real). Returns the layer's
+        output, with its attention probabilities `[batch, heads, frames, frames]` when
+        output_attentions."""
         rng = None if rngs is None else rngs.dropout()
         h = self.layer_norm(x) if self.stable else x
-        h = checkpoint_name(self.attention(h, mask=mask, rng=rng), ATTENTION_OUTPUT)
+        h, probs = attend(
+            self.attention, h, mask=mask, rng=rng, output_attentions=output_attentions
+        )
         x = x + self.dropout(h, deterministic=rngs is None, rngs=rngs)
         if self.stable:
             h = self.feed_forward(self.final_layer_norm(x), rngs)
-            return x + checkpoint_name(h, MLP_OUTPUT)
+            return layer_output(x + checkpoint_name(h, MLP_OUTPUT), probs)
         x = self.layer_norm(x)
-        return self.final_layer_norm(x + checkpoint_name(self.feed_forward(x, rngs), MLP_OUTPUT))
+        h = checkpoint_name(self.feed_forward(x, rngs), MLP_OUTPUT)
+        return layer_output(self.final_layer_norm(x + h), probs)
 
 
 class Wav2Vec2Encoder(nnx.Module):
@@ -358,10 +375,17 @@ class Wav2Vec2Encoder(nnx.Module):
         self.remat = c.remat
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None, rngs: nnx.Rngs | None
-    ) -> tuple[jax.Array, list[jax.Array]]:
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        rngs: nnx.Rngs | None,
+        *,
+        output_attentions: bool = False,
+    ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
         """x `[batch, frames, hidden]`, mask `[batch, frames]` -> (last hidden state, the
-        hidden states transformers reports)."""
+        hidden states transformers reports, and with output_attentions each layer's attention
+        probabilities, else None). A layer LayerDrop skips still reports the probabilities it
+        computed (transformers leaves it out of its tuple)."""
         if mask is not None:
             # HF zeroes padded frames so that the positional conv does not smear them inward.
             x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
@@ -369,19 +393,24 @@ class Wav2Vec2Encoder(nnx.Module):
         if not self.stable:
             x = self.layer_norm(x)
         x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
-        run = remat_layer(lambda layer, x, mask, rngs: layer(x, mask, rngs), self.remat)
-        hidden = [x]
-        for layer in self.layers:
-            out = run(layer, x, mask, rngs)
-            if rngs is not None and self.layerdrop > 0.0:
-                # LayerDrop: training skips each layer with probability layerdrop.
-                skip = jax.random.uniform(rngs.dropout()) < self.layerdrop
-                out = jnp.where(skip, x, out)
-            x = out
-            hidden.append(x)
+
+        def layerdrop(x: jax.Array, out: jax.Array) -> jax.Array:
+            """Training skips each layer with probability layerdrop."""
+            skip = jax.random.uniform(rngs.dropout()) < self.layerdrop
+            return jnp.where(skip, x, out)
+
+        x, hidden, attentions = run_layers(
+            self.layers,
+            x,
+            self.remat,
+            mask,
+            rngs,
+            output_attentions=output_attentions,
+            after=layerdrop if rngs is not None and self.layerdrop > 0.0 else None,
+        )
         if self.stable:
             x = self.layer_norm(x)
-        return x, hidden
+        return x, hidden, attentions
 
 
 class Wav2Vec2Model(nnx.Module):
@@ -411,6 +440,7 @@ class Wav2Vec2Model(nnx.Module):
         mask_time_indices: jax.Array | None = None,
         *,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> Wav2Vec2BaseModelOutput:
         """input_values `[batch, samples]` float audio (normalised as the feature extractor
@@ -418,8 +448,9 @@ class Wav2Vec2Model(nnx.Module):
         (None: no padding, how the group-norm models are used); mask_time_indices
         `[batch, frames]` boolean: frames replaced by masked_spec_embed (SpecAugment; without
         it, training mode draws them as HF does when mask_time_prob > 0, and feature spans when
-        mask_feature_prob > 0). rngs: needed in training mode, for dropout, LayerDrop and
-        SpecAugment."""
+        mask_feature_prob > 0). output_hidden_states, output_attentions: return the hidden states
+        and attention probabilities (see Wav2Vec2BaseModelOutput). rngs: needed in training
+        mode, for dropout, LayerDrop and SpecAugment."""
         if input_values.ndim != 2:
             raise ValueError(
                 f"input_values must be [batch, samples], got shape {tuple(input_values.shape)}"
@@ -445,11 +476,12 @@ class Wav2Vec2Model(nnx.Module):
         x, extract_features = self.feature_projection(features, rngs)
         if self.config.apply_spec_augment:
             x = self._spec_augment(x, mask, mask_time_indices, rngs)
-        x, hidden = self.encoder(x, mask, rngs)
+        x, hidden, attentions = self.encoder(x, mask, rngs, output_attentions=output_attentions)
         return Wav2Vec2BaseModelOutput(
             last_hidden_state=x,
             extract_features=extract_features,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+            hidden_states=hidden if output_hidden_states else None,
+            attentions=attentions,
         )
 
     def _spec_augment(
@@ -521,6 +553,7 @@ class Wav2Vec2ForCTC(nnx.Module):
         mask_time_indices: jax.Array | None = None,
         *,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> CTCOutput:
         """As Wav2Vec2Model.__call__; returns float32 logits `[batch, frames, vocab_size]`.
@@ -531,13 +564,14 @@ class Wav2Vec2ForCTC(nnx.Module):
             attention_mask,
             mask_time_indices,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             rngs=rngs,
         )
         x = self.dropout(out.last_hidden_state, deterministic=rngs is None, rngs=rngs)
         kernel = self.lm_head.kernel[...].astype(x.dtype)
         logits = jnp.dot(x, kernel, preferred_element_type=jnp.float32)
         logits = logits + self.lm_head.bias[...].astype(jnp.float32)
-        return CTCOutput(logits=logits, hidden_states=out.hidden_states)
+        return CTCOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
 def build(config: Wav2Vec2Config, *, rngs: nnx.Rngs) -> Wav2Vec2ForCTC | Wav2Vec2Model:

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 import polyformer as pf
 from polyformer.models import clip
 from tests.models.clip.reference import OFFICIAL, TINY, hf_outputs, pixels, random_hf_model, texts
+from tests.models.layer_outputs import assert_layers_match
 from tests.models.vit.reference import random_model, randomise
 
 OUTPUTS = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
@@ -124,3 +125,19 @@ def test_official_clip_vit_base_patch32_matches_transformers(tmp_path):
     assert n_params == sum(p.numel() for p in hf_model.parameters()) == 151_277_313
     input_ids, mask = texts(49407, 49408)
     assert_outputs_match(ours, hf_model, input_ids[:3], pixels(2, 224), mask[:3])
+
+
+def test_both_towers_attentions_and_hidden_states_match_eager_transformers(checkpoint):
+    _, ours, path = checkpoint
+    hf_model = transformers.CLIPModel.from_pretrained(path, attn_implementation="eager")
+    input_ids, mask = texts(TINY["text_config"]["eos_token_id"], TINY["text_config"]["vocab_size"])
+    x = pixels(3, 20, seed=4)
+    flags = dict(output_attentions=True, output_hidden_states=True)
+    want = hf_outputs(hf_model, input_ids, x, mask, **flags)
+    got = nnx.jit(lambda m, i, x, a: m(i, x, a, **flags))(ours, input_ids, x, mask)
+    for tower in ("text", "vision"):
+        layers = TINY[f"{tower}_config"]["num_hidden_layers"]
+        g, w = getattr(got, f"{tower}_model_output"), getattr(want, f"{tower}_model_output")
+        assert_layers_match(g.attentions, w.attentions, layers, 1e-5)
+        assert_layers_match(g.hidden_states, w.hidden_states, layers + 1, 1e-5)
+    assert got.text_model_output.attentions[0].shape == (4, 2, 9, 9)

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 import polyformer as pf
 from polyformer.models import gpt
 from tests.models.gpt.reference import TINY, hf_logits, left_padded, logits, random_hf_model
+from tests.models.layer_outputs import assert_layers_match
 
 CONFIGS = {
     "tiny": {},
@@ -134,3 +135,28 @@ def test_official_gpt2_size_matches_transformers(tmp_path):
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
     assert n_params == 124_439_808
     assert_logits_match(ours, hf_model, *left_padded(50257, [64, 40]))
+
+
+def test_attentions_and_hidden_states_match_eager_transformers_with_left_padding(
+    tiny_checkpoint,
+):
+    _, path = tiny_checkpoint
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(path, attn_implementation="eager")
+    input_ids, mask = left_padded(TINY["vocab_size"], [11, 6, 9], seed=2)
+    with torch.no_grad():
+        want = hf_model(
+            torch.as_tensor(input_ids),
+            attention_mask=torch.as_tensor(mask),
+            output_attentions=True,
+            output_hidden_states=True,
+        )
+    forward = nnx.jit(lambda m, x, a: m(x, a, output_attentions=True, output_hidden_states=True))
+    got = forward(pf.from_pretrained(path), jnp.asarray(input_ids), jnp.asarray(mask))
+    # A left-padded query sees no key: transformers spreads its row evenly over all keys, we give
+    # it zeros (as the kernels do), so only the rows and hidden states of real tokens compare.
+    real = mask.astype(bool)
+    rows = np.broadcast_to(real[:, None, :], (3, TINY["n_head"], real.shape[1]))
+    assert_layers_match(got.attentions, want.attentions, TINY["n_layer"], 1e-5, rows)
+    assert_layers_match(got.hidden_states, want.hidden_states, TINY["n_layer"] + 1, 1e-5, real)
+    padded = np.asarray(got.attentions[0])[~rows]
+    assert padded.shape == (int((~rows).sum()), 11) and not padded.any()

@@ -12,8 +12,10 @@ from safetensors.numpy import load_file
 
 import polyformer as pf
 from polyformer.models import tapas
+from tests.models.layer_outputs import assert_layers_match
 from tests.models.tapas.reference import (
     INPUT_NAMES,
+    LENGTH,
     TINY,
     WTQ,
     assert_logits_match,
@@ -161,3 +163,26 @@ def test_official_wtq_configuration_matches_transformers(tmp_path):
         got.logits_aggregation, want.logits_aggregation.numpy(), atol=1e-4, rtol=0
     )
     np.testing.assert_allclose(float(got.loss), want.loss.item(), atol=1e-4, rtol=0)
+
+
+def test_attentions_and_hidden_states_match_eager_transformers(wtq_checkpoint):
+    _, path = wtq_checkpoint
+    hf_model = transformers.TapasForQuestionAnswering.from_pretrained(
+        path, attn_implementation="eager"
+    ).eval()
+    x = inputs(seed=1)
+    flags = dict(output_attentions=True, output_hidden_states=True)
+    want = hf_forward(hf_model, x, **flags)
+    got = nnx.jit(lambda m, *a: m(*a, **flags))(
+        pf.from_pretrained(path), *(x[k] for k in INPUT_NAMES)
+    )
+    layers = TINY["num_hidden_layers"]
+    assert got.attentions[0].shape == (
+        len(x["input_ids"]),
+        TINY["num_attention_heads"],
+        LENGTH,
+        LENGTH,
+    )
+    # Padded queries attend to the real tokens in both, so every row compares.
+    assert_layers_match(got.attentions, want.attentions, layers, 1e-5)
+    assert_layers_match(got.hidden_states, want.hidden_states, layers + 1, 1e-5)

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 import polyformer as pf
 from polyformer.models import vit
 from polyformer.models.vit.model import bicubic_matrix
+from tests.models.layer_outputs import assert_layers_match
 from tests.models.vit.reference import (
     OFFICIAL,
     TINY,
@@ -115,3 +116,17 @@ def test_official_vit_base_patch16_224_matches_transformers(tmp_path):
     assert n_params == sum(p.numel() for p in hf_model.parameters()) == 86_567_656
     x = pixels(2, 224)
     close(forward(ours, jnp.asarray(x)).logits, hf_outputs(hf_model, x).logits)
+
+
+@pytest.mark.parametrize("fixture", ["classifier", "bare"])
+def test_attentions_and_hidden_states_match_eager_transformers(fixture, request):
+    hf_model, ours, path = request.getfixturevalue(fixture)
+    hf_model = type(hf_model).from_pretrained(path, attn_implementation="eager")
+    x = pixels(2, 20, seed=3)
+    want = hf_outputs(hf_model, x, output_attentions=True, output_hidden_states=True)
+    run = nnx.jit(lambda m, x: m(x, output_attentions=True, output_hidden_states=True))
+    got = run(ours, jnp.asarray(x))
+    layers = TINY["num_hidden_layers"]
+    assert got.attentions[0].shape == (2, TINY["num_attention_heads"], 26, 26)
+    assert_layers_match(got.attentions, want.attentions, layers, 1e-5)
+    assert_layers_match(got.hidden_states, want.hidden_states, layers + 1, 1e-5)

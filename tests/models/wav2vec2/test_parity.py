@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 import polyformer as pf
 from polyformer.models import wav2vec2
 from polyformer.models.wav2vec2 import Wav2Vec2Config
+from tests.models.layer_outputs import assert_layers_match
 from tests.models.wav2vec2.reference import (
     BASE_960H,
     LENGTHS,
@@ -152,3 +153,19 @@ def test_base_960h_configuration_matches_transformers(tmp_path):
     assert real.sum(1).tolist() == [49, 34]
     assert_close(logits(ours, audio, mask), hf_forward(hf_model, audio, mask).logits, real)
     assert_close(logits(ours, audio), hf_forward(hf_model, audio).logits)
+
+
+def test_attentions_and_hidden_states_match_eager_transformers_with_padding(checkpoint):
+    _, hf_model, path, ours = checkpoint
+    hf_model = type(hf_model).from_pretrained(path, attn_implementation="eager").eval()
+    audio, mask = padded_audio(LENGTHS, seed=2)
+    flags = dict(output_attentions=True, output_hidden_states=True)
+    got = nnx.jit(lambda m, x, a: m(x, a, **flags))(ours, audio, mask)
+    want = hf_forward(hf_model, audio, mask, **flags)
+    layers = ours.config.num_hidden_layers
+    assert got.attentions[0].shape == (2, 3, 79, 79)
+    # Padded frames attend to the real ones in both; no padded key gets any weight.
+    assert not np.asarray(got.attentions[1])[1, :, :, 55:].any()
+    assert_layers_match(got.attentions, want.attentions, layers, 1e-5)
+    real = real_frames(ours.config, mask)
+    assert_layers_match(got.hidden_states, want.hidden_states, layers + 1, 1e-5, real)
