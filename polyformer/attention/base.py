@@ -29,42 +29,11 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-class AttentionKernel(Protocol):
-    """The one signature every kernel follows (see the module docstring)."""
-
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        mask: jax.Array | None = None,
-        causal: bool = False,
-        *,
-        bias: jax.Array | None = None,
-        scale: float | None = None,
-        rng: jax.Array | None = None,
-        segment_ids: SegmentIds | None = None,
-    ) -> jax.Array: ...
-
-    def probabilities(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        mask: jax.Array | None = None,
-        causal: bool = False,
-        *,
-        bias: jax.Array | None = None,
-        scale: float | None = None,
-        segment_ids: SegmentIds | None = None,
-    ) -> jax.Array: ...
-
 
 SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
 """`[batch, length]` int (queries and keys alike) or (`[batch, q_length]`, `[batch, k_length]`)."""
@@ -353,6 +322,12 @@ class Kernel(abc.ABC):
     @abc.abstractmethod
     def _attend(self, q, k, v, mask, causal, bias, scale, rng, segment_ids, segments) -> jax.Array:
         """The kernel itself, on checked inputs."""
+
+
+AttentionKernel = Kernel
+"""The one signature every kernel follows (see the module docstring): `Kernel`'s `__call__` and
+`probabilities`. A kernel of one's own subclasses `Kernel`, which checks the inputs once, or is
+any callable with the same signature."""
 
 
 def causal_allowed(q_positions: np.ndarray | jax.Array, k_positions, q_len: int, k_len: int):

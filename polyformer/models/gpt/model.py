@@ -12,19 +12,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from polyformer.attention import AttentionKernel, MultiHeadAttention
+from polyformer.attention import MultiHeadAttention
 from polyformer.attention.layer import linear, logical
+from polyformer.models import layers
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.gpt.config import GPT2Config
 from polyformer.models.inputs import check_ids
-from polyformer.models.layers import (
-    MLP_OUTPUT,
-    attend,
-    layer_norm,
-    layer_output,
-    run_layers,
-    training_rngs,
-)
 
 
 @flax.struct.dataclass
@@ -40,42 +33,37 @@ class CausalLMOutput:
     attentions: tuple[jax.Array, ...] | None = None
 
 
+def projection_std(config: GPT2Config) -> float:
+    """GPT-2's init of the projections into the residual stream: initializer_range scaled by
+    1/sqrt(the number of residual additions)."""
+    return config.initializer_range / (2 * config.n_layer) ** 0.5
+
+
 class GPT2MLP(nnx.Module):
     """c_fc -> activation -> c_proj -> dropout, on x `[batch, length, n_embd]`."""
 
-    def __init__(
-        self,
-        n_embd: int,
-        inner_dim: int,
-        *,
-        activation: str,
-        dropout: float,
-        init_std: float,
-        proj_init_std: float,
-        dtype: Any,
-        param_dtype: Any,
-        rngs: nnx.Rngs,
-    ):
-        dtypes = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        c = config
+        dtypes = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
         self.c_fc = linear(
-            n_embd,
-            inner_dim,
+            c.n_embd,
+            c.inner_dim,
             ("embed", "mlp"),
-            kernel_init=nnx.initializers.normal(init_std),
+            kernel_init=nnx.initializers.normal(c.initializer_range),
             **dtypes,
         )
         self.c_proj = linear(
-            inner_dim,
-            n_embd,
+            c.inner_dim,
+            c.n_embd,
             ("mlp", "embed"),
-            kernel_init=nnx.initializers.normal(proj_init_std),
+            kernel_init=nnx.initializers.normal(projection_std(c)),
             **dtypes,
         )
-        self.act = ACTIVATIONS[activation]
-        self.dropout = nnx.Dropout(dropout)
+        self.act = ACTIVATIONS[c.activation_function]
+        self.dropout = nnx.Dropout(c.resid_pdrop)
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-        x = checkpoint_name(self.c_proj(self.act(self.c_fc(x))), MLP_OUTPUT)
+        x = checkpoint_name(self.c_proj(self.act(self.c_fc(x))), layers.MLP_OUTPUT)
         return self.dropout(x, deterministic=rngs is None, rngs=rngs)
 
 
@@ -85,47 +73,23 @@ class GPT2Block(nnx.Module):
     Dropout runs when the call gets `rngs` (the model passes them in training mode only).
     """
 
-    def __init__(
-        self,
-        n_embd: int,
-        n_head: int,
-        inner_dim: int,
-        *,
-        activation: str,
-        epsilon: float,
-        scale: float,
-        kernel: AttentionKernel,
-        dropout: float,
-        init_std: float,
-        proj_init_std: float,
-        dtype: Any,
-        param_dtype: Any,
-        rngs: nnx.Rngs,
-    ):
-        dtypes = dict(dtype=dtype, param_dtype=param_dtype)
-        self.ln_1 = layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
+    def __init__(self, config: GPT2Config, layer: int, *, rngs: nnx.Rngs):
+        c = config
+        dtypes = dict(dtype=c.dtype, param_dtype=c.param_dtype)
+        self.ln_1 = layers.layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
         self.attn = MultiHeadAttention(
-            n_head,
-            n_embd,
-            kernel=kernel,
-            kernel_init=nnx.initializers.normal(init_std),
-            out_kernel_init=nnx.initializers.normal(proj_init_std),
+            c.n_head,
+            c.n_embd,
+            kernel=c.kernel,
+            kernel_init=nnx.initializers.normal(c.initializer_range),
+            out_kernel_init=nnx.initializers.normal(projection_std(c)),
             **dtypes,
             rngs=rngs,
         )
-        self.attn_dropout = nnx.Dropout(dropout)  # HF's attn.resid_dropout
-        self.ln_2 = layer_norm(n_embd, epsilon, **dtypes, rngs=rngs)
-        self.mlp = GPT2MLP(
-            n_embd,
-            inner_dim,
-            activation=activation,
-            dropout=dropout,
-            init_std=init_std,
-            proj_init_std=proj_init_std,
-            **dtypes,
-            rngs=rngs,
-        )
-        self.scale = scale  # on q.k, fixed per layer by the config
+        self.attn_dropout = nnx.Dropout(c.resid_pdrop)  # HF's attn.resid_dropout
+        self.ln_2 = layers.layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
+        self.mlp = GPT2MLP(c, rngs=rngs)
+        self.scale = c.attention_scale(layer)  # on q.k, fixed per layer by the config
 
     def __call__(
         self,
@@ -141,7 +105,7 @@ class GPT2Block(nnx.Module):
         the block's output, with its attention probabilities `[batch, n_head, length, length]`
         when output_attentions."""
         rng = None if rngs is None else rngs.dropout()
-        h, probs = attend(
+        h, probs = layers.attend(
             self.attn,
             self.ln_1(x),
             mask=mask,
@@ -152,7 +116,7 @@ class GPT2Block(nnx.Module):
             output_attentions=output_attentions,
         )
         x = x + self.attn_dropout(h, deterministic=rngs is None, rngs=rngs)
-        return layer_output(x + self.mlp(self.ln_2(x), rngs), probs)
+        return layers.layer_output(x + self.mlp(self.ln_2(x), rngs), probs)
 
     def decode(self, x: jax.Array, cache, mask: jax.Array | None) -> tuple[jax.Array, Any]:
         """n new positions x `[batch, n, n_embd]` against the layer's cache; no dropout."""
@@ -189,27 +153,8 @@ class GPT2LMHeadModel(nnx.Module):
             rngs=rngs,
         )
         self.drop = nnx.Dropout(c.embd_pdrop)
-        self.h = nnx.List(
-            [
-                GPT2Block(
-                    c.n_embd,
-                    c.n_head,
-                    c.inner_dim,
-                    activation=c.activation_function,
-                    epsilon=c.layer_norm_epsilon,
-                    scale=c.attention_scale(i),
-                    kernel=c.kernel,
-                    dropout=c.resid_pdrop,
-                    init_std=c.initializer_range,
-                    # GPT-2's init: residual projections scaled by 1/sqrt(residual layer count).
-                    proj_init_std=c.initializer_range / (2 * c.n_layer) ** 0.5,
-                    **dtypes,
-                    rngs=rngs,
-                )
-                for i in range(c.n_layer)
-            ]
-        )
-        self.ln_f = layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
+        self.h = nnx.List([GPT2Block(c, i, rngs=rngs) for i in range(c.n_layer)])
+        self.ln_f = layers.layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
         if not c.tie_word_embeddings:
             self.lm_head = nnx.Linear(
                 c.n_embd,
@@ -271,13 +216,13 @@ class GPT2LMHeadModel(nnx.Module):
             )
         self._check_length(input_ids.shape[1])
         check_ids(input_ids, self.config.vocab_size, "input_ids")
-        rngs = training_rngs(self, rngs)
+        rngs = layers.training_rngs(self, rngs)
         if position_ids is None:
             position_ids = jnp.arange(input_ids.shape[1])[None]
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.wte(input_ids) + self.wpe(position_ids)
         x = self.drop(x, deterministic=rngs is None, rngs=rngs)
-        x, hidden, attentions = run_layers(
+        x, hidden, attentions = layers.run_layers(
             self.h,
             x,
             self.config.remat,

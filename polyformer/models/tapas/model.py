@@ -22,16 +22,9 @@ from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear, logical
+from polyformer.models import layers
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.inputs import check_ids
-from polyformer.models.layers import (
-    MLP_OUTPUT,
-    attend,
-    layer_norm,
-    layer_output,
-    run_layers,
-    training_rngs,
-)
 from polyformer.models.tapas import segments
 from polyformer.models.tapas.config import TOKEN_TYPES, TapasConfig
 from polyformer.models.tapas.loss import tapas_loss
@@ -123,7 +116,7 @@ class TapasEmbeddings(nnx.Module):
                 for size in c.type_vocab_sizes
             ]
         )
-        self.LayerNorm = layer_norm(c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs)
+        self.LayerNorm = layers.layer_norm(c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs)
         self.dropout = nnx.Dropout(c.hidden_dropout_prob)
         self.pad_token_id = c.pad_token_id
 
@@ -173,14 +166,14 @@ class TapasLayer(nnx.Module):
         self.attention = MultiHeadAttention(
             num_heads, hidden_size, kernel=kernel, kernel_init=init, **dtypes, rngs=rngs
         )
-        self.attention_norm = layer_norm(hidden_size, epsilon, **dtypes, rngs=rngs)
+        self.attention_norm = layers.layer_norm(hidden_size, epsilon, **dtypes, rngs=rngs)
         self.intermediate = linear(
             hidden_size, intermediate_size, ("embed", "mlp"), kernel_init=init, **dtypes, rngs=rngs
         )
         self.output = linear(
             intermediate_size, hidden_size, ("mlp", "embed"), kernel_init=init, **dtypes, rngs=rngs
         )
-        self.output_norm = layer_norm(hidden_size, epsilon, **dtypes, rngs=rngs)
+        self.output_norm = layers.layer_norm(hidden_size, epsilon, **dtypes, rngs=rngs)
         self.act = ACTIVATIONS[activation]
         self.dropout = nnx.Dropout(dropout)
 
@@ -197,13 +190,13 @@ class TapasLayer(nnx.Module):
         when output_attentions."""
         deterministic = rngs is None
         rng = None if deterministic else rngs.dropout()
-        h, probs = attend(
+        h, probs = layers.attend(
             self.attention, x, mask=mask, rng=rng, output_attentions=output_attentions
         )
         x = self.attention_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
-        h = checkpoint_name(self.output(self.act(self.intermediate(x))), MLP_OUTPUT)
+        h = checkpoint_name(self.output(self.act(self.intermediate(x))), layers.MLP_OUTPUT)
         x = self.output_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
-        return layer_output(x, probs)
+        return layers.layer_output(x, probs)
 
 
 class TapasEncoder(nnx.Module):
@@ -306,7 +299,7 @@ class TapasModel(nnx.Module):
         attention probabilities (see BaseModelOutput). rngs: needed in training mode, for
         dropout."""
         _check_inputs(self.config, input_ids, token_type_ids)
-        rngs = training_rngs(self, rngs)
+        rngs = layers.training_rngs(self, rngs)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((*input_ids.shape, len(TOKEN_TYPES)), jnp.int32)
         if position_ids is None:
@@ -316,7 +309,7 @@ class TapasModel(nnx.Module):
                 position_ids = jnp.arange(input_ids.shape[1])[None]
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.embeddings(input_ids, token_type_ids, position_ids, rngs)
-        x, hidden, attentions = run_layers(
+        x, hidden, attentions = layers.run_layers(
             self.encoder.layer,
             x,
             self.config.remat,
@@ -401,7 +394,7 @@ class TapasForQuestionAnswering(nnx.Module):
         `labels` `[batch, length]` are given. rngs: needed in training mode (dropout, and the
         Gumbel samples of configs that use them)."""
         c = self.config
-        rngs = training_rngs(self, rngs)
+        rngs = layers.training_rngs(self, rngs)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((*input_ids.shape, len(TOKEN_TYPES)), jnp.int32)
         out = self.tapas(

@@ -239,24 +239,13 @@ class ViTForImageClassification(nnx.Module):
         self.deterministic = True
 
     def __call__(
-        self,
-        pixel_values: jax.Array,
-        *,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        rngs: nnx.Rngs | None = None,
+        self, pixel_values: jax.Array, *, rngs: nnx.Rngs | None = None, **options: Any
     ) -> ImageClassifierOutput:
         """pixel_values `[batch, num_channels, height, width]` -> float32 logits
-        `[batch, num_labels]`. rngs: needed in training mode, for dropout."""
+        `[batch, num_labels]`; options as ViTModel's (interpolate_pos_encoding,
+        output_hidden_states, output_attentions). rngs: needed in training mode, for dropout."""
         rngs = training_rngs(self, rngs)
-        out = self.vit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            rngs=rngs,
-        )
+        out = self.vit(pixel_values, rngs=rngs, **options)
         logits = self.classifier(out.last_hidden_state[:, 0]).astype(jnp.float32)
         return ImageClassifierOutput(
             logits=logits, hidden_states=out.hidden_states, attentions=out.attentions

@@ -19,15 +19,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear
+from polyformer.models import layers
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.layers import (
-    MLP_OUTPUT,
-    attend,
-    layer_norm,
-    layer_output,
-    run_layers,
-    training_rngs,
-)
 from polyformer.models.wav2vec2.config import Wav2Vec2Config
 
 # torch's nn.GroupNorm and nn.LayerNorm default, which the feature encoder's norms keep (they
@@ -160,7 +153,7 @@ class Wav2Vec2ConvLayer(nnx.Module):
                 **dtypes,
             )  # fmt: skip
         elif norm == "layer":
-            self.layer_norm = layer_norm(out_dim, _CONV_NORM_EPS, **dtypes)
+            self.layer_norm = layers.layer_norm(out_dim, _CONV_NORM_EPS, **dtypes)
         else:
             self.layer_norm = None
         self.act = ACTIVATIONS[activation]
@@ -212,7 +205,7 @@ class Wav2Vec2FeatureProjection(nnx.Module):
     def __init__(self, config: Wav2Vec2Config, *, rngs: nnx.Rngs):
         c = config
         dtypes = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
-        self.layer_norm = layer_norm(c.conv_dim[-1], c.layer_norm_eps, **dtypes)
+        self.layer_norm = layers.layer_norm(c.conv_dim[-1], c.layer_norm_eps, **dtypes)
         self.projection = linear(
             c.conv_dim[-1],
             c.hidden_size,
@@ -323,9 +316,11 @@ class Wav2Vec2EncoderLayer(nnx.Module):
             rngs=rngs,
         )
         self.dropout = nnx.Dropout(c.hidden_dropout)
-        self.layer_norm = layer_norm(c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs)
+        self.layer_norm = layers.layer_norm(c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs)
         self.feed_forward = Wav2Vec2FeedForward(c, rngs=rngs)
-        self.final_layer_norm = layer_norm(c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs)
+        self.final_layer_norm = layers.layer_norm(
+            c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs
+        )
         self.stable = stable
 
     def __call__(
@@ -341,16 +336,16 @@ class Wav2Vec2EncoderLayer(nnx.Module):
         output_attentions."""
         rng = None if rngs is None else rngs.dropout()
         h = self.layer_norm(x) if self.stable else x
-        h, probs = attend(
+        h, probs = layers.attend(
             self.attention, h, mask=mask, rng=rng, output_attentions=output_attentions
         )
         x = x + self.dropout(h, deterministic=rngs is None, rngs=rngs)
         if self.stable:
             h = self.feed_forward(self.final_layer_norm(x), rngs)
-            return layer_output(x + checkpoint_name(h, MLP_OUTPUT), probs)
+            return layers.layer_output(x + checkpoint_name(h, layers.MLP_OUTPUT), probs)
         x = self.layer_norm(x)
-        h = checkpoint_name(self.feed_forward(x, rngs), MLP_OUTPUT)
-        return layer_output(self.final_layer_norm(x + h), probs)
+        h = checkpoint_name(self.feed_forward(x, rngs), layers.MLP_OUTPUT)
+        return layers.layer_output(self.final_layer_norm(x + h), probs)
 
 
 class Wav2Vec2Encoder(nnx.Module):
@@ -360,7 +355,7 @@ class Wav2Vec2Encoder(nnx.Module):
     def __init__(self, config: Wav2Vec2Config, *, rngs: nnx.Rngs):
         c = config
         self.pos_conv_embed = Wav2Vec2PositionalConvEmbedding(c, rngs=rngs)
-        self.layer_norm = layer_norm(
+        self.layer_norm = layers.layer_norm(
             c.hidden_size, c.layer_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs
         )
         self.dropout = nnx.Dropout(c.hidden_dropout)
@@ -399,7 +394,7 @@ class Wav2Vec2Encoder(nnx.Module):
             skip = jax.random.uniform(rngs.dropout()) < self.layerdrop
             return jnp.where(skip, x, out)
 
-        x, hidden, attentions = run_layers(
+        x, hidden, attentions = layers.run_layers(
             self.layers,
             x,
             self.remat,
@@ -468,7 +463,7 @@ class Wav2Vec2Model(nnx.Module):
             )
         if mask_time_indices is not None:
             self._check_spec_mask(mask_time_indices, (input_values.shape[0], frames))
-        rngs = training_rngs(self, rngs)
+        rngs = layers.training_rngs(self, rngs)
         features = self.feature_extractor(input_values.astype(self.config.dtype))
         mask = None
         if attention_mask is not None:
@@ -547,26 +542,13 @@ class Wav2Vec2ForCTC(nnx.Module):
         self.deterministic = True
 
     def __call__(
-        self,
-        input_values: jax.Array,
-        attention_mask: jax.Array | None = None,
-        mask_time_indices: jax.Array | None = None,
-        *,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        rngs: nnx.Rngs | None = None,
+        self, input_values: jax.Array, *args: Any, rngs: nnx.Rngs | None = None, **options: Any
     ) -> CTCOutput:
-        """As Wav2Vec2Model.__call__; returns float32 logits `[batch, frames, vocab_size]`.
-        Frames past feat_extract_output_lengths(samples of a row) are padding."""
-        rngs = training_rngs(self, rngs)
-        out = self.wav2vec2(
-            input_values,
-            attention_mask,
-            mask_time_indices,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            rngs=rngs,
-        )
+        """The arguments of Wav2Vec2Model.__call__ (attention_mask, mask_time_indices,
+        output_hidden_states, output_attentions, rngs); returns float32 logits `[batch, frames,
+        vocab_size]`. Frames past feat_extract_output_lengths(samples of a row) are padding."""
+        rngs = layers.training_rngs(self, rngs)
+        out = self.wav2vec2(input_values, *args, rngs=rngs, **options)
         x = self.dropout(out.last_hidden_state, deterministic=rngs is None, rngs=rngs)
         kernel = self.lm_head.kernel[...].astype(x.dtype)
         logits = jnp.dot(x, kernel, preferred_element_type=jnp.float32)
