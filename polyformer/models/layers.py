@@ -12,7 +12,7 @@ import jax
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from polyformer.attention.layer import MultiHeadAttention, logical
+from polyformer.attention.layer import MultiHeadAttention, linear, logical
 
 
 def layer_norm(width: int, epsilon: float, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
@@ -145,3 +145,18 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
     activations between layers; x itself outside `sharding_constraints` (no mesh)."""
     pin = _CONSTRAIN.get()
     return x if pin is None else pin(x, axes)
+
+
+def dense_head(config: Any, width: int, rngs: nnx.Rngs, *, dtype: Any = None) -> nnx.Linear:
+    """A hidden_size -> width dense layer initialised normal(initializer_range), as BERT-style
+    poolers and classifiers are; `config` an EncoderConfig, computing in `dtype` (default its
+    dtype)."""
+    return linear(
+        config.hidden_size,
+        width,
+        ("embed", None),
+        kernel_init=nnx.initializers.normal(config.initializer_range),
+        dtype=config.dtype if dtype is None else dtype,
+        param_dtype=config.param_dtype,
+        rngs=rngs,
+    )

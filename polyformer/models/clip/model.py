@@ -236,46 +236,24 @@ class CLIPModel(nnx.Module):
         self.deterministic = True  # flipped by model.train() / model.eval()
 
     def get_text_features(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        position_ids: jax.Array | None = None,
-        *,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        rngs: nnx.Rngs | None = None,
+        self, input_ids: jax.Array, *args: Any, rngs: nnx.Rngs | None = None, **options: Any
     ) -> BaseModelOutputWithPooling:
-        """The text tower's output with pooler_output replaced by its projection
-        `[batch, projection_dim]` (float32, not normalised), as transformers 5 returns it."""
-        out = self.text_model(
-            input_ids,
-            attention_mask,
-            position_ids,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            rngs=training_rngs(self, rngs),
-        )
+        """The text tower's output (the arguments of CLIPTextTransformer's call: attention_mask,
+        position_ids, output_hidden_states, output_attentions) with pooler_output replaced by
+        its projection `[batch, projection_dim]` (float32, not normalised), as transformers 5
+        returns it."""
+        out = self.text_model(input_ids, *args, rngs=training_rngs(self, rngs), **options)
         projected = self.text_projection(out.pooler_output).astype(jnp.float32)
         return out.replace(pooler_output=projected)
 
     def get_image_features(
-        self,
-        pixel_values: jax.Array,
-        *,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        rngs: nnx.Rngs | None = None,
+        self, pixel_values: jax.Array, *, rngs: nnx.Rngs | None = None, **options: Any
     ) -> BaseModelOutputWithPooling:
-        """The vision tower's output with pooler_output replaced by its projection
-        `[batch, projection_dim]` (float32, not normalised), as transformers 5 returns it."""
-        out = self.vision_model(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            rngs=training_rngs(self, rngs),
-        )
+        """The vision tower's output (options as CLIPVisionTransformer's call:
+        interpolate_pos_encoding, output_hidden_states, output_attentions) with pooler_output
+        replaced by its projection `[batch, projection_dim]` (float32, not normalised), as
+        transformers 5 returns it."""
+        out = self.vision_model(pixel_values, rngs=training_rngs(self, rngs), **options)
         projected = self.visual_projection(out.pooler_output).astype(jnp.float32)
         return out.replace(pooler_output=projected)
 

@@ -226,15 +226,7 @@ class TapasPooler(nnx.Module):
     """tanh(dense(x[:, 0])): the first ([CLS]) token's summary, `[batch, hidden_size]`."""
 
     def __init__(self, config: TapasConfig, *, rngs: nnx.Rngs):
-        self.dense = linear(
-            config.hidden_size,
-            config.hidden_size,
-            ("embed", None),
-            kernel_init=nnx.initializers.normal(config.initializer_range),
-            dtype=config.dtype,
-            param_dtype=config.param_dtype,
-            rngs=rngs,
-        )
+        self.dense = layers.dense_head(config, config.hidden_size, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.tanh(self.dense(x[:, 0]))
@@ -360,14 +352,8 @@ class TapasForQuestionAnswering(nnx.Module):
         self.column_output_weights = _head_vector(c.hidden_size, std, c.param_dtype, rngs)
         self.column_output_bias = _head_bias(c.param_dtype)
         if c.num_aggregation_labels > 0:
-            self.aggregation_classifier = linear(
-                c.hidden_size,
-                c.num_aggregation_labels,
-                ("embed", None),
-                kernel_init=nnx.initializers.normal(c.initializer_range),
-                dtype=jnp.float32,
-                param_dtype=c.param_dtype,
-                rngs=rngs,
+            self.aggregation_classifier = layers.dense_head(
+                c, c.num_aggregation_labels, rngs, dtype=jnp.float32
             )
         self.deterministic = True
 

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from polyformer.attention.layer import linear, logical
+from polyformer.attention.layer import logical
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.encoder import Encoder, EncoderInit
-from polyformer.models.layers import layer_norm, training_rngs
+from polyformer.models.layers import dense_head, layer_norm, training_rngs
 from polyformer.models.vit.config import ViTConfig, size_pair
 
 
@@ -175,7 +175,7 @@ class ViTPooler(nnx.Module):
     """pooler_act(dense(CLS)): `[batch, length, hidden_size]` -> `[batch, pooler_output_size]`."""
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
-        self.dense = _head(config, config.pooler_output_size, rngs)
+        self.dense = dense_head(config, config.pooler_output_size, rngs)
         self.act = ACTIVATIONS[config.pooler_act]
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -235,7 +235,7 @@ class ViTForImageClassification(nnx.Module):
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config = dataclasses.replace(config, architectures=(type(self).__name__,))
         self.vit = ViTModel(dataclasses.replace(config, add_pooling_layer=False), rngs=rngs)
-        self.classifier = _head(config, config.num_labels, rngs)
+        self.classifier = dense_head(config, config.num_labels, rngs)
         self.deterministic = True
 
     def __call__(
@@ -250,19 +250,6 @@ class ViTForImageClassification(nnx.Module):
         return ImageClassifierOutput(
             logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
-
-
-def _head(config: ViTConfig, width: int, rngs: nnx.Rngs) -> nnx.Linear:
-    """A dense layer on the CLS token (pooler or classifier), hidden_size -> width."""
-    return linear(
-        config.hidden_size,
-        width,
-        ("embed", None),
-        kernel_init=nnx.initializers.normal(config.initializer_range),
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        rngs=rngs,
-    )
 
 
 def _vit_body(config: ViTConfig, rngs: nnx.Rngs) -> tuple[VisionEmbeddings, Encoder, nnx.Module]:
