@@ -98,9 +98,9 @@ def main() -> None:
         out_dir=args.out_dir,
     )
     if args.kill_at_step is not None:
-        lm = DyingData(lm.corpus, lm.seq_len, args.kill_at_step)
+        lm = DyingData(lm.corpus, lm.seq_len, kill_at=args.kill_at_step)
     if args.term_at_step is not None:
-        lm = DyingData(lm.corpus, lm.seq_len, args.term_at_step, signal.SIGTERM)
+        lm = DyingData(lm.corpus, lm.seq_len, kill_at=args.term_at_step, signum=signal.SIGTERM)
     job = trainer.Trainer(config, lm)
     job.run(progress=False)
     if jax.process_index() == 0:
