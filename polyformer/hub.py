@@ -44,6 +44,7 @@ def from_pretrained(
     *,
     dtype: Any = None,
     attention: AttentionKernel | None = None,
+    scan_layers: bool | None = None,
 ) -> nnx.Module:
     """Loads a checkpoint directory as transformers' or our `save_pretrained` writes it.
 
@@ -53,6 +54,8 @@ def from_pretrained(
       dtype: computation dtype (default float32); parameters keep the config's param_dtype
         (float32), whatever dtype the checkpoint stores.
       attention: the kernel of every attention layer (default: the config's, Dense).
+      scan_layers: the layers as one scanned module with stacked parameters
+        (ModelConfig.scan_layers; default False); the checkpoint is the same either way.
 
     Returns the model of config.json's `model_type`, in evaluation mode, its parameters equal to
     the checkpoint's. Raises FileNotFoundError for a missing file, CheckpointError (a ValueError)
@@ -63,7 +66,7 @@ def from_pretrained(
     hf_config = read_config(directory)
     family = family_of(hf_config.get("model_type"), str(directory / CONFIG))
     config = family.config.from_hf(hf_config)
-    overrides = {"dtype": dtype, "attention": attention}
+    overrides = {"dtype": dtype, "attention": attention, "scan_layers": scan_layers}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     tensors, source = read_weights(directory)
     # Build without computing a random initialisation that the checkpoint would overwrite.
@@ -85,9 +88,7 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike) -> None:
         )
     config = model.config
     family = family_of(config.model_type, type(model).__name__)
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    params = {key: var.get_value() for key, var in flat}
-    tensors = convert.save(family.table(config), params)
+    tensors = convert.save(family.table(config), convert.model_params(model))
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     safetensors.flax.save_file(tensors, str(directory / SAFETENSORS), metadata={"format": "pt"})

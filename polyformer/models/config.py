@@ -9,7 +9,8 @@ nested configs (`NESTED`) and int fields that must be positive (`POSITIVE`). `fr
 annotation, so `"n_layer": "2"` fails naming the field instead of deep inside the model.
 
 `ModelConfig` adds what a top-level model config has: the attention kernel, the dtypes, the
-rematerialisation policy and `architectures`, the HF class names config.json gives.
+rematerialisation policy, `scan_layers` and `architectures`, the HF class names config.json
+gives.
 """
 
 from __future__ import annotations
@@ -163,6 +164,9 @@ class ModelConfig(HFConfig):
       remat: what each layer of the stack keeps for the backward pass (`REMAT`): "none"
         everything; "full" only its input, recomputing the rest; "dots" the outputs of its
         matrix products; "minimal" only its attention and MLP outputs.
+      scan_layers: the layer stack as one module whose parameters are stacked on a leading
+        layer axis, run by nnx.scan (`models.layers.LayerStack`): the compiled program holds one
+        layer, so compile time does not grow with depth; checkpoints are the same either way.
     """
 
     ARCHITECTURES: ClassVar[tuple[str, ...]]
@@ -175,6 +179,7 @@ class ModelConfig(HFConfig):
         "dtype",
         "param_dtype",
         "remat",
+        "scan_layers",
         "architectures",
     )
     TUPLES: ClassVar[tuple[str, ...]] = ("architectures",)
@@ -184,6 +189,7 @@ class ModelConfig(HFConfig):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
         if not self.architectures:

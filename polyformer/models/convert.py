@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from polyformer.checkpoint_io import CheckpointError
+from polyformer.models.layers import layer_stacks
 
 Path = tuple[str | int, ...]
 
@@ -249,6 +251,61 @@ def save(table: Table, params: Mapping[Path, jax.Array]) -> dict[str, jax.Array]
     }
 
 
+def _in_stack(path: Path, stacks: Mapping[Path, int]) -> tuple[Path, Path] | None:
+    """(the LayerStack's path, the path inside its layer) for a stacked parameter's path
+    (*stack, "layer", *rest); None for a parameter outside every LayerStack."""
+    for stack in stacks:
+        if path[: len(stack) + 1] == (*stack, "layer"):
+            return stack, path[len(stack) + 1 :]
+    return None
+
+
+def unstack_layers(params: Mapping[Path, Any], stacks: Mapping[Path, int]) -> dict[Path, Any]:
+    """Parameters by state path, with every LayerStack's stacked one `[num_layers, ...]` at
+    (*stack, "layer", *rest) cut into its layers at (*stack, i, *rest): the paths an unscanned
+    model has and the tables name. `stacks`: `layers.layer_stacks(model)`; values are arrays or
+    jax.ShapeDtypeStructs."""
+    out = {}
+    for path, value in params.items():
+        where = _in_stack(path, stacks)
+        if where is None:
+            out[path] = value
+            continue
+        stack, rest = where
+        for i in range(stacks[stack]):
+            if isinstance(value, jax.ShapeDtypeStruct):
+                out[(*stack, i, *rest)] = jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
+            else:
+                out[(*stack, i, *rest)] = value[i]
+    return out
+
+
+def stack_layers(
+    params: Mapping[Path, jax.Array], stacked: Mapping[Path, Any], stacks: Mapping[Path, int]
+) -> dict[Path, jax.Array]:
+    """The inverse of unstack_layers: per-layer parameters -> `stacked`'s paths (a model's,
+    some inside LayerStacks), a stacked one made of its layers `[num_layers, ...]` when `params`
+    has all of them; paths that `params` lacks are left out."""
+    out = {}
+    for path in stacked:
+        where = _in_stack(path, stacks)
+        if where is None:
+            if path in params:
+                out[path] = params[path]
+            continue
+        stack, rest = where
+        layers = [(*stack, i, *rest) for i in range(stacks[stack])]
+        if all(layer in params for layer in layers):
+            out[path] = jnp.stack([params[layer] for layer in layers])
+    return out
+
+
+def model_params(model: nnx.Module) -> dict[Path, jax.Array]:
+    """The model's parameters by the state paths the tables name (LayerStacks unstacked)."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    return unstack_layers({key: var.get_value() for key, var in flat}, layer_stacks(model))
+
+
 def load_into(
     model: nnx.Module, table: Table, tensors: Mapping[str, jax.Array], source: str
 ) -> nnx.Module:
@@ -269,12 +326,20 @@ def load_into(
     if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(rest)):
         raise ValueError(f"{type(model).__name__} has state besides parameters; cannot load it")
     flat = dict(nnx.to_flat_state(params))
+    stacks = layer_stacks(model)
+    per_layer = unstack_layers(
+        {key: _abstract(var.get_value()) for key, var in flat.items()}, stacks
+    )
     filled = {path for entry in table.entries for path in entry.ours}
     if any(isinstance(var.get_value(), jax.ShapeDtypeStruct) for var in flat.values()):
-        table.check_covers(set(flat))
-    shapes = {key: var.get_value() for key, var in flat.items() if key in filled}
-    values = load(table, tensors, shapes, source)
+        table.check_covers(set(per_layer))
+    shapes = {key: shape for key, shape in per_layer.items() if key in filled}
+    values = stack_layers(load(table, tensors, shapes, source), flat, stacks)
     for key, var in flat.items():
         if key in values:
             var.set_value(values[key])
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
+
+
+def _abstract(value: jax.Array | jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(value.shape, value.dtype)

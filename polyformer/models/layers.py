@@ -70,20 +70,69 @@ def remat_layer(call: Callable[..., Any], remat: str) -> Callable[..., Any]:
     return constrained
 
 
+# The logical name of a LayerStack's leading axis: no sharding rule names it, so every device
+# holds all layers of the parameters it holds (fsdp and tensor split the other axes).
+LAYERS = "layers"
+
+
+class LayerStack(nnx.Module):
+    """`num_layers` layers of one structure as one module (ModelConfig.scan_layers): `layer` is
+    one layer whose every parameter has a leading axis `[num_layers, ...]` named LAYERS, and
+    `run_layers` runs it under nnx.scan, so a compiled program holds the layer's computation once
+    whatever the depth. Checkpoints name the layers one by one (`convert.unstack_layers`)."""
+
+    def __init__(
+        self, make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, rngs: nnx.Rngs
+    ):
+        @nnx.split_rngs(splits=num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
+        def create(rngs: nnx.Rngs) -> nnx.Module:
+            return make_layer(rngs)
+
+        self.layer = create(rngs)
+        self.num_layers = num_layers
+
+
+def layer_stack(
+    make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, scan: bool, rngs: nnx.Rngs
+) -> nnx.List | LayerStack:
+    """`num_layers` layers `make_layer(rngs)`, each initialised from its own draws: a LayerStack
+    when `scan` (ModelConfig.scan_layers), else an nnx.List of them (numbered state paths)."""
+    if scan:
+        return LayerStack(make_layer, num_layers, rngs=rngs)
+    return nnx.List([make_layer(rngs) for _ in range(num_layers)])
+
+
+def layer_stacks(model: nnx.Module) -> dict[tuple[Any, ...], int]:
+    """The state path of every LayerStack in `model` -> its number of layers."""
+    return {
+        path: node.num_layers
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, LayerStack)
+    }
+
+
 def run_layers(
-    layers: Sequence[nnx.Module],
+    layers: Sequence[nnx.Module] | LayerStack,
     x: jax.Array,
     remat: str,
     *args: Any,
+    per_layer: tuple[Sequence[float], ...] = (),
     output_attentions: bool = False,
-    after: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    after: Callable[[jax.Array, jax.Array, nnx.Rngs | None], jax.Array] | None = None,
     **options: Any,
 ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
-    """A stack of layers, each called as `layer(x, *args, output_attentions=..., **options)`
-    under `remat_layer`: args are arrays (traced by remat), options Python values (static, as
-    output_attentions is under jit). A layer returns its output, or (output, attention
-    probabilities) when output_attentions. `after(x, out)`, when given, makes the next x from a
-    layer's input and output (LayerDrop).
+    """A stack of layers, each called as `layer(x, *args, *its per_layer values,
+    output_attentions=..., **options)` under `remat_layer`: args are arrays, None or the rngs
+    (traced by remat), options Python values (static, as output_attentions is under jit), and
+    `per_layer` holds sequences of Python numbers, one per layer (GPT-2's attention scale). A
+    layer returns its output, or (output, attention probabilities) when output_attentions.
+    `after(x, out, rngs)`, when given, makes the next x from a layer's input and output and the
+    nnx.Rngs among args (LayerDrop).
+
+    A LayerStack runs under a scan (`scan_layers`): the rngs among args are split so that every
+    layer draws its own dropout, a per_layer sequence must hold one value, and the outputs are the
+    unscanned stack's.
 
     Returns (the last x, the hidden states: x then every layer's x, len(layers) + 1 arrays
     `[batch, length, hidden]`, and when output_attentions each layer's probabilities `[batch,
@@ -91,15 +140,96 @@ def run_layers(
     run = remat_layer(
         lambda layer, *a: layer(*a, output_attentions=output_attentions, **options), remat
     )
+    if isinstance(layers, LayerStack):
+        return _scan_layers(layers, x, run, args, per_layer, output_attentions, after)
+    rngs = _rngs_among(args)
     hidden, attentions = [x], []
-    for layer in layers:
-        out = run(layer, x, *args)
+    for i, layer in enumerate(layers):
+        out = run(layer, x, *args, *(values[i] for values in per_layer))
         if output_attentions:
             out, probs = out
             attentions.append(probs)
-        x = out if after is None else after(x, out)
+        x = out if after is None else after(x, out, rngs)
         hidden.append(x)
     return x, tuple(hidden), tuple(attentions) if output_attentions else None
+
+
+def _rngs_among(args: Sequence[Any]) -> nnx.Rngs | None:
+    return next((a for a in args if isinstance(a, nnx.Rngs)), None)
+
+
+def _scan_layers(
+    stack: LayerStack,
+    x: jax.Array,
+    run: Callable[..., Any],
+    args: tuple[Any, ...],
+    per_layer: tuple[Sequence[float], ...],
+    output_attentions: bool,
+    after: Callable[[jax.Array, jax.Array, nnx.Rngs | None], jax.Array] | None,
+) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
+    """run_layers over a LayerStack."""
+
+    def body(layer, x, _, *layer_args):
+        out = run(layer, x, *layer_args)
+        probs = None
+        if output_attentions:
+            out, probs = out
+        x = out if after is None else after(x, out, _rngs_among(layer_args))
+        return x, (x, probs)
+
+    first = x
+    x, (hidden, probs) = scan_layers(stack, body, x, None, *args, per_layer=per_layer)
+    hidden = (first, *(hidden[i] for i in range(stack.num_layers)))
+    if output_attentions:
+        return x, hidden, tuple(probs[i] for i in range(stack.num_layers))
+    return x, hidden, None
+
+
+def scan_layers(
+    stack: LayerStack,
+    fn: Callable[..., tuple[jax.Array, Any]],
+    x: jax.Array,
+    xs: Any,
+    *args: Any,
+    per_layer: tuple[Sequence[float], ...] = (),
+) -> tuple[jax.Array, Any]:
+    """`x, y = fn(layer, x, layer's xs, *args, *its per_layer values)` for each layer of the
+    stack in turn, under nnx.scan (the program holds fn once).
+
+    Args:
+      xs: a pytree of arrays `[num_layers, ...]`, each layer given its slice (a decoding cache),
+        or None.
+      args: the same for every layer, except each nnx.Rngs among them: split, so that every
+        layer draws its own keys.
+      per_layer: sequences of Python numbers, one per layer; under a scan they must be equal
+        (the attention kernels take them as static values), else ValueError.
+
+    Returns (the last x, every layer's y stacked `[num_layers, ...]`).
+    """
+    if any(len(set(values)) > 1 for values in per_layer):
+        raise ValueError(
+            f"scanned layers share one program, so each per-layer value must be the same for "
+            f"every layer; got {per_layer}"
+        )
+    items = [values[0] for values in per_layer]
+    graphdef, params = nnx.split(stack.layer)
+    # A pure jax.lax.scan over split state, not nnx.scan: the model may have been merged outside
+    # an enclosing jax loop (generation's while_loop), which nnx's transforms refuse.
+    split = [i for i, a in enumerate(args) if isinstance(a, nnx.Rngs)]
+    with contextlib.ExitStack() as restore:
+        for i in split:
+            restore.enter_context(nnx.split_rngs(args[i], splits=stack.num_layers))
+        rngs = [nnx.split(args[i]) for i in split]
+
+        def body(x, inputs):
+            layer_params, layer_xs, rng_states = inputs
+            layer_args = list(args)
+            for i, (rng_graph, _), state in zip(split, rngs, rng_states, strict=True):
+                layer_args[i] = nnx.merge(rng_graph, state)
+            return fn(nnx.merge(graphdef, layer_params), x, layer_xs, *layer_args, *items)
+
+        rng_states = [state for _, state in rngs]
+        return jax.lax.scan(body, x, (params, xs, rng_states))
 
 
 def attend(

@@ -204,6 +204,8 @@ def _parse(text: str, annotation: Any, key: str) -> Any:
     options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else ()
     if annotation is str or (str in options and not _literal_of(text, options)):
         return text
+    if annotation is bool and text in ("true", "false"):  # JSON's and most shells' spelling
+        return text == "true"
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):

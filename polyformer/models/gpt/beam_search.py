@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from polyformer.models.gpt import logits_process
 from polyformer.models.gpt.logits_process import Processors
+from polyformer.models.gpt.model import StackedCache
 
 # transformers' stand-in for minus infinity in beam scores; kept so that ties break as there.
 _NEG = -1.0e9
@@ -57,7 +58,9 @@ def _gather(x: jax.Array, index: jax.Array) -> jax.Array:
 
 def reorder_cache(cache: Any, rows: jax.Array) -> Any:
     """Every cache array with a batch axis gathered at `rows` `[batch * num_beams]` (the
-    scalar write indices are shared by all rows)."""
+    scalar write indices are shared by all rows); a StackedCache's batch axis is its second."""
+    if isinstance(cache, StackedCache):
+        return StackedCache(jax.tree.map(lambda x: x[:, rows] if x.ndim > 1 else x, cache.layers))
     return jax.tree.map(lambda x: x[rows] if x.ndim else x, cache)
 
 

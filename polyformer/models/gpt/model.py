@@ -33,6 +33,14 @@ class CausalLMOutput:
     attentions: tuple[jax.Array, ...] | None = None
 
 
+@flax.struct.dataclass
+class StackedCache:
+    """The decoding caches of scanned layers (scan_layers): `layers` is one layer's cache with
+    every array stacked on a leading layer axis, so that its batch axis is the second."""
+
+    layers: Any
+
+
 def projection_std(config: GPT2Config) -> float:
     """GPT-2's init of the projections into the residual stream: initializer_range scaled by
     1/sqrt(the number of residual additions)."""
@@ -70,10 +78,12 @@ class GPT2MLP(nnx.Module):
 class GPT2Block(nnx.Module):
     """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); x `[batch, length, n_embd]`.
 
-    Dropout runs when the call gets `rngs` (the model passes them in training mode only).
+    Dropout runs when the call gets `rngs` (the model passes them in training mode only). The
+    factor on q.k (`GPT2Config.attention_scale`, which may differ by layer) comes with each call,
+    so that scanned layers share one block.
     """
 
-    def __init__(self, config: GPT2Config, layer: int, *, rngs: nnx.Rngs):
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
         c = config
         dtypes = dict(dtype=c.dtype, param_dtype=c.param_dtype)
         self.ln_1 = layers.layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
@@ -89,19 +99,20 @@ class GPT2Block(nnx.Module):
         self.attn_dropout = nnx.Dropout(c.resid_pdrop)  # HF's attn.resid_dropout
         self.ln_2 = layers.layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
         self.mlp = GPT2MLP(c, rngs=rngs)
-        self.scale = c.attention_scale(layer)  # on q.k, fixed per layer by the config
 
     def __call__(
         self,
         x: jax.Array,
         mask: jax.Array | None,
         rngs: nnx.Rngs | None,
-        segment_ids: jax.Array | None = None,
+        segment_ids: jax.Array | None,
+        scale: float | jax.Array,
         *,
         output_attentions: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """mask `[batch, length]` True for real tokens (None: all real); segment_ids `[batch,
-        length]`: a token attends only to tokens of its own segment (None: one segment). Returns
+        length]`: a token attends only to tokens of its own segment (None: one segment); scale:
+        this layer's factor on q.k (a float32 scalar when scanned layers differ in it). Returns
         the block's output, with its attention probabilities `[batch, n_head, length, length]`
         when output_attentions."""
         rng = None if rngs is None else rngs.dropout()
@@ -110,7 +121,7 @@ class GPT2Block(nnx.Module):
             self.ln_1(x),
             mask=mask,
             causal=True,
-            scale=self.scale,
+            scale=scale,
             rng=rng,
             segment_ids=segment_ids,
             output_attentions=output_attentions,
@@ -118,9 +129,11 @@ class GPT2Block(nnx.Module):
         x = x + self.attn_dropout(h, deterministic=rngs is None, rngs=rngs)
         return layers.layer_output(x + self.mlp(self.ln_2(x), rngs), probs)
 
-    def decode(self, x: jax.Array, cache, mask: jax.Array | None) -> tuple[jax.Array, Any]:
+    def decode(
+        self, x: jax.Array, cache, mask: jax.Array | None, scale: float | jax.Array
+    ) -> tuple[jax.Array, Any]:
         """n new positions x `[batch, n, n_embd]` against the layer's cache; no dropout."""
-        h, cache = self.attn.decode(self.ln_1(x), cache, mask=mask, scale=self.scale)
+        h, cache = self.attn.decode(self.ln_1(x), cache, mask=mask, scale=scale)
         x = x + h
         return x + self.mlp(self.ln_2(x), None), cache
 
@@ -153,7 +166,9 @@ class GPT2LMHeadModel(nnx.Module):
             rngs=rngs,
         )
         self.drop = nnx.Dropout(c.embd_pdrop)
-        self.h = nnx.List([GPT2Block(c, i, rngs=rngs) for i in range(c.n_layer)])
+        self.h = layers.layer_stack(
+            lambda rngs: GPT2Block(c, rngs=rngs), c.n_layer, scan=c.scan_layers, rngs=rngs
+        )
         self.ln_f = layers.layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
         if not c.tie_word_embeddings:
             self.lm_head = nnx.Linear(
@@ -229,6 +244,7 @@ class GPT2LMHeadModel(nnx.Module):
             mask,
             rngs,
             segment_ids,
+            per_layer=(self._scales(),),
             output_attentions=output_attentions,
         )
         x = self.ln_f(x)
@@ -238,27 +254,45 @@ class GPT2LMHeadModel(nnx.Module):
             attentions=attentions,
         )
 
-    def init_cache(self, batch: int, max_length: int) -> tuple[Any, ...]:
-        """One decoding cache per layer for up to `max_length` positions (the kernel's kind)."""
+    def _scales(self) -> tuple[float, ...]:
+        """Each layer's factor on q.k."""
+        return tuple(self.config.attention_scale(i) for i in range(self.config.n_layer))
+
+    def init_cache(self, batch: int, max_length: int) -> tuple[Any, ...] | StackedCache:
+        """The decoding caches for up to `max_length` positions (the kernel's kind): one per
+        layer, or with scan_layers one StackedCache of them all."""
         self._check_length(max_length)
+        if isinstance(self.h, layers.LayerStack):
+            cache = self.h.layer.attn.init_cache(batch, max_length)
+            n = self.config.n_layer
+            return StackedCache(jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), cache))
         return tuple(block.attn.init_cache(batch, max_length) for block in self.h)
 
     def decode(
         self,
         input_ids: jax.Array,
-        cache: tuple[Any, ...],
+        cache: tuple[Any, ...] | StackedCache,
         *,
         position_ids: jax.Array,
         attention_mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[Any, ...]]:
+    ) -> tuple[jax.Array, tuple[Any, ...] | StackedCache]:
         """Runs n new tokens input_ids `[batch, n]` (positions `[batch, n]`, attention_mask
         `[batch, n]` 0 for padding) against everything already in `cache`; returns float32
         logits `[batch, n, vocab_size]` and the updated cache. Inference only: no dropout."""
         check_ids(input_ids, self.config.vocab_size, "input_ids")
         mask = None if attention_mask is None else attention_mask.astype(bool)
         x = self.wte(input_ids) + self.wpe(position_ids)
+        if isinstance(self.h, layers.LayerStack):
+            x, layers_cache = layers.scan_layers(
+                self.h,
+                lambda block, x, c, scale: block.decode(x, c, mask, scale),
+                x,
+                cache.layers,
+                per_layer=(self._scales(),),
+            )
+            return self._logits(self.ln_f(x)), StackedCache(layers_cache)
         new_cache = []
-        for block, layer_cache in zip(self.h, cache, strict=True):
-            x, layer_cache = block.decode(x, layer_cache, mask)
+        for block, layer_cache, scale in zip(self.h, cache, self._scales(), strict=True):
+            x, layer_cache = block.decode(x, layer_cache, mask, scale)
             new_cache.append(layer_cache)
         return self._logits(self.ln_f(x)), tuple(new_cache)
