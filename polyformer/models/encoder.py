@@ -25,6 +25,7 @@ from polyformer.models.layers import (
     attend,
     layer_norm,
     layer_output,
+    layer_stack,
     run_layers,
 )
 
@@ -143,10 +144,21 @@ class EncoderLayer(nnx.Module):
 class Encoder(nnx.Module):
     """`num_layers` EncoderLayers in sequence (transformers' `encoder.layers`)."""
 
-    def __init__(self, num_layers: int, *, remat: str = "none", **layer_args):
-        """remat: each layer's rematerialisation policy (ModelConfig.remat); layer_args:
-        EncoderLayer's arguments, the same for every layer."""
-        self.layers = nnx.List([EncoderLayer(**layer_args) for _ in range(num_layers)])
+    def __init__(
+        self,
+        num_layers: int,
+        *,
+        remat: str = "none",
+        scan: bool = False,
+        rngs: nnx.Rngs,
+        **layer_args,
+    ):
+        """remat: each layer's rematerialisation policy (ModelConfig.remat); scan: the layers as
+        one scanned LayerStack (ModelConfig.scan_layers); layer_args: EncoderLayer's arguments,
+        the same for every layer."""
+        self.layers = layer_stack(
+            lambda rngs: EncoderLayer(**layer_args, rngs=rngs), num_layers, scan=scan, rngs=rngs
+        )
         self.remat = remat
 
     def __call__(

@@ -52,6 +52,7 @@ def _encoder(tower, config: CLIPConfig, rngs: nnx.Rngs) -> Encoder:
     return Encoder(
         tower.num_hidden_layers,
         remat=config.remat,
+        scan=config.scan_layers,
         hidden=tower.hidden_size,
         num_heads=tower.num_attention_heads,
         intermediate=tower.intermediate_size,

@@ -202,23 +202,23 @@ class TapasLayer(nnx.Module):
 class TapasEncoder(nnx.Module):
     def __init__(self, config: TapasConfig, *, rngs: nnx.Rngs):
         c = config
-        self.layer = nnx.List(
-            [
-                TapasLayer(
-                    c.hidden_size,
-                    c.num_attention_heads,
-                    c.intermediate_size,
-                    activation=c.hidden_act,
-                    epsilon=c.layer_norm_eps,
-                    kernel=c.kernel,
-                    dropout=c.hidden_dropout_prob,
-                    init_std=c.initializer_range,
-                    dtype=c.dtype,
-                    param_dtype=c.param_dtype,
-                    rngs=rngs,
-                )
-                for _ in range(c.num_hidden_layers)
-            ]
+        self.layer = layers.layer_stack(
+            lambda rngs: TapasLayer(
+                c.hidden_size,
+                c.num_attention_heads,
+                c.intermediate_size,
+                activation=c.hidden_act,
+                epsilon=c.layer_norm_eps,
+                kernel=c.kernel,
+                dropout=c.hidden_dropout_prob,
+                init_std=c.initializer_range,
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+                rngs=rngs,
+            ),
+            c.num_hidden_layers,
+            scan=c.scan_layers,
+            rngs=rngs,
         )
 
 

@@ -272,6 +272,7 @@ def _vit_body(config: ViTConfig, rngs: nnx.Rngs) -> tuple[VisionEmbeddings, Enco
     encoder = Encoder(
         c.num_hidden_layers,
         remat=c.remat,
+        scan=c.scan_layers,
         hidden=c.hidden_size,
         num_heads=c.num_attention_heads,
         intermediate=c.intermediate_size,

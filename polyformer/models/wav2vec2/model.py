@@ -359,11 +359,13 @@ class Wav2Vec2Encoder(nnx.Module):
             c.hidden_size, c.layer_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs
         )
         self.dropout = nnx.Dropout(c.hidden_dropout)
-        self.layers = nnx.List(
-            [
-                Wav2Vec2EncoderLayer(c, stable=c.do_stable_layer_norm, kernel=c.kernel, rngs=rngs)
-                for _ in range(c.num_hidden_layers)
-            ]
+        self.layers = layers.layer_stack(
+            lambda rngs: Wav2Vec2EncoderLayer(
+                c, stable=c.do_stable_layer_norm, kernel=c.kernel, rngs=rngs
+            ),
+            c.num_hidden_layers,
+            scan=c.scan_layers,
+            rngs=rngs,
         )
         self.stable = c.do_stable_layer_norm
         self.layerdrop = c.layerdrop
@@ -389,8 +391,9 @@ class Wav2Vec2Encoder(nnx.Module):
             x = self.layer_norm(x)
         x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
 
-        def layerdrop(x: jax.Array, out: jax.Array) -> jax.Array:
-            """Training skips each layer with probability layerdrop."""
+        def layerdrop(x: jax.Array, out: jax.Array, rngs: nnx.Rngs) -> jax.Array:
+            """Training skips each layer with probability layerdrop (a scanned layer is
+            computed, then its output dropped)."""
             skip = jax.random.uniform(rngs.dropout()) < self.layerdrop
             return jnp.where(skip, x, out)
 
