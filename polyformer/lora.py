@@ -38,7 +38,7 @@ from flax import nnx
 
 from polyformer.models import FAMILIES
 from polyformer.models.convert import CheckpointError, CheckpointMismatchError, Entry
-from polyformer.models.module_paths import node, rename, replace
+from polyformer.models.module_paths import node, rename, replace, require_layers
 
 LoRAParam = nnx.LoRAParam  # a Param, so that optimizers and savers of all parameters see it
 
@@ -276,7 +276,9 @@ def _layout(entry: Entry, shapes: list[tuple[int, int]]) -> bool | None:
 
 def sites(model: nnx.Module) -> list[Site]:
     """Every HF module of the model's family that is one or several of our nnx.Linear layers
-    (those its model calls), in the conversion table's order."""
+    (those its model calls), in the conversion table's order. ModulePathError (a ValueError)
+    for a model with scanned layers."""
+    require_layers(model, "LoRA")
     config = model.config
     table = FAMILIES[config.model_type].table(config)
     skipped = NOT_CALLED.get(config.model_type, frozenset())
@@ -332,7 +334,13 @@ def check_targets(model_config: Any, config: LoraConfig) -> None:
     """Raises LoraConfigError naming the target names that match no module of the model that
     `model_config` builds, from the family's conversion table alone (building the model to
     find its Linear layers takes seconds): what a run config checks when it is built. `apply`
-    checks the rest (that each match is a Linear layer the model calls)."""
+    checks the rest (that each match is a Linear layer the model calls), and a model with
+    scan_layers=True."""
+    if model_config.scan_layers:
+        raise LoraConfigError(
+            "LoRA adapts each layer's own Linear modules, which scanned layers do not have: set "
+            "model.scan_layers=False"
+        )
     model_type = model_config.model_type
     skipped = NOT_CALLED.get(model_type, frozenset())
     modules = [

@@ -20,6 +20,7 @@ from flax import nnx
 
 from polyformer.models import FAMILIES
 from polyformer.models.convert import Path
+from polyformer.models.layers import layer_stacks
 
 # transformers 5 renamed some families' modules; it still reads and writes checkpoints under the
 # old tensor names (which our tables use), but its live modules (what PEFT names adapters by and
@@ -73,10 +74,24 @@ def _by_parameters(paths: dict[Any, frozenset[Path]]) -> dict[frozenset[Path], l
     return {params: sorted(group, key=len) for params, group in groups.items()}
 
 
+def require_layers(model: nnx.Module, what: str) -> None:
+    """Raises ModulePathError when `model`'s layers are scanned (scan_layers=True): each stack is
+    one module with stacked parameters, so no module is one layer's and per-layer paths name
+    nothing. `what` is what needs them."""
+    if layer_stacks(model):
+        raise ModulePathError(
+            f"{what} needs each layer as its own module, and this {type(model).__name__} has "
+            "scanned layers (scan_layers=True: one module with stacked parameters); load or build "
+            "it with scan_layers=False (pf.from_pretrained(path, scan_layers=False))"
+        )
+
+
 def module_paths(model: nnx.Module) -> dict[str, Path]:
     """transformers module path -> the state path of our module computing the same output, for
     every module of the model's transformers class that can be derived (see the module
-    docstring); the models themselves (ours and transformers' root) are not included."""
+    docstring); the models themselves (ours and transformers' root) are not included.
+    ModulePathError for a model with scanned layers (`require_layers`)."""
+    require_layers(model, "a transformers module path")
     config = model.config
     table = FAMILIES[config.model_type].table(config)
     theirs = defaultdict(set)  # HF module (split on ".") -> our parameters
