@@ -17,7 +17,7 @@ from polyformer.attention import MultiHeadAttention
 from polyformer.models import FAMILIES
 from polyformer.models.tapas.tokenizer import TapasTokenizer
 from polyformer.training import trainer
-from polyformer.training.config import RunConfig
+from polyformer.training.config import RunConfig, apply_overrides
 from polyformer.training.data import ArrayData
 from polyformer.training.objectives import OBJECTIVES
 
@@ -168,3 +168,18 @@ def test_the_trainer_takes_a_step_with_the_default_objective(saved, kernel, tmp_
     job.checkpointer.close()
     assert int(state.step) == 1 and bool(metrics["finite"])
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+
+
+def test_the_trainer_takes_a_step_with_scanned_layers(tmp_path):
+    config = FAMILIES["gpt2"].config.tiny()
+    run = RunConfig(
+        model=config, data=OneBatch(objective_batch("gpt2", config)), steps=1, batch_size=2,
+        out_dir=str(tmp_path),
+    )  # fmt: skip
+    run = apply_overrides(run, ["model.scan_layers=true"])
+    assert run.model.scan_layers
+    job = trainer.Trainer(run, run.data.load())
+    state, iterator = job.initial_state()
+    state, metrics = job.train_step(state, job.global_batch(next(iterator)))
+    job.checkpointer.close()
+    assert int(state.step) == 1 and bool(metrics["finite"]) and float(metrics["grad_norm"]) > 0

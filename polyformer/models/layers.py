@@ -137,15 +137,26 @@ def run_layers(
     Returns (the last x, the hidden states: x then every layer's x, len(layers) + 1 arrays
     `[batch, length, hidden]`, and when output_attentions each layer's probabilities `[batch,
     heads, q_length, k_length]`, else None)."""
-    run = remat_layer(
-        lambda layer, *a: layer(*a, output_attentions=output_attentions, **options), remat
-    )
+
+    def runner(values: tuple[float, ...]) -> Callable[..., Any]:
+        # The values stay static: remat would trace them as arguments.
+        return remat_layer(
+            lambda layer, *a: layer(*a, *values, output_attentions=output_attentions, **options),
+            remat,
+        )
+
     if isinstance(layers, LayerStack):
-        return _scan_layers(layers, x, run, args, per_layer, output_attentions, after)
+        if any(len(set(values)) > 1 for values in per_layer):
+            raise ValueError(
+                f"scanned layers share one program, so each per-layer value must be the same for "
+                f"every layer; got {per_layer}"
+            )
+        run = runner(tuple(values[0] for values in per_layer))
+        return _scan_layers(layers, x, run, args, output_attentions, after)
     rngs = _rngs_among(args)
     hidden, attentions = [x], []
     for i, layer in enumerate(layers):
-        out = run(layer, x, *args, *(values[i] for values in per_layer))
+        out = runner(tuple(values[i] for values in per_layer))(layer, x, *args)
         if output_attentions:
             out, probs = out
             attentions.append(probs)
@@ -163,7 +174,6 @@ def _scan_layers(
     x: jax.Array,
     run: Callable[..., Any],
     args: tuple[Any, ...],
-    per_layer: tuple[Sequence[float], ...],
     output_attentions: bool,
     after: Callable[[jax.Array, jax.Array, nnx.Rngs | None], jax.Array] | None,
 ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
@@ -178,7 +188,7 @@ def _scan_layers(
         return x, (x, probs)
 
     first = x
-    x, (hidden, probs) = scan_layers(stack, body, x, None, *args, per_layer=per_layer)
+    x, (hidden, probs) = scan_layers(stack, body, x, None, *args)
     hidden = (first, *(hidden[i] for i in range(stack.num_layers)))
     if output_attentions:
         return x, hidden, tuple(probs[i] for i in range(stack.num_layers))
@@ -191,9 +201,8 @@ def scan_layers(
     x: jax.Array,
     xs: Any,
     *args: Any,
-    per_layer: tuple[Sequence[float], ...] = (),
 ) -> tuple[jax.Array, Any]:
-    """`x, y = fn(layer, x, layer's xs, *args, *its per_layer values)` for each layer of the
+    """`x, y = fn(layer, x, layer's xs, *args)` for each layer of the
     stack in turn, under nnx.scan (the program holds fn once).
 
     Args:
@@ -201,17 +210,9 @@ def scan_layers(
         or None.
       args: the same for every layer, except each nnx.Rngs among them: split, so that every
         layer draws its own keys.
-      per_layer: sequences of Python numbers, one per layer; under a scan they must be equal
-        (the attention kernels take them as static values), else ValueError.
 
     Returns (the last x, every layer's y stacked `[num_layers, ...]`).
     """
-    if any(len(set(values)) > 1 for values in per_layer):
-        raise ValueError(
-            f"scanned layers share one program, so each per-layer value must be the same for "
-            f"every layer; got {per_layer}"
-        )
-    items = [values[0] for values in per_layer]
     graphdef, params = nnx.split(stack.layer)
     # A pure jax.lax.scan over split state, not nnx.scan: the model may have been merged outside
     # an enclosing jax loop (generation's while_loop), which nnx's transforms refuse.
@@ -226,7 +227,7 @@ def scan_layers(
             layer_args = list(args)
             for i, (rng_graph, _), state in zip(split, rngs, rng_states, strict=True):
                 layer_args[i] = nnx.merge(rng_graph, state)
-            return fn(nnx.merge(graphdef, layer_params), x, layer_xs, *layer_args, *items)
+            return fn(nnx.merge(graphdef, layer_params), x, layer_xs, *layer_args)
 
         rng_states = [state for _, state in rngs]
         return jax.lax.scan(body, x, (params, xs, rng_states))

@@ -1,6 +1,8 @@
 """remat_layer: every family's loss and gradients are the same under every remat policy;
 constrain: a no-op without a mesh, and a tiny GPT-2 constrained on a mesh of 8 devices gives one
-device's loss and gradients."""
+device's loss and gradients; scan_layers: every family's scanned model computes the unscanned
+one's outputs, loss and gradients, saves the same checkpoint, and compiles to a program whose size
+does not grow with depth."""
 
 import dataclasses
 import json
@@ -12,13 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 from flax import nnx
 
-from polyformer.models import FAMILIES
+import polyformer as pf
+from polyformer.models import FAMILIES, convert
 from polyformer.models.config import REMAT
-from polyformer.models.layers import constrain
+from polyformer.models.layers import LAYERS, LayerStack, constrain, layer_stacks
 from polyformer.training.objectives import OBJECTIVES
-from tests.test_families import objective_batch
+from tests.test_families import first_output, inputs, objective_batch
 
 
 def loss_and_grads(model_type: str, remat: str, train: bool):
@@ -86,3 +90,112 @@ def test_a_constrained_step_on_8_devices_matches_one_device(tmp_path):
     assert result["constraints"] >= result["n_layer"] > result["constraints_without"]
     np.testing.assert_allclose(result["sharded_loss"], result["single_loss"], rtol=1e-6)
     assert result["grad_max_abs_diff"] < 1e-6
+
+
+def scanned_copy(model: nnx.Module, **changes) -> nnx.Module:
+    """`model` with scan_layers=True (and `changes` to its config), its parameters through the
+    conversion path (unstacked, named by the table, stacked again)."""
+    family = FAMILIES[model.config.model_type]
+    config = dataclasses.replace(model.config, scan_layers=True, **changes)
+    abstract = nnx.eval_shape(lambda: family.build(config, rngs=nnx.Rngs(0)))
+    table = family.table(config)
+    tensors = convert.save(table, convert.model_params(model))
+    return convert.load_into(abstract, table, tensors, "the unscanned model")
+
+
+def objective_grads(model: nnx.Module) -> tuple[jax.Array, dict]:
+    """The family's default objective on its tiny batch, and its gradients by the unscanned
+    model's state paths."""
+    family = FAMILIES[model.config.model_type]
+    batch = {
+        k: jnp.asarray(v) for k, v in objective_batch(model.config.model_type, model.config).items()
+    }
+    objective = OBJECTIVES[family.objectives[0]]
+    value, grads = nnx.jit(nnx.value_and_grad(lambda m: objective(m, batch, None)[0]))(model)
+    flat = {path: var.get_value() for path, var in nnx.to_flat_state(grads)}
+    return value, convert.unstack_layers(flat, layer_stacks(model))
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_scanned_layers_compute_what_unscanned_ones_do(model_type, tmp_path):
+    family = FAMILIES[model_type]
+    model = family.build(family.config.tiny(), rngs=nnx.Rngs(0))
+    scanned = scanned_copy(model)
+    stacks = layer_stacks(scanned)
+    assert stacks and all(
+        isinstance(s, LayerStack) for _, s in nnx.iter_graph(scanned) if isinstance(s, LayerStack)
+    )
+    specs = nnx.get_partition_spec(nnx.state(scanned, nnx.Param))
+    stacked = [
+        spec for path, spec in nnx.to_flat_state(specs) if any(path[: len(p)] == p for p in stacks)
+    ]
+    assert stacked and all(spec.get_value()[0] == LAYERS for spec in stacked)
+
+    batch = {k: jnp.asarray(v) for k, v in inputs(model_type, model.config).items()}
+    options = dict(output_hidden_states=True, output_attentions=True)
+    want, got = model(**batch, **options), scanned(**batch, **options)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+
+    value, grads = objective_grads(model)
+    for remat in ("none", "full"):
+        other_value, other_grads = objective_grads(scanned_copy(model, remat=remat))
+        np.testing.assert_allclose(other_value, value, atol=1e-5, rtol=0)
+        assert other_grads.keys() == grads.keys()
+        for path, g in grads.items():
+            np.testing.assert_allclose(other_grads[path], g, atol=1e-5, rtol=0, err_msg=str(path))
+
+    pf.save_pretrained(model, tmp_path / "unscanned")
+    pf.save_pretrained(scanned, tmp_path / "scanned")
+    written = [
+        safetensors.numpy.load_file(tmp_path / d / "model.safetensors")
+        for d in ("unscanned", "scanned")
+    ]
+    assert written[0].keys() == written[1].keys()
+    assert all(np.array_equal(written[0][k], written[1][k]) for k in written[0])
+    config = json.loads((tmp_path / "scanned" / "config.json").read_text())
+    assert "scan_layers" not in config and config == json.loads(
+        (tmp_path / "unscanned" / "config.json").read_text()
+    )
+    loaded = pf.from_pretrained(tmp_path / "unscanned", scan_layers=True)
+    assert loaded.config.scan_layers and layer_stacks(loaded) == stacks
+    np.testing.assert_array_equal(first_output(loaded(**batch)), first_output(scanned(**batch)))
+
+
+def test_scanned_layers_draw_different_dropout_per_layer():
+    family = FAMILIES["gpt2"]
+    config = dataclasses.replace(family.config.tiny(), scan_layers=True)
+    model = family.build(config, rngs=nnx.Rngs(0))
+    model.train()
+    ids = jnp.asarray(inputs("gpt2", config)["input_ids"])
+    hidden = model(ids, output_hidden_states=True, rngs=nnx.Rngs(dropout=1)).hidden_states
+    # With identical layers and one key per stack, every layer's change would be the same.
+    changes = [hidden[i + 1] - hidden[i] for i in range(config.n_layer - 1)]
+    assert not np.allclose(changes[0], changes[1])
+
+
+def hlo_size(n_layer: int) -> int:
+    """The size of the optimised CPU program of a scanned tiny GPT-2's loss and gradients."""
+    family = FAMILIES["gpt2"]
+    config = dataclasses.replace(family.config.tiny(), n_layer=n_layer, scan_layers=True)
+    model = family.build(config, rngs=nnx.Rngs(0))
+    batch = {k: jnp.asarray(v) for k, v in objective_batch("gpt2", config).items()}
+    objective = OBJECTIVES[family.objectives[0]]
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+        return objective(nnx.merge(graphdef, state), batch, None)[0]
+
+    return len(jax.jit(jax.grad(loss)).lower(state).compile().as_text())
+
+
+def test_a_scanned_programs_size_does_not_grow_with_depth():
+    assert abs(hlo_size(8) - hlo_size(2)) < 0.02 * hlo_size(2)
+
+
+def test_scanned_layers_refuse_per_layer_values_that_differ():
+    with pytest.raises(ValueError, match="scan_layers=False"):
+        dataclasses.replace(
+            FAMILIES["gpt2"].config.tiny(), scan_layers=True, scale_attn_by_inverse_layer_idx=True
+        )

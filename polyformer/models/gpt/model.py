@@ -285,10 +285,10 @@ class GPT2LMHeadModel(nnx.Module):
         if isinstance(self.h, layers.LayerStack):
             x, layers_cache = layers.scan_layers(
                 self.h,
-                lambda block, x, c, scale: block.decode(x, c, mask, scale),
+                # GPT2Config refuses scan_layers with scales that differ by layer.
+                lambda block, x, c: block.decode(x, c, mask, self._scales()[0]),
                 x,
                 cache.layers,
-                per_layer=(self._scales(),),
             )
             return self._logits(self.ln_f(x)), StackedCache(layers_cache)
         new_cache = []

@@ -150,3 +150,14 @@ def test_generate_stream_checks_its_arguments_before_it_returns():
         generate_stream(model, jnp.ones((1, 3), int), max_new_tokens=2, num_beams=2)
     with pytest.raises(TypeError, match="num_beam"):
         generate_stream(model, jnp.ones((1, 3), int), max_new_tokens=2, num_beam=2)
+
+
+def test_scanned_layers_generate_the_unscanned_tokens(tmp_path):
+    model = GPT2LMHeadModel(GPT2Config.tiny(), rngs=nnx.Rngs(2))
+    pf.save_pretrained(model, tmp_path)
+    scanned = pf.from_pretrained(tmp_path, scan_layers=True)
+    input_ids, mask = left_padded(1031, PROMPT_LENGTHS, seed=6)
+    for options in ({}, {"num_beams": 3, "num_return_sequences": 2}):
+        want = generate(model, input_ids, mask, max_new_tokens=6, eos_token_id=[], **options)
+        got = generate(scanned, input_ids, mask, max_new_tokens=6, eos_token_id=[], **options)
+        np.testing.assert_array_equal(got, want)
