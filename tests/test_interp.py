@@ -263,3 +263,10 @@ def test_captures_flow_through_remat_and_grad():
     # the stream after block 1 does not depend on block 2, and does on block 0
     assert not np.any(grads.h[2].mlp.c_fc.kernel[...])
     assert np.any(grads.h[0].mlp.c_fc.kernel[...])
+
+
+def test_scanned_layers_are_refused_naming_scan_layers():
+    family = pf.models.FAMILIES["gpt2"]
+    model = family.build(family.config.tiny(scan_layers=True), rngs=nnx.Rngs(0))
+    with pytest.raises(interp.ModulePathError, match="scan_layers=False"):
+        interp.run(model, jnp.ones((1, 3), int), capture=("transformer.h.1.attn",))

@@ -357,3 +357,12 @@ def test_output_heads_the_model_does_not_call_are_refused(tmp_path):
     model = pf.from_pretrained(tmp_path)
     with pytest.raises(lora.LoraConfigError, match=r"\['lm_head'\] match no Linear"):
         lora.apply(model, lora.LoraConfig(rank=2, target_modules=("lm_head",)))
+
+
+def test_scanned_layers_are_refused_naming_scan_layers():
+    config = pf.models.FAMILIES["gpt2"].config.tiny(scan_layers=True)
+    model = pf.models.FAMILIES["gpt2"].build(config, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="scan_layers=False"):
+        lora.apply(model, lora.LoraConfig(rank=2))
+    with pytest.raises(lora.LoraConfigError, match="scan_layers=False"):
+        lora.check_targets(config, lora.LoraConfig(rank=2))

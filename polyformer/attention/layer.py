@@ -120,6 +120,10 @@ class MultiHeadAttention(nnx.Module):
     def _split(self, x: jax.Array) -> jax.Array:
         return x.reshape(*x.shape[:-1], -1, self.head_dim)
 
+    def _query(self, x: jax.Array, scale: jax.Array | None) -> jax.Array:
+        q = self._split(self.query(x))
+        return q if scale is None else q * scale.astype(q.dtype)
+
     def __call__(
         self,
         x: jax.Array,
@@ -132,13 +136,16 @@ class MultiHeadAttention(nnx.Module):
         rng: jax.Array | None = None,
         segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
         output_attentions: bool = False,
+        query_scale: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """x `[batch, q_length, in_features]`, context `[batch, k_length, in_features]` (default
         x) -> `[batch, q_length, out_features]`. mask, causal, bias, scale, rng, segment_ids: as
         the kernel (base.py). With output_attentions (a Python bool), returns (that output, the
-        kernel's probabilities `[batch, heads, q_length, k_length]` in float32, before dropout)."""
+        kernel's probabilities `[batch, heads, q_length, k_length]` in float32, before dropout).
+        query_scale: a scalar array multiplying q before the kernel, for a factor on q.k that is
+        traced (a scanned layer's), which the kernel's static `scale` cannot be."""
         context = x if context is None else context
-        q = self._split(self.query(x))
+        q = self._query(x, query_scale)
         k = self._split(self.key(context))
         v = self._split(self.value(context))
         masking = dict(bias=bias, scale=scale, segment_ids=segment_ids)
@@ -168,13 +175,15 @@ class MultiHeadAttention(nnx.Module):
         mask: jax.Array | None = None,
         scale: float | None = None,
         segment_ids: jax.Array | None = None,
+        query_scale: jax.Array | None = None,
     ):
         """Causal self-attention of n new positions x `[batch, n, in_features]` over everything
         in `cache` plus themselves; mask `[batch, n]` marks real tokens, segment_ids `[batch, n]`
-        their packed sequence. Returns (out, cache).
+        their packed sequence; query_scale as in a call. Returns (out, cache).
 
         Decoding a sequence piece by piece gives the outputs of one causal pass over all of it.
         """
-        q, k, v = (self._split(proj(x)) for proj in (self.query, self.key, self.value))
+        q = self._query(x, query_scale)
+        k, v = (self._split(proj(x)) for proj in (self.key, self.value))
         out, cache = self.kernel.decode(cache, q, k, v, mask, scale=scale, segment_ids=segment_ids)
         return self.out(out.reshape(*out.shape[:2], -1)), cache

@@ -9,6 +9,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -117,7 +118,7 @@ def run_layers(
     x: jax.Array,
     remat: str,
     *args: Any,
-    per_layer: tuple[Sequence[float], ...] = (),
+    per_layer: tuple[Sequence[int | float], ...] = (),
     output_attentions: bool = False,
     after: Callable[[jax.Array, jax.Array, nnx.Rngs | None], jax.Array] | None = None,
     **options: Any,
@@ -125,34 +126,29 @@ def run_layers(
     """A stack of layers, each called as `layer(x, *args, *its per_layer values,
     output_attentions=..., **options)` under `remat_layer`: args are arrays, None or the rngs
     (traced by remat), options Python values (static, as output_attentions is under jit), and
-    `per_layer` holds sequences of Python numbers, one per layer (GPT-2's attention scale). A
+    `per_layer` holds sequences of Python numbers, one per layer (GPT-2's layer index). A
     layer returns its output, or (output, attention probabilities) when output_attentions.
     `after(x, out, rngs)`, when given, makes the next x from a layer's input and output and the
     nnx.Rngs among args (LayerDrop).
 
     A LayerStack runs under a scan (`scan_layers`): the rngs among args are split so that every
-    layer draws its own dropout, a per_layer sequence must hold one value, and the outputs are the
-    unscanned stack's.
+    layer draws its own dropout, a layer gets its per_layer values as scalar arrays (traced, not
+    Python numbers), and the outputs are the unscanned stack's.
 
     Returns (the last x, the hidden states: x then every layer's x, len(layers) + 1 arrays
     `[batch, length, hidden]`, and when output_attentions each layer's probabilities `[batch,
     heads, q_length, k_length]`, else None)."""
 
-    def runner(values: tuple[float, ...]) -> Callable[..., Any]:
-        # The values stay static: remat would trace them as arguments.
+    def runner(values: tuple[Any, ...]) -> Callable[..., Any]:
+        # Closed over, not arguments: remat would trace a Python number.
         return remat_layer(
             lambda layer, *a: layer(*a, *values, output_attentions=output_attentions, **options),
             remat,
         )
 
     if isinstance(layers, LayerStack):
-        if any(len(set(values)) > 1 for values in per_layer):
-            raise ValueError(
-                f"scanned layers share one program, so each per-layer value must be the same for "
-                f"every layer; got {per_layer}"
-            )
-        run = runner(tuple(values[0] for values in per_layer))
-        return _scan_layers(layers, x, run, args, output_attentions, after)
+        stacked = tuple(jnp.asarray(values) for values in per_layer)
+        return _scan_layers(layers, x, runner, args, stacked, output_attentions, after)
     rngs = _rngs_among(args)
     hidden, attentions = [x], []
     for i, layer in enumerate(layers):
@@ -172,15 +168,16 @@ def _rngs_among(args: Sequence[Any]) -> nnx.Rngs | None:
 def _scan_layers(
     stack: LayerStack,
     x: jax.Array,
-    run: Callable[..., Any],
+    runner: Callable[[tuple[Any, ...]], Callable[..., Any]],
     args: tuple[Any, ...],
+    per_layer: tuple[jax.Array, ...],
     output_attentions: bool,
     after: Callable[[jax.Array, jax.Array, nnx.Rngs | None], jax.Array] | None,
 ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
     """run_layers over a LayerStack."""
 
-    def body(layer, x, _, *layer_args):
-        out = run(layer, x, *layer_args)
+    def body(layer, x, values, *layer_args):
+        out = runner(values)(layer, x, *layer_args)
         probs = None
         if output_attentions:
             out, probs = out
@@ -188,7 +185,7 @@ def _scan_layers(
         return x, (x, probs)
 
     first = x
-    x, (hidden, probs) = scan_layers(stack, body, x, None, *args)
+    x, (hidden, probs) = scan_layers(stack, body, x, per_layer, *args)
     hidden = (first, *(hidden[i] for i in range(stack.num_layers)))
     if output_attentions:
         return x, hidden, tuple(probs[i] for i in range(stack.num_layers))

@@ -20,6 +20,7 @@ from flax import nnx
 import polyformer as pf
 from polyformer.models import FAMILIES, convert
 from polyformer.models.config import REMAT
+from polyformer.models.gpt import generate
 from polyformer.models.layers import LAYERS, LayerStack, constrain, layer_stacks
 from polyformer.training.objectives import OBJECTIVES
 from tests.test_families import first_output, inputs, objective_batch
@@ -194,8 +195,14 @@ def test_a_scanned_programs_size_does_not_grow_with_depth():
     assert abs(hlo_size(8) - hlo_size(2)) < 0.02 * hlo_size(2)
 
 
-def test_scanned_layers_refuse_per_layer_values_that_differ():
-    with pytest.raises(ValueError, match="scan_layers=False"):
-        dataclasses.replace(
-            FAMILIES["gpt2"].config.tiny(), scan_layers=True, scale_attn_by_inverse_layer_idx=True
-        )
+def test_scanned_gpt2_scales_attention_by_its_layer_index():
+    family = FAMILIES["gpt2"]
+    config = family.config.tiny(scale_attn_by_inverse_layer_idx=True)
+    model = family.build(config, rngs=nnx.Rngs(0))
+    scanned = scanned_copy(model)
+    ids = jnp.asarray(inputs("gpt2", config)["input_ids"])
+    np.testing.assert_allclose(scanned(ids).logits, model(ids).logits, atol=1e-5, rtol=0)
+    mask = jnp.ones_like(ids)
+    np.testing.assert_array_equal(
+        generate(scanned, ids, mask, max_new_tokens=4), generate(model, ids, mask, max_new_tokens=4)
+    )

@@ -60,11 +60,6 @@ class GPT2Config(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.scan_layers and self.scale_attn_by_inverse_layer_idx:
-            raise ValueError(
-                "scale_attn_by_inverse_layer_idx gives every layer its own attention scale, which "
-                "the attention kernels take as a static number: set scan_layers=False"
-            )
         check_activation(self.activation_function)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")

@@ -78,9 +78,9 @@ class GPT2MLP(nnx.Module):
 class GPT2Block(nnx.Module):
     """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); x `[batch, length, n_embd]`.
 
-    Dropout runs when the call gets `rngs` (the model passes them in training mode only). The
-    factor on q.k (`GPT2Config.attention_scale`, which may differ by layer) comes with each call,
-    so that scanned layers share one block.
+    Dropout runs when the call gets `rngs` (the model passes them in training mode only). Each
+    call gets the block's layer index, on which the factor on q.k may depend
+    (`GPT2Config.attention_scale`): a Python int, or a traced one in scanned layers.
     """
 
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
@@ -99,6 +99,8 @@ class GPT2Block(nnx.Module):
         self.attn_dropout = nnx.Dropout(c.resid_pdrop)  # HF's attn.resid_dropout
         self.ln_2 = layers.layer_norm(c.n_embd, c.layer_norm_epsilon, **dtypes, rngs=rngs)
         self.mlp = GPT2MLP(c, rngs=rngs)
+        self.attention_scale = c.attention_scale
+        self.by_layer = c.scale_attn_by_inverse_layer_idx
 
     def __call__(
         self,
@@ -106,13 +108,13 @@ class GPT2Block(nnx.Module):
         mask: jax.Array | None,
         rngs: nnx.Rngs | None,
         segment_ids: jax.Array | None,
-        scale: float | jax.Array,
+        layer: int | jax.Array,
         *,
         output_attentions: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """mask `[batch, length]` True for real tokens (None: all real); segment_ids `[batch,
-        length]`: a token attends only to tokens of its own segment (None: one segment); scale:
-        this layer's factor on q.k (a float32 scalar when scanned layers differ in it). Returns
+        length]`: a token attends only to tokens of its own segment (None: one segment); layer:
+        the block's index in the stack. Returns
         the block's output, with its attention probabilities `[batch, n_head, length, length]`
         when output_attentions."""
         rng = None if rngs is None else rngs.dropout()
@@ -121,7 +123,7 @@ class GPT2Block(nnx.Module):
             self.ln_1(x),
             mask=mask,
             causal=True,
-            scale=scale,
+            **self._scale(layer),
             rng=rng,
             segment_ids=segment_ids,
             output_attentions=output_attentions,
@@ -129,11 +131,19 @@ class GPT2Block(nnx.Module):
         x = x + self.attn_dropout(h, deterministic=rngs is None, rngs=rngs)
         return layers.layer_output(x + self.mlp(self.ln_2(x), rngs), probs)
 
+    def _scale(self, layer: int | jax.Array) -> dict[str, Any]:
+        """The attention's arguments for layer `layer`'s factor on q.k: the kernel's static
+        `scale` for a Python int; for a traced index, whose 1 / (layer + 1) the kernel cannot take
+        (it compiles its scale in), that factor as `query_scale` on q instead."""
+        if isinstance(layer, int) or not self.by_layer:
+            return {"scale": self.attention_scale(layer if isinstance(layer, int) else 0)}
+        return {"scale": self.attention_scale(0), "query_scale": 1.0 / (layer + 1.0)}
+
     def decode(
-        self, x: jax.Array, cache, mask: jax.Array | None, scale: float | jax.Array
+        self, x: jax.Array, cache, mask: jax.Array | None, layer: int | jax.Array
     ) -> tuple[jax.Array, Any]:
         """n new positions x `[batch, n, n_embd]` against the layer's cache; no dropout."""
-        h, cache = self.attn.decode(self.ln_1(x), cache, mask=mask, scale=scale)
+        h, cache = self.attn.decode(self.ln_1(x), cache, mask=mask, **self._scale(layer))
         x = x + h
         return x + self.mlp(self.ln_2(x), None), cache
 
@@ -244,7 +254,7 @@ class GPT2LMHeadModel(nnx.Module):
             mask,
             rngs,
             segment_ids,
-            per_layer=(self._scales(),),
+            per_layer=(range(self.config.n_layer),),
             output_attentions=output_attentions,
         )
         x = self.ln_f(x)
@@ -253,10 +263,6 @@ class GPT2LMHeadModel(nnx.Module):
             hidden_states=(*hidden[:-1], x) if output_hidden_states else None,
             attentions=attentions,
         )
-
-    def _scales(self) -> tuple[float, ...]:
-        """Each layer's factor on q.k."""
-        return tuple(self.config.attention_scale(i) for i in range(self.config.n_layer))
 
     def init_cache(self, batch: int, max_length: int) -> tuple[Any, ...] | StackedCache:
         """The decoding caches for up to `max_length` positions (the kernel's kind): one per
@@ -285,14 +291,13 @@ class GPT2LMHeadModel(nnx.Module):
         if isinstance(self.h, layers.LayerStack):
             x, layers_cache = layers.scan_layers(
                 self.h,
-                # GPT2Config refuses scan_layers with scales that differ by layer.
-                lambda block, x, c: block.decode(x, c, mask, self._scales()[0]),
+                lambda block, x, inputs: block.decode(x, inputs[0], mask, inputs[1]),
                 x,
-                cache.layers,
+                (cache.layers, jnp.arange(self.config.n_layer)),
             )
             return self._logits(self.ln_f(x)), StackedCache(layers_cache)
         new_cache = []
-        for block, layer_cache, scale in zip(self.h, cache, self._scales(), strict=True):
-            x, layer_cache = block.decode(x, layer_cache, mask, scale)
+        for i, (block, layer_cache) in enumerate(zip(self.h, cache, strict=True)):
+            x, layer_cache = block.decode(x, layer_cache, mask, i)
             new_cache.append(layer_cache)
         return self._logits(self.ln_f(x)), tuple(new_cache)
