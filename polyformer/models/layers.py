@@ -79,8 +79,9 @@ LAYERS = "layers"
 class LayerStack(nnx.Module):
     """`num_layers` layers of one structure as one module (ModelConfig.scan_layers): `layer` is
     one layer whose every parameter has a leading axis `[num_layers, ...]` named LAYERS, and
-    `run_layers` runs it under nnx.scan, so a compiled program holds the layer's computation once
-    whatever the depth. Checkpoints name the layers one by one (`convert.unstack_layers`)."""
+    `run_layers` runs it under a scan (`scan_layers`), so a compiled program holds the layer's
+    computation once whatever the depth. Checkpoints name the layers one by one
+    (`convert.unstack_layers`)."""
 
     def __init__(
         self, make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, rngs: nnx.Rngs
@@ -199,8 +200,8 @@ def scan_layers(
     xs: Any,
     *args: Any,
 ) -> tuple[jax.Array, Any]:
-    """`x, y = fn(layer, x, layer's xs, *args)` for each layer of the
-    stack in turn, under nnx.scan (the program holds fn once).
+    """`x, y = fn(layer, x, layer's xs, *args)` for each layer of the stack in turn, under
+    jax.lax.scan (the program holds fn once).
 
     Args:
       xs: a pytree of arrays `[num_layers, ...]`, each layer given its slice (a decoding cache),
