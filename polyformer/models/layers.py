@@ -193,6 +193,22 @@ def _scan_layers(
     return x, hidden, None
 
 
+# Whether scans over layers unroll (`unrolled_layers`).
+_UNROLL: ContextVar[bool] = ContextVar("unroll", default=False)
+
+
+@contextlib.contextmanager
+def unrolled_layers() -> Iterator[None]:
+    """Within the block, LayerStacks trace as straight-line code, every layer its own copy of
+    the computation: XLA's cost analysis counts a loop's body once, so FLOP counts of scanned
+    layers (the trainer's MFU) are taken from the unrolled program."""
+    token = _UNROLL.set(True)
+    try:
+        yield
+    finally:
+        _UNROLL.reset(token)
+
+
 def scan_layers(
     stack: LayerStack,
     fn: Callable[..., tuple[jax.Array, Any]],
@@ -228,7 +244,7 @@ def scan_layers(
             return fn(nnx.merge(graphdef, layer_params), x, layer_xs, *layer_args)
 
         rng_states = [state for _, state in rngs]
-        return jax.lax.scan(body, x, (params, xs, rng_states))
+        return jax.lax.scan(body, x, (params, xs, rng_states), unroll=_UNROLL.get())
 
 
 def attend(

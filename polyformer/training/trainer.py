@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from polyformer import hub, lora
 from polyformer.models import FAMILIES
+from polyformer.models.layers import unrolled_layers
 from polyformer.training import checkpoint, metrics, objectives, sharding
 from polyformer.training.config import ATTENTION, RunConfig
 from polyformer.training.data import TrainData
@@ -153,7 +154,8 @@ def flops_per_example(
         for k, v in example.items()
     }
     trained, frozen = nnx.split_state(params, trainable, ...)
-    cost = jax.jit(jax.grad(loss)).lower(trained, frozen, one).cost_analysis()
+    with unrolled_layers():  # a scan's body would count once
+        cost = jax.jit(jax.grad(loss)).lower(trained, frozen, one).cost_analysis()
     return float((cost or {}).get("flops", 0.0))
 
 

@@ -22,6 +22,7 @@ from polyformer.models import FAMILIES, convert
 from polyformer.models.config import REMAT
 from polyformer.models.gpt import generate
 from polyformer.models.layers import LAYERS, LayerStack, constrain, layer_stacks
+from polyformer.training import trainer
 from polyformer.training.objectives import OBJECTIVES
 from tests.test_families import first_output, inputs, objective_batch
 
@@ -206,3 +207,16 @@ def test_scanned_gpt2_scales_attention_by_its_layer_index():
     np.testing.assert_array_equal(
         generate(scanned, ids, mask, max_new_tokens=4), generate(model, ids, mask, max_new_tokens=4)
     )
+
+
+def test_the_flop_count_of_scanned_layers_counts_every_layer():
+    family = FAMILIES["gpt2"]
+    example = {k: np.asarray(v) for k, v in objective_batch("gpt2", family.config.tiny()).items()}
+    counts = []
+    for scan in (False, True):
+        config = family.config.tiny(scan_layers=scan)
+        abstract = nnx.eval_shape(lambda c=config: family.build(c, rngs=nnx.Rngs(0)))
+        graphdef, params = nnx.split(abstract)
+        objective = OBJECTIVES[family.objectives[0]]
+        counts.append(trainer.flops_per_example(graphdef, params, objective, example))
+    np.testing.assert_allclose(counts[1], counts[0], rtol=1e-5)
