@@ -1,8 +1,10 @@
-"""The pre-LayerNorm transformer encoder that ViT and both CLIP towers are built from.
+"""The transformer encoder layer that ViT, both CLIP towers (pre-LayerNorm) and TAPAS (BERT's
+post-LayerNorm) are built from.
 
 One implementation, named after transformers' CLIP layers (`layer_norm1`, `self_attn`,
 `layer_norm2`, `mlp.fc1`, `mlp.fc2`); each family's conversion table maps its own Hugging Face
-names onto it (ViT's `layernorm_before`, `attention.attention.query`, `intermediate.dense`, ...).
+names onto it (ViT's `layernorm_before`, `attention.attention.query`, `intermediate.dense`;
+TAPAS's `attention.output.LayerNorm`, `output.dense`, ...).
 
 GPT-2 keeps its own block: its parameter names are GPT-2's (`ln_1`, `c_attn`, ...), it decodes
 against a KV cache and carries a CPU-specific backward-pass boundary; none of that belongs here.
@@ -76,8 +78,10 @@ class EncoderMLP(nnx.Module):
 
 class EncoderLayer(nnx.Module):
     """x + dropout(self_attn(layer_norm1(x))), then x + dropout(mlp(layer_norm2(x))); x
-    `[batch, length, hidden]`. Dropout (attention weights: the kernel's; hidden: `dropout`) runs
-    only when the call gets `rngs`."""
+    `[batch, length, hidden]`. With `post_norm` (BERT's layout) the norms come after each
+    residual sum instead: layer_norm1(x + dropout(self_attn(x))), then layer_norm2(x +
+    dropout(mlp(x))). Dropout (attention weights: the kernel's; hidden: `dropout`) runs only
+    when the call gets `rngs`."""
 
     def __init__(
         self,
@@ -90,6 +94,7 @@ class EncoderLayer(nnx.Module):
         kernel: AttentionKernel,
         qkv_bias: bool = True,
         dropout: float = 0.0,
+        post_norm: bool = False,
         init: EncoderInit,
         dtype: Any,
         param_dtype: Any,
@@ -97,6 +102,7 @@ class EncoderLayer(nnx.Module):
     ):
         dtypes = dict(dtype=dtype, param_dtype=param_dtype)
         normal = nnx.initializers.normal
+        self.post_norm = post_norm
         self.layer_norm1 = layer_norm(hidden, epsilon, **dtypes, rngs=rngs)
         self.self_attn = MultiHeadAttention(
             num_heads,
@@ -128,17 +134,32 @@ class EncoderLayer(nnx.Module):
         probabilities `[batch, heads, length, length]` when output_attentions."""
         deterministic = rngs is None
         rng = None if deterministic else rngs.dropout()
+        post = self.post_norm
         h, probs = attend(
             self.self_attn,
-            self.layer_norm1(x),
+            x if post else self.layer_norm1(x),
             mask=mask,
             causal=causal,
             rng=rng,
             output_attentions=output_attentions,
         )
         x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
-        h = checkpoint_name(self.mlp(self.layer_norm2(x)), MLP_OUTPUT)
-        return layer_output(x + self.dropout(h, deterministic=deterministic, rngs=rngs), probs)
+        x = self.layer_norm1(x) if post else x
+        h = checkpoint_name(self.mlp(x if post else self.layer_norm2(x)), MLP_OUTPUT)
+        x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
+        return layer_output(self.layer_norm2(x) if post else x, probs)
+
+
+def layer_sizes(config: Any) -> dict[str, Any]:
+    """A layer's sizes from a config's Hugging Face fields (hidden_size, num_attention_heads,
+    intermediate_size, hidden_act, layer_norm_eps), as EncoderLayer takes them."""
+    return dict(
+        hidden=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        intermediate=config.intermediate_size,
+        activation=config.hidden_act,
+        epsilon=config.layer_norm_eps,
+    )
 
 
 class Encoder(nnx.Module):
@@ -160,6 +181,23 @@ class Encoder(nnx.Module):
             lambda rngs: EncoderLayer(**layer_args, rngs=rngs), num_layers, scan=scan, rngs=rngs
         )
         self.remat = remat
+
+    @classmethod
+    def of(cls, tower: Any, config: Any, *, rngs: nnx.Rngs, **layer_args) -> Encoder:
+        """The encoder of `tower`, a config with num_hidden_layers and `layer_sizes`' fields,
+        in a model whose ModelConfig `config` gives remat, scan_layers and the dtypes (the same
+        config for ViT; CLIPConfig for either of its towers); layer_args: EncoderLayer's
+        others."""
+        return cls(
+            tower.num_hidden_layers,
+            remat=config.remat,
+            scan=config.scan_layers,
+            **layer_sizes(tower),
+            dtype=config.dtype,
+            param_dtype=config.param_dtype,
+            rngs=rngs,
+            **layer_args,
+        )
 
     def __call__(
         self,

@@ -49,20 +49,8 @@ def _encoder_init(tower: CLIPTextConfig | CLIPVisionConfig) -> EncoderInit:
 
 
 def _encoder(tower, config: CLIPConfig, rngs: nnx.Rngs) -> Encoder:
-    return Encoder(
-        tower.num_hidden_layers,
-        remat=config.remat,
-        scan=config.scan_layers,
-        hidden=tower.hidden_size,
-        num_heads=tower.num_attention_heads,
-        intermediate=tower.intermediate_size,
-        activation=tower.hidden_act,
-        epsilon=tower.layer_norm_eps,
-        kernel=config.tower_kernel(tower),
-        init=_encoder_init(tower),
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        rngs=rngs,
+    return Encoder.of(
+        tower, config, kernel=config.tower_kernel(tower), init=_encoder_init(tower), rngs=rngs
     )
 
 

@@ -28,16 +28,17 @@ _LEGACY_LAYER_NORM = {".LayerNorm.gamma": ".LayerNorm.weight", ".LayerNorm.beta"
 
 
 def _layer(hf: str, ours: tuple) -> list[convert.Entry]:
-    attention = (*ours, "attention")
+    """A BERT layer onto an EncoderLayer with post_norm (polyformer.models.encoder)."""
+    attention = (*ours, "self_attn")
     return [
         *linear(hf + "attention.self.query", (*attention, "query")),
         *linear(hf + "attention.self.key", (*attention, "key")),
         *linear(hf + "attention.self.value", (*attention, "value")),
         *linear(hf + "attention.output.dense", (*attention, "out")),
-        *layer_norm(hf + "attention.output.LayerNorm", (*ours, "attention_norm")),
-        *linear(hf + "intermediate.dense", (*ours, "intermediate")),
-        *linear(hf + "output.dense", (*ours, "output")),
-        *layer_norm(hf + "output.LayerNorm", (*ours, "output_norm")),
+        *layer_norm(hf + "attention.output.LayerNorm", (*ours, "layer_norm1")),
+        *linear(hf + "intermediate.dense", (*ours, "mlp", "fc1")),
+        *linear(hf + "output.dense", (*ours, "mlp", "fc2")),
+        *layer_norm(hf + "output.LayerNorm", (*ours, "layer_norm2")),
     ]
 
 

@@ -4,8 +4,8 @@ aggregation).
 
 Names follow transformers' TapasForQuestionAnswering so that the conversion table reads like its
 state dict: tapas.embeddings.{word_embeddings, position_embeddings, token_type_embeddings[i],
-LayerNorm}, tapas.encoder.layer[i].{attention, attention_norm, intermediate, output,
-output_norm}, tapas.pooler, output_weights, output_bias, column_output_weights,
+LayerNorm}, tapas.encoder.layer[i] (an EncoderLayer with BERT's post-LayerNorm:
+polyformer.models.encoder), tapas.pooler, output_weights, output_bias, column_output_weights,
 column_output_bias, aggregation_classifier.
 """
 
@@ -18,12 +18,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
-from polyformer.attention import AttentionKernel, MultiHeadAttention
-from polyformer.attention.layer import linear, logical
+from polyformer.attention.layer import logical
 from polyformer.models import layers
-from polyformer.models.activations import ACTIVATIONS
+from polyformer.models.encoder import EncoderInit, EncoderLayer, layer_sizes
 from polyformer.models.inputs import check_ids
 from polyformer.models.tapas import segments
 from polyformer.models.tapas.config import TOKEN_TYPES, TapasConfig
@@ -142,76 +140,16 @@ class TapasEmbeddings(nnx.Module):
         return self.dropout(x, deterministic=rngs is None, rngs=rngs)
 
 
-class TapasLayer(nnx.Module):
-    """BERT's post-norm layer: x = LN(x + attention(x)), then x = LN(x + output(act(
-    intermediate(x)))), with dropout after the attention and output projections."""
-
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        intermediate_size: int,
-        *,
-        activation: str,
-        epsilon: float,
-        kernel: AttentionKernel,
-        dropout: float,
-        init_std: float,
-        dtype: Any,
-        param_dtype: Any,
-        rngs: nnx.Rngs,
-    ):
-        dtypes = dict(dtype=dtype, param_dtype=param_dtype)
-        init = nnx.initializers.normal(init_std)
-        self.attention = MultiHeadAttention(
-            num_heads, hidden_size, kernel=kernel, kernel_init=init, **dtypes, rngs=rngs
-        )
-        self.attention_norm = layers.layer_norm(hidden_size, epsilon, **dtypes, rngs=rngs)
-        self.intermediate = linear(
-            hidden_size, intermediate_size, ("embed", "mlp"), kernel_init=init, **dtypes, rngs=rngs
-        )
-        self.output = linear(
-            intermediate_size, hidden_size, ("mlp", "embed"), kernel_init=init, **dtypes, rngs=rngs
-        )
-        self.output_norm = layers.layer_norm(hidden_size, epsilon, **dtypes, rngs=rngs)
-        self.act = ACTIVATIONS[activation]
-        self.dropout = nnx.Dropout(dropout)
-
-    def __call__(
-        self,
-        x: jax.Array,
-        mask: jax.Array | None,
-        rngs: nnx.Rngs | None,
-        *,
-        output_attentions: bool = False,
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """x `[batch, length, hidden_size]`; mask `[batch, length]` True for real tokens. Returns
-        the layer's output, with its attention probabilities `[batch, heads, length, length]`
-        when output_attentions."""
-        deterministic = rngs is None
-        rng = None if deterministic else rngs.dropout()
-        h, probs = layers.attend(
-            self.attention, x, mask=mask, rng=rng, output_attentions=output_attentions
-        )
-        x = self.attention_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
-        h = checkpoint_name(self.output(self.act(self.intermediate(x))), layers.MLP_OUTPUT)
-        x = self.output_norm(x + self.dropout(h, deterministic=deterministic, rngs=rngs))
-        return layers.layer_output(x, probs)
-
-
 class TapasEncoder(nnx.Module):
     def __init__(self, config: TapasConfig, *, rngs: nnx.Rngs):
         c = config
         self.layer = layers.layer_stack(
-            lambda rngs: TapasLayer(
-                c.hidden_size,
-                c.num_attention_heads,
-                c.intermediate_size,
-                activation=c.hidden_act,
-                epsilon=c.layer_norm_eps,
+            lambda rngs: EncoderLayer(
+                **layer_sizes(c),
                 kernel=c.kernel,
                 dropout=c.hidden_dropout_prob,
-                init_std=c.initializer_range,
+                post_norm=True,
+                init=EncoderInit.uniform(c.initializer_range),
                 dtype=c.dtype,
                 param_dtype=c.param_dtype,
                 rngs=rngs,

@@ -269,20 +269,13 @@ def _vit_body(config: ViTConfig, rngs: nnx.Rngs) -> tuple[VisionEmbeddings, Enco
         **dtypes,
         rngs=rngs,
     )
-    encoder = Encoder(
-        c.num_hidden_layers,
-        remat=c.remat,
-        scan=c.scan_layers,
-        hidden=c.hidden_size,
-        num_heads=c.num_attention_heads,
-        intermediate=c.intermediate_size,
-        activation=c.hidden_act,
-        epsilon=c.layer_norm_eps,
+    encoder = Encoder.of(
+        c,
+        c,
         kernel=c.kernel,
         qkv_bias=c.qkv_bias,
         dropout=c.hidden_dropout_prob,
         init=EncoderInit.uniform(c.initializer_range),
-        **dtypes,
         rngs=rngs,
     )
     return embeddings, encoder, layer_norm(c.hidden_size, c.layer_norm_eps, **dtypes, rngs=rngs)

@@ -188,4 +188,4 @@ def test_bfloat16_compute_keeps_float32_logits(wtq_checkpoint):
     model = pf.from_pretrained(path, dtype=jnp.bfloat16)
     out = ours_forward(model, inputs())
     assert out.logits.dtype == jnp.float32 and out.logits_aggregation.dtype == jnp.float32
-    assert model.tapas.encoder.layer[0].intermediate(jnp.ones((1, 36))).dtype == jnp.bfloat16
+    assert model.tapas.encoder.layer[0].mlp.fc1(jnp.ones((1, 36))).dtype == jnp.bfloat16
