@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +85,11 @@ def run_config(model: Model, target: str, variant: str) -> RunConfig:
     )
 
 
-def compile_cell(model: Model, target: str, variant: str) -> dict:
+def compile_cell(name: str, target: str, variant: str) -> dict:
     """The compiled figures of one cell (`CompileReport.to_json` plus XLA's counts and the
     largest buffers), or {"error": message} when it cannot compile."""
     start = time.perf_counter()
+    model = {**MODELS, **QUICK_MODELS}[name]
     try:
         report = compiling.compile_run(run_config(model, target, variant), target)
     except Exception as error:  # a cell that fails is a finding, not the end of the table
@@ -129,13 +132,16 @@ def main(argv=None) -> dict:
     cells = {}
     if json_path and json_path.exists() and not args.fresh:
         cells = json.loads(json_path.read_text())["cells"]
-    for name, model in models.items():
+    for name in models:
         for target in names:
             for variant in variants:
                 if key(name, target, variant) in cells:
                     continue
                 print(f"compiling {key(name, target, variant)}", flush=True)
-                cell = compile_cell(model, target, variant)
+                # A process a cell: libtpu and the CUDA plugin in one process have crashed
+                # XLA's GPU compiler here, and a crash then loses one cell only.
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as p:
+                    cell = p.submit(compile_cell, name, target, variant).result()
                 cell["date"], cell["load_average"] = harness.utc_now(), list(os.getloadavg())
                 cells[key(name, target, variant)] = cell
                 print(f"  {summary(cell)}", flush=True)

@@ -14,14 +14,6 @@ import pytest
 # it need not take libtpu's one-process lock either. Both can be overridden from outside.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-# Most of the suite's time is XLA:CPU compiling small programs, and most of a compile is LLVM
-# optimising the generated code; the tests need the same operations, not fast code. Without
-# LLVM's optimisation the suite takes about 40% less time (benchmarks never run under it).
-# Deviceless TPU and GPU compiles are unaffected. Worker subprocesses inherit it.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    ).strip()
 
 
 @dataclasses.dataclass(frozen=True)
