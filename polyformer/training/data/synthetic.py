@@ -9,7 +9,7 @@ a `SyntheticData`; `SyntheticData` is itself a data config (its `synthetic()` is
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,6 +41,14 @@ class ArraySpec:
         if np.dtype(self.dtype).kind == "f":
             return rng.standard_normal(shape).astype(self.dtype)
         return rng.integers(self.low, self.high, shape).astype(self.dtype)
+
+
+class Example(NamedTuple):
+    """What one example of an objective looks like: its batch keys and what it counts for in
+    the throughput (tokens, patches or samples)."""
+
+    arrays: tuple[ArraySpec, ...]
+    tokens: int
 
 
 @dataclasses.dataclass(frozen=True)

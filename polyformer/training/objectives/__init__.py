@@ -1,19 +1,22 @@
 """Training objectives, one module per family of them, and the one table the trainer reads.
 
 An objective is a loss, `loss(model, batch, rngs) -> (scalar loss, metrics)` (see step.LossFn;
-`rngs` is None in evaluation), and the metrics derived from the averaged evaluation metrics
-(perplexity from the mean loss). An `Objective` is itself a loss function, so it goes to
-`step.make_train_step` as it is.
+`rngs` is None in evaluation), what one example of its batches looks like (`example`, from which
+`synthetic` makes random data for compiling and benchmarks) and the metrics derived from the
+averaged evaluation metrics (perplexity from the mean loss). An `Objective` is itself a loss
+function, so it goes to `step.make_train_step` as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 from flax import nnx
 
+from polyformer.training.data.synthetic import Example, SyntheticData
 from polyformer.training.objectives import clip, ctc, lm, tapas, vision
 from polyformer.training.step import LossFn
 
@@ -25,26 +28,35 @@ def _none(metrics: dict[str, float]) -> dict[str, float]:
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """A loss function and `derived(metrics) -> more metrics`, applied to metrics averaged over
-    the evaluation batches."""
+    """A loss function; `example(model_config, length)`, the keys and shapes of one example of
+    the batches it reads (`length`: tokens, or audio samples, where the model does not fix it);
+    and `derived(metrics) -> more metrics`, applied to metrics averaged over the evaluation
+    batches."""
 
     loss: LossFn
+    example: Callable[[Any, int], Example]
     derived: Callable[[dict[str, float]], dict[str, float]] = _none
 
     def __call__(self, model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None):
         return self.loss(model, batch, rngs)
 
+    def synthetic(self, model_config: Any, length: int, **kwargs: Any) -> SyntheticData:
+        """Random batches of `example`'s shapes for `model_config` (kwargs: SyntheticData's
+        counts and seed)."""
+        arrays, tokens = self.example(model_config, length)
+        return SyntheticData(arrays, tokens, **kwargs)
+
 
 OBJECTIVES: dict[str, Objective] = {
-    "causal_lm": Objective(lm.causal_lm, lm.perplexity),
-    "image_classification": Objective(vision.image_classification()),
+    "causal_lm": Objective(lm.causal_lm, lm.example, lm.perplexity),
+    "image_classification": Objective(vision.image_classification(), vision.example),
     # DeiT's regularisers at a strength for small sets: smoothing 0.1, mixup Beta(0.2, 0.2).
     "image_classification_mixup": Objective(
-        vision.image_classification(label_smoothing=0.1, mixup_alpha=0.2)
+        vision.image_classification(label_smoothing=0.1, mixup_alpha=0.2), vision.example
     ),
-    "clip_contrastive": Objective(clip.clip_contrastive),
-    "ctc": Objective(ctc.ctc),
-    "tapas": Objective(tapas.tapas),
+    "clip_contrastive": Objective(clip.clip_contrastive, clip.example),
+    "ctc": Objective(ctc.ctc, ctc.example),
+    "tapas": Objective(tapas.tapas, tapas.example),
 }
 
 __all__ = ["OBJECTIVES", "Objective", "clip", "ctc", "lm", "tapas", "vision"]

@@ -8,11 +8,14 @@ and caption of the global batch (not one device's share, which would be a differ
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from polyformer.training.data.synthetic import ArraySpec, Example
 
 # CLIP clamps its learnable temperature so that logits are scaled by at most 100 (the paper,
 # section 2.5: "clipped to prevent scaling the logits by more than 100").
@@ -76,3 +79,19 @@ def clip_contrastive(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.R
         "logit_scale": jnp.exp(jnp.minimum(logit_scale, math.log(MAX_LOGIT_SCALE))),
     }
     return contrastive_loss(logits_per_text), metrics
+
+
+def example(config: Any, length: int) -> Example:
+    """A caption-image batch for a CLIPConfig: "input_ids" and an all-ones "attention_mask"
+    `[max_position_embeddings]`, "pixel_values" `[3, image_size, image_size]`; `length` is
+    unused (captions are the text tower's full length)."""
+    del length
+    text, size = config.text_config.max_position_embeddings, config.vision_config.image_size
+    return Example(
+        (
+            ArraySpec("input_ids", (text,), "int32", config.text_config.vocab_size),
+            ArraySpec("attention_mask", (text,), "int32", 2, 1),
+            ArraySpec("pixel_values", (3, size, size), "float32"),
+        ),
+        text,
+    )

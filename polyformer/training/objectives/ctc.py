@@ -9,12 +9,15 @@ paddings from negative labels (transformers pads CTC labels with -100).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from polyformer.models.wav2vec2.model import frame_mask
+from polyformer.models.wav2vec2.model import feat_extract_output_lengths, frame_mask
+from polyformer.training.data.synthetic import ArraySpec, Example
 
 REDUCTIONS = ("mean", "sum")
 
@@ -96,3 +99,17 @@ def ctc(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None):
     real = 1.0 - logit_paddings
     blanks = (jnp.argmax(logits, axis=-1) == config.pad_token_id) * real
     return loss, {"blank_fraction": jnp.sum(blanks) / jnp.maximum(jnp.sum(real), 1.0)}
+
+
+def example(config: Any, length: int) -> Example:
+    """A CTC batch for a Wav2Vec2Config: "input_values" `[length]` samples and "labels" of a
+    quarter as many ids (at least one) as the feature encoder makes frames, so the loss is
+    feasible; ids from 1 (0 is the blank)."""
+    labels = max(1, int(feat_extract_output_lengths(config, length)) // 4)
+    return Example(
+        (
+            ArraySpec("input_values", (length,), "float32"),
+            ArraySpec("labels", (labels,), "int32", config.vocab_size, 1),
+        ),
+        length,
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from polyformer.models.gpt.loss import chunked_lm_loss
+from polyformer.training.data.synthetic import ArraySpec, Example
 
 # exp() of a loss above this overflows nothing but says nothing either: perplexity is capped.
 MAX_LOG_PERPLEXITY = 50.0
@@ -52,3 +54,9 @@ def perplexity(metrics: dict[str, float]) -> dict[str, float]:
     """exp of the mean loss: derived after averaging over batches, since the mean of per-batch
     perplexities is not the perplexity of the mean loss."""
     return {"perplexity": math.exp(min(metrics["loss"], MAX_LOG_PERPLEXITY))}
+
+
+def example(config: Any, length: int) -> Example:
+    """A causal-LM batch: "inputs" and "targets" `[length]` token ids of `config`'s vocabulary."""
+    ids = tuple(ArraySpec(k, (length,), "int32", config.vocab_size) for k in ("inputs", "targets"))
+    return Example(ids, length)

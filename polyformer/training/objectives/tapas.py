@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from polyformer.training.data.synthetic import ArraySpec, Example
 
 # The batch keys of the TAPAS loss besides the inputs; all but labels are optional.
 SUPERVISION = (
@@ -30,3 +34,20 @@ def tapas(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None)
         predicted = jnp.argmax(out.logits_aggregation, axis=-1)
         metrics["aggregation_accuracy"] = jnp.mean(predicted == batch["aggregation_labels"])
     return out.loss, metrics
+
+
+def example(config: Any, length: int) -> Example:
+    """A TAPAS batch of `length` tokens: the inputs, with every token in the table (token type 0
+    or 1 in each of the 7 columns), cell labels and the scalar-answer supervision."""
+    return Example(
+        (
+            ArraySpec("input_ids", (length,), "int32", config.vocab_size),
+            ArraySpec("attention_mask", (length,), "int32", 2, 1),
+            ArraySpec("token_type_ids", (length, 7), "int32", 2),
+            ArraySpec("labels", (length,), "int32", 2),
+            ArraySpec("float_answer", (), "float32"),
+            ArraySpec("numeric_values", (length,), "float32"),
+            ArraySpec("numeric_values_scale", (length,), "float32"),
+        ),
+        length,
+    )

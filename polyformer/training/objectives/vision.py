@@ -12,11 +12,14 @@ different devices.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from polyformer.training.data.synthetic import ArraySpec, Example
 
 
 def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
@@ -84,3 +87,17 @@ def image_classification(
         return loss, metrics
 
     return loss_fn
+
+
+def example(config: Any, length: int) -> Example:
+    """An image classification batch for a ViTConfig: "pixel_values" `[channels, image_size,
+    image_size]` and "labels" `[]`; `length` is unused (the patches follow from the image)."""
+    del length
+    size = config.image_size
+    return Example(
+        (
+            ArraySpec("pixel_values", (config.num_channels, size, size), "float32"),
+            ArraySpec("labels", (), "int32", config.num_labels),
+        ),
+        (size // config.patch_size) ** 2 + 1,
+    )

@@ -226,6 +226,8 @@ def test_lm_data_packs_train_and_eval_batches(corpus):
     assert data.tokens_per_example == 16
 
 
-def test_text_data_refuses_a_pack_that_is_not_a_bool():
-    with pytest.raises(ValueError, match="data.pack must be True or False"):
+def test_text_data_and_lm_data_refuse_a_pack_that_is_not_a_bool(corpus):
+    with pytest.raises(ValueError, match="data.pack must be True or False, got 'yes'"):
         TextData(pack="yes")
+    with pytest.raises(ValueError, match="data.pack must be True or False, got 1"):
+        LMData(corpus, 16, 1)

@@ -7,7 +7,6 @@ and sharded over a mesh of 8, written to a JSON file for tests/training/objectiv
 
 import dataclasses
 import json
-import os
 import sys
 from types import SimpleNamespace
 
@@ -110,7 +109,7 @@ def compare(name, model, batch) -> dict:
 
 def main() -> None:
     # Read when JAX creates its CPU client, at the first use of a device below.
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    jax.config.update("jax_num_cpu_devices", 8)
     results = {name: compare(name, model, batch) for name, model, batch in models_and_batches()}
     with open(sys.argv[1], "w") as f:
         json.dump(results, f, indent=1)
