@@ -146,9 +146,11 @@ def main(argv=None) -> dict:
                 cells[key(name, target, variant)] = cell
                 print(f"  {summary(cell)}", flush=True)
                 if json_path:
-                    json_path.write_text(json.dumps({"cells": cells}, indent=2) + "\n")
+                    record = {"machine": info, "cells": cells}
+                    json_path.write_text(json.dumps(record, indent=2) + "\n")
     harness.finish(info, start)
-    harness.publish(report(info, cells), {"cells": cells}, json_path, results, MARKS)
+    record = {"machine": info, "cells": cells}
+    harness.publish(report(info, cells), record, json_path, results, MARKS)
     return cells
 
 

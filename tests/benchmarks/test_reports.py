@@ -8,6 +8,10 @@ import pytest
 from benchmarks import harness
 
 
+def _compiled(m, d):
+    return m.report(d["machine"], d["cells"])
+
+
 def _gpt(m, d):
     rounds = (len(d["forward"]["round_loads"]), len(d["generate"]["round_loads"]))
     return m.report(d["machine"], d["forward"], d["generate"], d["flops"], rounds)
@@ -34,7 +38,9 @@ def _wav2vec2(m, d):
     return m.report(d["machine"], d["forward"])
 
 
-@pytest.mark.parametrize("report", [_gpt, _packing, _tapas, _training, _vision, _wav2vec2])
+@pytest.mark.parametrize(
+    "report", [_compiled, _gpt, _packing, _tapas, _training, _vision, _wav2vec2]
+)
 def test_report_from_stored_measurements_is_the_recorded_section(report):
     name = report.__name__.removeprefix("_")
     module = importlib.import_module(f"benchmarks.{name}_benchmark")

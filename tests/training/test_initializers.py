@@ -27,7 +27,7 @@ def test_a_run_starts_from_the_bert_weights_and_trains(bert, tmp_path_factory):
     table = np.asarray(params["embeddings"]["word_embeddings"]["embedding"][...])
     bert_table = model.embeddings.word_embeddings.weight.detach().numpy()
     np.testing.assert_array_equal(table[: len(words())], bert_table)
-    query = params["encoder"]["layer"][1]["attention"]["query"]["kernel"][...]
+    query = params["encoder"]["layer"][1]["self_attn"]["query"]["kernel"][...]
     bert_query = model.encoder.layer[1].attention.self.query.weight.detach().numpy()
     np.testing.assert_array_equal(np.asarray(query), bert_query.T)
     result = job.run(progress=False)

@@ -28,14 +28,14 @@ def _none(metrics: dict[str, float]) -> dict[str, float]:
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """A loss function; `example(model_config, length)`, the keys and shapes of one example of
-    the batches it reads (`length`: tokens, or audio samples, where the model does not fix it);
-    and `derived(metrics) -> more metrics`, applied to metrics averaged over the evaluation
-    batches."""
+    """A loss function; `derived(metrics) -> more metrics`, applied to metrics averaged over the
+    evaluation batches; and `example(model_config, length)`, the keys and shapes of one example
+    of the batches it reads (`length`: tokens, or audio samples, where the model does not fix
+    it), which `synthetic` needs."""
 
     loss: LossFn
-    example: Callable[[Any, int], Example]
     derived: Callable[[dict[str, float]], dict[str, float]] = _none
+    example: Callable[[Any, int], Example] | None = None
 
     def __call__(self, model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None):
         return self.loss(model, batch, rngs)
@@ -43,20 +43,25 @@ class Objective:
     def synthetic(self, model_config: Any, length: int, **kwargs: Any) -> SyntheticData:
         """Random batches of `example`'s shapes for `model_config` (kwargs: SyntheticData's
         counts and seed)."""
+        if self.example is None:
+            raise ValueError(
+                f"objective {getattr(self.loss, '__name__', self.loss)!r} does not say what its "
+                "examples look like: give Objective(..., example=...)"
+            )
         arrays, tokens = self.example(model_config, length)
         return SyntheticData(arrays, tokens, **kwargs)
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "causal_lm": Objective(lm.causal_lm, lm.example, lm.perplexity),
-    "image_classification": Objective(vision.image_classification(), vision.example),
+    "causal_lm": Objective(lm.causal_lm, lm.perplexity, example=lm.example),
+    "image_classification": Objective(vision.image_classification(), example=vision.example),
     # DeiT's regularisers at a strength for small sets: smoothing 0.1, mixup Beta(0.2, 0.2).
     "image_classification_mixup": Objective(
-        vision.image_classification(label_smoothing=0.1, mixup_alpha=0.2), vision.example
+        vision.image_classification(label_smoothing=0.1, mixup_alpha=0.2), example=vision.example
     ),
-    "clip_contrastive": Objective(clip.clip_contrastive, clip.example),
-    "ctc": Objective(ctc.ctc, ctc.example),
-    "tapas": Objective(tapas.tapas, tapas.example),
+    "clip_contrastive": Objective(clip.clip_contrastive, example=clip.example),
+    "ctc": Objective(ctc.ctc, example=ctc.example),
+    "tapas": Objective(tapas.tapas, example=tapas.example),
 }
 
 __all__ = ["OBJECTIVES", "Objective", "clip", "ctc", "lm", "tapas", "vision"]
