@@ -6,8 +6,8 @@ One implementation, named after transformers' CLIP layers (`layer_norm1`, `self_
 names onto it (ViT's `layernorm_before`, `attention.attention.query`, `intermediate.dense`;
 TAPAS's `attention.output.LayerNorm`, `output.dense`, ...).
 
-GPT-2 keeps its own block: its parameter names are GPT-2's (`ln_1`, `c_attn`, ...), it decodes
-against a KV cache and carries a CPU-specific backward-pass boundary; none of that belongs here.
+GPT-2 keeps its own block: its parameter names are GPT-2's (`ln_1`, `c_attn`, ...) and it decodes
+against a KV cache; neither belongs here.
 """
 
 from __future__ import annotations

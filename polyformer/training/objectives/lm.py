@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from polyformer.models.gpt.loss import chunked_lm_loss
-from polyformer.training.data.synthetic import ArraySpec, Example
+from polyformer.training.data.synthetic import Example, token_windows
 
 # exp() of a loss above this overflows nothing but says nothing either: perplexity is capped.
 MAX_LOG_PERPLEXITY = 50.0
@@ -58,5 +58,4 @@ def perplexity(metrics: dict[str, float]) -> dict[str, float]:
 
 def example(config: Any, length: int) -> Example:
     """A causal-LM batch: "inputs" and "targets" `[length]` token ids of `config`'s vocabulary."""
-    ids = tuple(ArraySpec(k, (length,), "int32", config.vocab_size) for k in ("inputs", "targets"))
-    return Example(ids, length)
+    return Example(token_windows(length, config.vocab_size).arrays, length)
