@@ -36,7 +36,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 test: $(STAMP) debs lint
-	$(PY) -m pytest -q -n auto --maxprocesses 4
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -x -q -m "not heavy"

@@ -1,8 +1,11 @@
 """Process-wide settings for the test suite, applied before any test imports JAX, and fixtures
 shared across test folders."""
 
+import atexit
 import dataclasses
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,17 @@ import pytest
 # it need not take libtpu's one-process lock either. Both can be overridden from outside.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+# Compiling is most of the suite's time, and many programs recur: every test that trains a tiny
+# family builds the same steps, and the resume and multi-process tests compile one run in
+# several processes. JAX's persistent compilation cache (keyed by the program, its options and
+# the compiler's version, so a hit is the program a compile would give) compiles each once per
+# `pytest` run. The first process sets the directory; pytest-xdist's workers and the processes
+# tests start inherit it, and it is removed when that process exits.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="polyformer-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 @dataclasses.dataclass(frozen=True)

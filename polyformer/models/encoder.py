@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.struct
 import jax
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
@@ -30,6 +31,36 @@ from polyformer.models.layers import (
     layer_stack,
     run_layers,
 )
+
+
+@flax.struct.dataclass
+class BaseModelOutputWithPooling:
+    """What ViTModel, TapasModel and both CLIP towers return (transformers' class of that name).
+
+    last_hidden_state `[batch, length, hidden_size]`; pooler_output `[batch, hidden_size]` (None
+    for a ViTModel without pooler); hidden_states, when asked for: num_hidden_layers + 1 arrays
+    `[batch, length, hidden_size]`, the embeddings then each layer's output; attentions, when
+    asked for: num_hidden_layers arrays `[batch, num_attention_heads, length, length]` (float32),
+    each layer's attention probabilities."""
+
+    last_hidden_state: jax.Array
+    pooler_output: jax.Array | None = None
+    hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        last_hidden_state: jax.Array,
+        pooler_output: jax.Array | None,
+        hidden_states: tuple[jax.Array, ...],
+        attentions: tuple[jax.Array, ...] | None,
+        output_hidden_states: bool,
+    ) -> BaseModelOutputWithPooling:
+        """The output, holding `hidden_states` (Encoder's or run_layers' second result) only
+        when output_hidden_states."""
+        hidden_states = hidden_states if output_hidden_states else None
+        return cls(last_hidden_state, pooler_output, hidden_states, attentions)
 
 
 @dataclasses.dataclass(frozen=True)

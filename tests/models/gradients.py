@@ -16,6 +16,7 @@ from flax import nnx
 
 from polyformer.checkpoint_io import read_weights
 from polyformer.models import FAMILIES, convert
+from polyformer.models.layers import layer_stacks
 from polyformer.training.objectives import OBJECTIVES
 
 # Each tensor's gradient must be within this share of its largest entry (in absolute value).
@@ -27,8 +28,9 @@ ZERO = 1e-6
 
 def our_gradients(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[float, dict]:
     """(loss, gradients) of the family's default objective (`FAMILIES[...].objectives[0]`) at
-    `batch`, without dropout (rngs None). The gradients are numpy arrays keyed by Hugging Face
-    tensor name, laid out as the HF tensors, through `convert.save` of the family's table."""
+    `batch`, without dropout (rngs None), for a model with or without scan_layers. The
+    gradients are numpy arrays keyed by Hugging Face tensor name, laid out as the HF tensors,
+    through `convert.save` of the family's table."""
     family = FAMILIES[model.config.model_type]
     loss_fn = OBJECTIVES[family.objectives[0]]
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -38,6 +40,7 @@ def our_gradients(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[fl
 
     loss, grads = jax.jit(jax.value_and_grad(loss_of))(params, dict(batch))
     flat = {path: var.get_value() for path, var in nnx.to_flat_state(grads)}
+    flat = convert.unstack_layers(flat, layer_stacks(model))  # scan_layers: one array a layer
     hf = convert.save(family.table(model.config), flat)
     return float(loss), {name: np.asarray(g) for name, g in hf.items()}
 

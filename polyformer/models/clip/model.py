@@ -17,11 +17,11 @@ from flax import nnx
 
 from polyformer.attention.layer import linear, logical
 from polyformer.models.clip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from polyformer.models.encoder import Encoder, EncoderInit
+from polyformer.models.encoder import BaseModelOutputWithPooling, Encoder, EncoderInit
 from polyformer.models.inputs import check_ids
 from polyformer.models.layers import layer_norm, training_rngs
 from polyformer.models.vit.config import size_pair
-from polyformer.models.vit.model import BaseModelOutputWithPooling, VisionEmbeddings
+from polyformer.models.vit.model import VisionEmbeddings
 
 
 @flax.struct.dataclass
@@ -87,13 +87,9 @@ class CLIPTextTransformer(nnx.Module):
         text = self.text_config = config.text_config
         self.embeddings = CLIPTextEmbeddings(text, config, rngs)
         self.encoder = _encoder(text, config, rngs)
-        self.final_layer_norm = layer_norm(
-            text.hidden_size,
-            text.layer_norm_eps,
-            dtype=config.dtype,
-            param_dtype=config.param_dtype,
-            rngs=rngs,
-        )
+        dtypes = dict(dtype=config.dtype, param_dtype=config.param_dtype)
+        eps = text.layer_norm_eps
+        self.final_layer_norm = layer_norm(text.hidden_size, eps, **dtypes, rngs=rngs)
 
     def __call__(
         self,
@@ -132,12 +128,7 @@ class CLIPTextTransformer(nnx.Module):
         else:
             end = jnp.argmax(input_ids == text.eos_token_id, axis=-1)
         pooled = jnp.take_along_axis(x, end[:, None, None], axis=1)[:, 0]
-        return BaseModelOutputWithPooling(
-            last_hidden_state=x,
-            pooler_output=pooled,
-            hidden_states=hidden if output_hidden_states else None,
-            attentions=attentions,
-        )
+        return BaseModelOutputWithPooling.of(x, pooled, hidden, attentions, output_hidden_states)
 
 
 class CLIPVisionTransformer(nnx.Module):
@@ -178,12 +169,8 @@ class CLIPVisionTransformer(nnx.Module):
         `[batch, 1 + patches, hidden]` and pooler_output `[batch, hidden]`."""
         x = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
         x, hidden, attentions = self.encoder(x, rngs=rngs, output_attentions=output_attentions)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=x,
-            pooler_output=self.post_layernorm(x[:, 0]),
-            hidden_states=hidden if output_hidden_states else None,
-            attentions=attentions,
-        )
+        pooled = self.post_layernorm(x[:, 0])
+        return BaseModelOutputWithPooling.of(x, pooled, hidden, attentions, output_hidden_states)
 
 
 def _normalise(x: jax.Array) -> jax.Array:

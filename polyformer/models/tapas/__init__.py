@@ -8,7 +8,7 @@ from polyformer.models.tapas.convert import from_bert
 from polyformer.models.tapas.family import FAMILY
 from polyformer.models.tapas.loss import tapas_loss
 from polyformer.models.tapas.model import (
-    BaseModelOutput,
+    BaseModelOutputWithPooling,
     TableQuestionAnsweringOutput,
     TapasForQuestionAnswering,
     TapasModel,
@@ -18,7 +18,7 @@ from polyformer.models.tapas.model import (
 __all__ = [
     "FAMILY",
     "TOKEN_TYPES",
-    "BaseModelOutput",
+    "BaseModelOutputWithPooling",
     "TableQuestionAnsweringOutput",
     "TapasConfig",
     "TapasForQuestionAnswering",

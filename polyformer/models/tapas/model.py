@@ -21,25 +21,16 @@ from flax import nnx
 
 from polyformer.attention.layer import logical
 from polyformer.models import layers
-from polyformer.models.encoder import EncoderInit, EncoderLayer, layer_sizes
+from polyformer.models.encoder import (
+    BaseModelOutputWithPooling,
+    EncoderInit,
+    EncoderLayer,
+    layer_sizes,
+)
 from polyformer.models.inputs import check_ids
 from polyformer.models.tapas import segments
 from polyformer.models.tapas.config import TOKEN_TYPES, TapasConfig
 from polyformer.models.tapas.loss import tapas_loss
-
-
-@flax.struct.dataclass
-class BaseModelOutput:
-    """last_hidden_state `[batch, length, hidden_size]`; pooler_output `[batch, hidden_size]`
-    (tanh(dense(first token))); hidden_states, when asked for: num_hidden_layers + 1 arrays
-    `[batch, length, hidden_size]`, the embeddings then each layer's output; attentions, when
-    asked for: num_hidden_layers arrays `[batch, num_attention_heads, length, length]` (float32),
-    each layer's attention probabilities."""
-
-    last_hidden_state: jax.Array
-    pooler_output: jax.Array
-    hidden_states: tuple[jax.Array, ...] | None = None
-    attentions: tuple[jax.Array, ...] | None = None
 
 
 @flax.struct.dataclass
@@ -56,7 +47,7 @@ class TableQuestionAnsweringOutput:
         before averaging per cell and column masking.
       column_logits: float32 `[batch, max_num_columns]` (None unless `select_one_column`).
       loss: the scalar training loss, when labels were given.
-      hidden_states, attentions: as BaseModelOutput's, when asked for.
+      hidden_states, attentions: as BaseModelOutputWithPooling's, when asked for.
     """
 
     logits: jax.Array
@@ -221,12 +212,12 @@ class TapasModel(nnx.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
-    ) -> BaseModelOutput:
+    ) -> BaseModelOutputWithPooling:
         """input_ids `[batch, length]`; attention_mask `[batch, length]`, 1 for real tokens
         (None: all real); token_type_ids `[batch, length, 7]` (None: zeros); position_ids
         `[batch | 1, length]` (None: per-cell positions when reset_position_index_per_cell,
         else 0..length-1). output_hidden_states, output_attentions: return the hidden states and
-        attention probabilities (see BaseModelOutput). rngs: needed in training mode, for
+        attention probabilities (see BaseModelOutputWithPooling). rngs: needed in training mode, for
         dropout."""
         _check_inputs(self.config, input_ids, token_type_ids)
         rngs = layers.training_rngs(self, rngs)
@@ -247,12 +238,8 @@ class TapasModel(nnx.Module):
             rngs,
             output_attentions=output_attentions,
         )
-        return BaseModelOutput(
-            last_hidden_state=x,
-            pooler_output=self.pooler(x),
-            hidden_states=hidden if output_hidden_states else None,
-            attentions=attentions,
-        )
+        pooled = self.pooler(x)
+        return BaseModelOutputWithPooling.of(x, pooled, hidden, attentions, output_hidden_states)
 
 
 def _head_vector(size: int, std: float | None, param_dtype: Any, rngs: nnx.Rngs) -> nnx.Param:

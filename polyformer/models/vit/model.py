@@ -19,7 +19,7 @@ from flax import nnx
 
 from polyformer.attention.layer import logical
 from polyformer.models.activations import ACTIVATIONS
-from polyformer.models.encoder import Encoder, EncoderInit
+from polyformer.models.encoder import BaseModelOutputWithPooling, Encoder, EncoderInit
 from polyformer.models.layers import dense_head, layer_norm, training_rngs
 from polyformer.models.vit.config import ViTConfig, size_pair
 
@@ -33,18 +33,6 @@ class ImageClassifierOutput:
     each layer's attention probabilities."""
 
     logits: jax.Array
-    hidden_states: tuple[jax.Array, ...] | None = None
-    attentions: tuple[jax.Array, ...] | None = None
-
-
-@flax.struct.dataclass
-class BaseModelOutputWithPooling:
-    """last_hidden_state `[batch, length, hidden_size]`; pooler_output `[batch, pooler_output_size]`
-    (None for a ViTModel without pooler); hidden_states and attentions as in
-    ImageClassifierOutput."""
-
-    last_hidden_state: jax.Array
-    pooler_output: jax.Array | None = None
     hidden_states: tuple[jax.Array, ...] | None = None
     attentions: tuple[jax.Array, ...] | None = None
 
@@ -217,12 +205,7 @@ class ViTModel(nnx.Module):
         x, hidden, attentions = self.encoder(x, rngs=rngs, output_attentions=output_attentions)
         x = self.layernorm(x)
         pooled = self.pooler(x) if self.config.add_pooling_layer else None
-        return BaseModelOutputWithPooling(
-            last_hidden_state=x,
-            pooler_output=pooled,
-            hidden_states=hidden if output_hidden_states else None,
-            attentions=attentions,
-        )
+        return BaseModelOutputWithPooling.of(x, pooled, hidden, attentions, output_hidden_states)
 
 
 class ViTForImageClassification(nnx.Module):

@@ -5,7 +5,7 @@ configs: `TextData` (lm.py), `DigitImages` and `DigitCaptions` (vision.py), `Spo
 (speech.py), `TableQuestionsData` (tables.py).
 
 corpus = prepare_lm_corpus("python_stdlib", vocab_size=4096)   # built and cached once
-train = lm_dataset(corpus.tokens["train"], seq_len=256, global_batch=32, seed=0)
+train = lm_dataset(corpus.tokens["train"], 256, HostBatches(global_batch=32, seed=0))
 batches = batch_iterator(train)          # next(batches)["inputs"]: [32 // hosts, 256]
 state = batches.get_state()              # {"next_index": step}; set_state(state) resumes
 packed = lm_dataset(..., end_of_text=corpus.end_of_text_id)  # + segment_ids, positions, weights
@@ -14,6 +14,7 @@ packed = lm_dataset(..., end_of_text=corpus.end_of_text_id)  # + segment_ids, po
 from polyformer.training.data.arrays import ArrayData, array_dataset
 from polyformer.training.data.corpus import LMCorpus, prepare_lm_corpus, token_ids
 from polyformer.training.data.lm import (
+    HostBatches,
     LMData,
     TextData,
     batch_iterator,
@@ -35,6 +36,7 @@ from polyformer.training.data.tokenizer import (
 __all__ = [
     "END_OF_TEXT",
     "ArrayData",
+    "HostBatches",
     "Batch",
     "DataConfig",
     "LMCorpus",

@@ -18,7 +18,7 @@ import grain
 import jax
 import numpy as np
 
-from polyformer.training.data.lm import batch_iterator
+from polyformer.training.data.lm import HostBatches, batch_iterator
 from polyformer.training.data.protocol import Batch
 
 
@@ -37,43 +37,25 @@ def _rows(arrays: Batch, indices: np.ndarray) -> Batch:
 
 def array_dataset(
     arrays: Batch,
-    *,
-    global_batch: int,
-    seed: int | None,
-    num_epochs: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    batches: HostBatches,
     transform: Callable[[Batch, np.random.Generator], Batch] | None = None,
 ) -> grain.MapDataset:
-    """Batches of rows of `arrays`, this host's `global_batch // process_count` of each.
-
-    `seed` shuffles the rows differently in every epoch (None: in order). `num_epochs`: None
-    repeats forever; a number ends after that many epochs, less the rows that do not fill a last
-    global batch. `transform(batch, rng)` augments this host's rows; `rng` is drawn from the
+    """Batches of rows of `arrays`, this host's rows of `batches` (`global_batch //
+    process_count` of each). `transform(batch, rng)` augments them; `rng` is drawn from the
     seed, the step and the host's first row, so a resumed run augments as the original did.
     """
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if global_batch % process_count:
-        raise ValueError(f"global_batch {global_batch} does not split over {process_count} hosts")
+    mine = batches.rows()
     size = _check(arrays, "data")
-    if size < global_batch:
-        raise ValueError(f"{size} examples do not fill one global batch of {global_batch}")
-    ds = grain.MapDataset.range(size)
-    if seed is not None:
-        ds = ds.shuffle(seed)
-    ds = ds.repeat(num_epochs)
-    if num_epochs is not None:
-        ds = ds[: len(ds) // global_batch * global_batch]
-    ds = ds.batch(global_batch, drop_remainder=True)
-    rows = global_batch // process_count
-    first = process_index * rows
+    if size < batches.global_batch:
+        raise ValueError(f"{size} examples do not fill one global batch of {batches.global_batch}")
+    seed = batches.seed or 0
+    ds = batches.of(size)
 
     def read(step: int, indices: np.ndarray) -> Batch:
-        batch = _rows(arrays, indices[first : first + rows])
+        batch = _rows(arrays, indices[mine])
         if transform is None:
             return batch
-        return transform(batch, np.random.default_rng([seed or 0, step, first]))
+        return transform(batch, np.random.default_rng([seed, step, mine.start]))
 
     return ds.map_with_index(read)
 
@@ -115,22 +97,15 @@ class ArrayData:
     ) -> grain.DatasetIterator:
         """This host's share, `batch_size` rows, of global batches of `batch_size *
         shard_count` examples, repeating over epochs."""
-        dataset = array_dataset(
-            self.train,
-            global_batch=batch_size * shard_count,
-            seed=seed,
-            process_index=shard_index,
-            process_count=shard_count,
-            transform=self.transform,
-        )
+        batches = HostBatches(batch_size * shard_count, seed, None, shard_index, shard_count)
+        dataset = array_dataset(self.train, batches, self.transform)
         return batch_iterator(dataset)
 
     def eval_batches(self, batch_size: int, count: int) -> list[Batch]:
         """The first `count` (at most one pass's) evaluation batches, in order, this process's
         `batch_size` rows of each; a last partial global batch is left out."""
-        dataset = array_dataset(
-            self.eval, global_batch=batch_size * jax.process_count(), seed=None, num_epochs=1
-        )
+        batches = HostBatches(batch_size * jax.process_count(), seed=None, num_epochs=1)
+        dataset = array_dataset(self.eval, batches)
         return [dataset[step] for step in range(min(count, len(dataset)))]
 
     def save(self, directory: str | os.PathLike) -> None:

@@ -42,46 +42,62 @@ def num_windows(num_tokens: int, seq_len: int) -> int:
     return max(num_tokens - 1, 0) // seq_len
 
 
+@dataclasses.dataclass(frozen=True)
+class HostBatches:
+    """Which rows of a dataset this host reads at each step.
+
+    Every host forms the same global batches of `global_batch` row numbers, shuffled per epoch
+    with `seed` (None: in order, e.g. for evaluation) and repeated `num_epochs` times (None:
+    forever; a number drops the tail that does not fill a global batch, so that every host
+    takes the same number of steps), and keeps its contiguous block of rows: host
+    `process_index` of `process_count` (default: this JAX process) rows `[i * B / P,
+    (i + 1) * B / P)`.
+    """
+
+    global_batch: int
+    seed: int | None
+    num_epochs: int | None = None
+    process_index: int | None = None
+    process_count: int | None = None
+
+    def rows(self) -> slice:
+        """This host's block of each global batch."""
+        index = jax.process_index() if self.process_index is None else self.process_index
+        count = jax.process_count() if self.process_count is None else self.process_count
+        if self.global_batch % count:
+            raise ValueError(f"global_batch {self.global_batch} does not split over {count} hosts")
+        rows = self.global_batch // count
+        return slice(index * rows, (index + 1) * rows)
+
+    def of(self, size: int) -> grain.MapDataset:
+        """The global batches of row numbers 0..size-1: element `step` is int `[global_batch]`."""
+        ds = grain.MapDataset.range(size)
+        if self.seed is not None:
+            ds = ds.shuffle(self.seed)  # Reseeded per epoch by the repeat below.
+        ds = ds.repeat(self.num_epochs)
+        if self.num_epochs is not None:
+            ds = ds[: len(ds) // self.global_batch * self.global_batch]
+        return ds.batch(self.global_batch, drop_remainder=True)
+
+
 def lm_dataset(
-    tokens: np.ndarray,
-    *,
-    seq_len: int,
-    global_batch: int,
-    seed: int | None,
-    num_epochs: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    end_of_text: int | None = None,
+    tokens: np.ndarray, seq_len: int, batches: HostBatches, end_of_text: int | None = None
 ) -> grain.MapDataset:
     """Batches `{"inputs", "targets"}`, both int32 `[global_batch // process_count, seq_len]`,
-    for host `process_index` of `process_count` (default: this JAX process). Row r of both is
-    one window of `seq_len + 1` tokens: `inputs` its first `seq_len`, `targets` its last.
-    `end_of_text`: the id that ends each document; given, the rows are packed documents and
-    the batches add `pack_documents`' "segment_ids", "positions" and "weights".
-
-    `tokens`: `[num_tokens]` ids. `seed`: shuffles the windows, differently in every epoch
-    (None: in order, e.g. for evaluation). `num_epochs`: None repeats forever; a number ends
-    after that many epochs, less the tail that does not fill a global batch, so that every host
-    takes the same number of steps.
+    this host's rows of `batches`. Row r of both is one window of `seq_len + 1` tokens: `inputs`
+    its first `seq_len`, `targets` its last. `tokens`: `[num_tokens]` ids. `end_of_text`: the
+    id that ends each document; given, the rows are packed documents and the batches add
+    `pack_documents`' "segment_ids", "positions" and "weights".
     """
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if global_batch % process_count:
-        raise ValueError(f"global_batch {global_batch} does not split over {process_count} hosts")
+    mine = batches.rows()
     windows = num_windows(len(tokens), seq_len)
     if windows == 0:
         raise ValueError(f"{len(tokens)} tokens do not fill one window of {seq_len + 1}")
-    ds = grain.MapDataset.range(windows)
-    if seed is not None:
-        ds = ds.shuffle(seed)  # Reseeded per epoch by the repeat below.
-    ds = ds.repeat(num_epochs)
-    if num_epochs is not None:
-        ds = ds[: len(ds) // global_batch * global_batch]
-        if len(ds) == 0:
-            raise ValueError(f"{windows} windows an epoch do not fill one batch of {global_batch}")
-    ds = ds.batch(global_batch, drop_remainder=True)
-    rows = global_batch // process_count
-    mine = slice(process_index * rows, (process_index + 1) * rows)
+    ds = batches.of(windows)
+    if len(ds) == 0:
+        raise ValueError(
+            f"{windows} windows an epoch do not fill one batch of {batches.global_batch}"
+        )
     return ds.map(functools.partial(_gather_windows, tokens, seq_len, mine, end_of_text))
 
 
@@ -180,28 +196,17 @@ class LMData:
     ) -> grain.DatasetIterator:
         """This host's share, `[batch_size, seq_len]` a batch, of global batches of
         `batch_size * shard_count` windows, repeating over epochs."""
-        dataset = lm_dataset(
-            self.corpus.tokens["train"],
-            seq_len=self.seq_len,
-            global_batch=batch_size * shard_count,
-            seed=seed,
-            process_index=shard_index,
-            process_count=shard_count,
-            end_of_text=self._end_of_text,
-        )
+        batches = HostBatches(batch_size * shard_count, seed, None, shard_index, shard_count)
+        tokens = self.corpus.tokens["train"]
+        dataset = lm_dataset(tokens, self.seq_len, batches, self._end_of_text)
         return batch_iterator(dataset)
 
     def eval_batches(self, batch_size: int, count: int) -> list[dict[str, np.ndarray]]:
         """The first `count` (at most one epoch's) batches of "validation", this JAX process's
         `[batch_size, seq_len]` share of each: the same every time it is called."""
-        dataset = lm_dataset(
-            self.corpus.tokens["validation"],
-            seq_len=self.seq_len,
-            global_batch=batch_size * jax.process_count(),
-            seed=None,
-            num_epochs=1,
-            end_of_text=self._end_of_text,
-        )
+        batches = HostBatches(batch_size * jax.process_count(), seed=None, num_epochs=1)
+        tokens = self.corpus.tokens["validation"]
+        dataset = lm_dataset(tokens, self.seq_len, batches, self._end_of_text)
         return [dataset[step] for step in range(min(count, len(dataset)))]
 
 

@@ -24,12 +24,14 @@ def key_bias(name: str) -> bool:
     return name.endswith("self_attn.k_proj.bias")
 
 
-def assert_gradient_parity(hf_model, path, input_ids, attention_mask, pixel_values):
+def assert_gradient_parity(
+    hf_model, path, input_ids, attention_mask, pixel_values, scan_layers=False
+):
     # Our objective clamps the temperature at 100 and transformers' loss does not: below the
     # clamp the two are the same function.
     assert hf_model.logit_scale.item() < math.log(MAX_LOGIT_SCALE)
     hf_model.save_pretrained(path)
-    ours = pf.from_pretrained(path)
+    ours = pf.from_pretrained(path, scan_layers=scan_layers)
     batch = {
         "input_ids": jnp.asarray(input_ids),
         "attention_mask": jnp.asarray(attention_mask),
@@ -55,8 +57,11 @@ def test_gradients_match_transformers(tmp_path):
 @pytest.mark.heavy
 def test_official_clip_vit_base_patch32_gradients_match_transformers(tmp_path):
     """openai/clip-vit-base-patch32's configuration (random weights, legacy pooling), two
-    caption-image pairs: the smallest batch whose contrastive loss is not identically zero."""
+    caption-image pairs: the smallest batch whose contrastive loss is not identically zero. With
+    scan_layers (test_parity.py runs the official forward unscanned)."""
     torch.manual_seed(0)
     hf_model = randomise(transformers.CLIPModel(transformers.CLIPConfig(**OFFICIAL)))
     input_ids, mask = texts(49407, 49408)
-    assert_gradient_parity(hf_model, tmp_path, input_ids[:2], mask[:2], pixels(2, 224))
+    assert_gradient_parity(
+        hf_model, tmp_path, input_ids[:2], mask[:2], pixels(2, 224), scan_layers=True
+    )

@@ -16,11 +16,11 @@ OFFICIAL = dict(
 )  # fmt: skip
 
 
-def assert_gradient_parity(hf_model, path, input_ids, weights):
+def assert_gradient_parity(hf_model, path, input_ids, weights, scan_layers=False):
     """Our causal_lm on input_ids[:, :-1] -> input_ids[:, 1:] (targets counted where `weights`
     is 1) against transformers' loss with labels (it shifts them itself; -100 uncounted)."""
     hf_model.save_pretrained(path)
-    ours = pf.from_pretrained(path)
+    ours = pf.from_pretrained(path, scan_layers=scan_layers)
     batch = {
         "inputs": jnp.asarray(input_ids[:, :-1]),
         "targets": jnp.asarray(input_ids[:, 1:]),
@@ -51,7 +51,8 @@ def test_gradients_match_transformers(tied, tmp_path):
 
 @pytest.mark.heavy
 def test_official_gpt2_size_gradients_match_transformers(tmp_path):
-    """The 124M configuration (random weights), one sequence of 16 tokens."""
+    """The 124M configuration (random weights), one sequence of 16 tokens, with scan_layers
+    (test_parity.py runs the official forward unscanned)."""
     hf_model = random_hf_model(**OFFICIAL)
     input_ids = np.random.default_rng(0).integers(0, OFFICIAL["vocab_size"], (1, 16))
-    assert_gradient_parity(hf_model, tmp_path, input_ids, np.ones_like(input_ids))
+    assert_gradient_parity(hf_model, tmp_path, input_ids, np.ones_like(input_ids), scan_layers=True)

@@ -33,9 +33,9 @@ def zero(name: str) -> bool:
     return name.endswith("attention.self.key.bias") or name == "column_output_bias"
 
 
-def assert_gradient_parity(hf_model, path, x):
+def assert_gradient_parity(hf_model, path, x, scan_layers=False):
     hf_model.save_pretrained(path)
-    ours = pf.from_pretrained(path)
+    ours = pf.from_pretrained(path, scan_layers=scan_layers)
     loss, got = our_gradients(ours, {k: jnp.asarray(x[k]) for k in NAMES})
     inputs = {k: torch.as_tensor(x[k]) for k in NAMES}
     # Float labels, which every one of transformers' loss paths accepts.
@@ -77,9 +77,10 @@ def test_gradients_match_transformers(name, tmp_path):
 
 @pytest.mark.heavy
 def test_official_wtq_configuration_gradients_match_transformers(tmp_path):
-    """google/tapas-base-finetuned-wtq's configuration (random weights), two short tables."""
+    """google/tapas-base-finetuned-wtq's configuration (random weights), two short tables, with
+    scan_layers (test_parity.py runs the official forward unscanned)."""
     hf_model = random_hf_model(**{k: WTQ[k] for k in TINY})
     x = table_inputs(
         WTQ["vocab_size"], WTQ["type_vocab_sizes"], 48, shapes=[(3, 4, 5), (2, 6, 4)], unanswered=()
     )
-    assert_gradient_parity(hf_model, tmp_path, x)
+    assert_gradient_parity(hf_model, tmp_path, x, scan_layers=True)

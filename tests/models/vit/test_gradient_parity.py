@@ -17,9 +17,9 @@ def key_bias(name: str) -> bool:
     return name.endswith("attention.attention.key.bias")
 
 
-def assert_gradient_parity(hf_model, path, pixel_values, labels):
+def assert_gradient_parity(hf_model, path, pixel_values, labels, scan_layers=False):
     hf_model.save_pretrained(path)
-    ours = pf.from_pretrained(path)
+    ours = pf.from_pretrained(path, scan_layers=scan_layers)
     batch = {"pixel_values": jnp.asarray(pixel_values), "labels": jnp.asarray(labels)}
     loss, got = our_gradients(ours, batch)
     want_loss, want = torch_gradients(
@@ -38,7 +38,8 @@ def test_gradients_match_transformers(tmp_path):
 
 @pytest.mark.heavy
 def test_official_vit_base_patch16_224_gradients_match_transformers(tmp_path):
-    """google/vit-base-patch16-224's configuration (random weights), one image."""
+    """google/vit-base-patch16-224's configuration (random weights), one image, with
+    scan_layers (test_parity.py runs the official forward unscanned)."""
     config = {k: v for k, v in OFFICIAL.items() if k not in ("architectures", "model_type")}
     hf_model = random_hf_model(**config)
-    assert_gradient_parity(hf_model, tmp_path, pixels(1, 224), np.array([417]))
+    assert_gradient_parity(hf_model, tmp_path, pixels(1, 224), np.array([417]), scan_layers=True)

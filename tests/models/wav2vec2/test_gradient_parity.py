@@ -32,9 +32,9 @@ def padded_labels(lengths: list[int], vocab_size: int, seed: int = 0) -> np.ndar
     return labels
 
 
-def assert_gradient_parity(hf_model, path, input_values, attention_mask, labels):
+def assert_gradient_parity(hf_model, path, input_values, attention_mask, labels, scan_layers=False):
     hf_model.save_pretrained(path)
-    ours = pf.from_pretrained(path)
+    ours = pf.from_pretrained(path, scan_layers=scan_layers)
     batch = {"input_values": jnp.asarray(input_values), "labels": jnp.asarray(labels)}
     inputs = {"input_values": torch.as_tensor(input_values), "labels": torch.as_tensor(labels)}
     if attention_mask is not None:
@@ -71,8 +71,9 @@ def test_gradients_match_transformers(name, tmp_path):
 @pytest.mark.heavy
 def test_base_960h_configuration_gradients_match_transformers(tmp_path):
     """facebook/wav2vec2-base-960h's configuration (random weights): one second of audio, no
-    mask (as its feature extractor prepares it), 20 labels over its 49 frames."""
+    mask (as its feature extractor prepares it), 20 labels over its 49 frames. With scan_layers
+    (test_parity.py runs the official forward unscanned)."""
     hf_model = random_hf_model(BASE_960H)
     audio, _ = padded_audio([16000], seed=6)
     labels = padded_labels([20], BASE_960H["vocab_size"])
-    assert_gradient_parity(hf_model, tmp_path, audio, None, labels)
+    assert_gradient_parity(hf_model, tmp_path, audio, None, labels, scan_layers=True)

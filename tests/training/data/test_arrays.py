@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from polyformer.training.data import ArrayData, array_dataset
+from polyformer.training.data import ArrayData, HostBatches, array_dataset
 
 
 def arrays(n: int = 10) -> dict[str, np.ndarray]:
@@ -11,7 +11,7 @@ def arrays(n: int = 10) -> dict[str, np.ndarray]:
 
 
 def test_an_epoch_visits_every_row_once_and_rows_stay_paired():
-    ds = array_dataset(arrays(), global_batch=5, seed=3)
+    ds = array_dataset(arrays(), HostBatches(global_batch=5, seed=3))
     epoch = [ds[step] for step in range(2)]
     seen = np.concatenate([b["y"] for b in epoch])
     assert sorted(seen) == list(range(10)) and list(seen) != list(range(10))
@@ -21,9 +21,9 @@ def test_an_epoch_visits_every_row_once_and_rows_stay_paired():
 
 
 def test_hosts_hold_contiguous_blocks_of_the_same_global_batch():
-    whole = array_dataset(arrays(), global_batch=4, seed=0, process_index=0, process_count=1)
+    whole = array_dataset(arrays(), HostBatches(4, seed=0, process_index=0, process_count=1))
     parts = [
-        array_dataset(arrays(), global_batch=4, seed=0, process_index=h, process_count=2)
+        array_dataset(arrays(), HostBatches(4, seed=0, process_index=h, process_count=2))
         for h in range(2)
     ]
     for step in range(5):
@@ -54,4 +54,4 @@ def test_bad_arrays_are_refused():
     with pytest.raises(ValueError, match="differ in names"):
         ArrayData({"x": np.zeros(3)}, {"y": np.zeros(3)}, 1)
     with pytest.raises(ValueError, match="do not fill one global batch"):
-        array_dataset(arrays(3), global_batch=4, seed=0)
+        array_dataset(arrays(3), HostBatches(global_batch=4, seed=0))

@@ -9,6 +9,7 @@ from polyformer.datasets import StdlibConfig
 from polyformer.models.gpt.tokenizer import GPT2Tokenizer
 from polyformer.training.data import (
     END_OF_TEXT,
+    HostBatches,
     LMData,
     TextData,
     batch_iterator,
@@ -83,9 +84,9 @@ def test_a_second_prepare_reads_the_cache(corpus, data_dir):
     assert again.tokenizer.to_str() == corpus.tokenizer.to_str()
 
 
-def dataset(tokens, **kwargs):
-    args = dict(seq_len=16, global_batch=8, seed=0, process_index=0, process_count=1)
-    return lm_dataset(tokens, **(args | kwargs))
+def dataset(tokens, end_of_text=None, **kwargs):
+    args = dict(global_batch=8, seed=0, process_index=0, process_count=1)
+    return lm_dataset(tokens, 16, HostBatches(**(args | kwargs)), end_of_text)
 
 
 def take(iterator, n):
