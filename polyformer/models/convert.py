@@ -300,9 +300,10 @@ def stack_layers(
     return out
 
 
-def model_params(model: nnx.Module) -> dict[Path, jax.Array]:
-    """The model's parameters by the state paths the tables name (LayerStacks unstacked)."""
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+def model_params(model: nnx.Module, state: nnx.State | None = None) -> dict[Path, jax.Array]:
+    """The model's parameters, or `state` (a State of the same structure, such as their
+    gradients), by the state paths the tables name (LayerStacks unstacked)."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param) if state is None else state)
     return unstack_layers({key: var.get_value() for key, var in flat}, layer_stacks(model))
 
 

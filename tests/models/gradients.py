@@ -16,7 +16,6 @@ from flax import nnx
 
 from polyformer.checkpoint_io import read_weights
 from polyformer.models import FAMILIES, convert
-from polyformer.models.layers import layer_stacks
 from polyformer.training.objectives import OBJECTIVES
 
 # Each tensor's gradient must be within this share of its largest entry (in absolute value).
@@ -39,9 +38,7 @@ def our_gradients(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[fl
         return loss_fn(nnx.merge(graphdef, params, rest), batch, None)[0]
 
     loss, grads = jax.jit(jax.value_and_grad(loss_of))(params, dict(batch))
-    flat = {path: var.get_value() for path, var in nnx.to_flat_state(grads)}
-    flat = convert.unstack_layers(flat, layer_stacks(model))  # scan_layers: one array a layer
-    hf = convert.save(family.table(model.config), flat)
+    hf = convert.save(family.table(model.config), convert.model_params(model, grads))
     return float(loss), {name: np.asarray(g) for name, g in hf.items()}
 
 

@@ -114,8 +114,7 @@ def objective_grads(model: nnx.Module) -> tuple[jax.Array, dict]:
     }
     objective = OBJECTIVES[family.objectives[0]]
     value, grads = nnx.jit(nnx.value_and_grad(lambda m: objective(m, batch, None)[0]))(model)
-    flat = {path: var.get_value() for path, var in nnx.to_flat_state(grads)}
-    return value, convert.unstack_layers(flat, layer_stacks(model))
+    return value, convert.model_params(model, grads)
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
