@@ -165,8 +165,9 @@ class ModelConfig(HFConfig):
         everything; "full" only its input, recomputing the rest; "dots" the outputs of its
         matrix products; "minimal" only its attention and MLP outputs.
       scan_layers: the layer stack as one module whose parameters are stacked on a leading
-        layer axis, run by nnx.scan (`models.layers.LayerStack`): the compiled program holds one
-        layer, so compile time does not grow with depth; checkpoints are the same either way.
+        layer axis, run under jax.lax.scan (`models.layers.LayerStack`): the compiled program
+        holds one layer, so compile time does not grow with depth; checkpoints are the same
+        either way.
     """
 
     ARCHITECTURES: ClassVar[tuple[str, ...]]
