@@ -154,7 +154,7 @@ class Sparse(base.Kernel):
                 key_valid=mask,
                 segments=segments,
                 scale=scale,
-                block=-(-max(self.block, splash.BLOCK) // 128) * 128,
+                block=self.block,
                 interpret=interpret,
             )
 

@@ -32,6 +32,22 @@ from polyformer.attention import base, patterns
 # Splash's tiles: the key block must be a multiple of the TPU's 128 lanes.
 BLOCK = 128
 
+# The most blocks a side of splash's grid may have. Splash prefetches its block tables (int32,
+# up to one entry per grid cell, per pass and per distinct head mask) into the TPU's scalar
+# memory: a 512 x 512 grid (64K tokens in 128-token blocks) overflows it on v5e, where a
+# 128 x 128 grid (16K tokens) compiles (benchmarks/RESULTS.md, "Attention compiled for the
+# hardware").
+MAX_GRID = 128
+
+
+def block_for(length: int, at_least: int = BLOCK) -> int:
+    """Splash's block for a sequence of `length` tokens: the smallest multiple of 128 that is at
+    least `at_least`, doubled until `length` spans at most MAX_GRID blocks."""
+    block = -(-max(at_least, BLOCK) // BLOCK) * BLOCK
+    while -(-length // block) > MAX_GRID:
+        block *= 2
+    return block
+
 
 class PatternMask(splash_mask.Mask):
     """A pattern, optionally with the causal rule, over lengths padded to `shape`; positions past
@@ -187,9 +203,11 @@ def attention(
 ) -> jax.Array:
     """Splash attention of q `[batch, q_length, heads, head_dim]` over k/v `[batch, k_length,
     kv_heads, head_dim]` through `pattern` (None: every pair) and the causal rule, keys masked by
-    `key_valid` `[batch, k_length]` and `segments`. Returns `[batch, q_length, heads, head_dim]`."""
+    `key_valid` `[batch, k_length]` and `segments`, in blocks of `block_for(length, block)`.
+    Returns `[batch, q_length, heads, head_dim]`."""
     batch, q_len, heads, _ = q.shape
     k_len = k.shape[1]
+    block = block_for(max(q_len, k_len), block)
     q_pad, k_pad = -q_len % block, -k_len % block
     mask = PatternMask(pattern, q_len, k_len, (q_len + q_pad, k_len + k_pad), causal)
     static_rows = rows_with_keys(mask, block)

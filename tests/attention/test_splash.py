@@ -157,3 +157,12 @@ def test_pallas_kernels_refuse_what_they_cannot_honour(kernel, implementation):
         kernel(q, k, v, rng=jax.random.key(0))
     with pytest.raises(ValueError, match="bias"):
         kernel(q, k, v, bias=jnp.zeros((1, 2, 16, 16)))
+
+
+def test_the_block_grows_with_length_so_the_grid_fits_the_tpu_s_scalar_memory():
+    assert [splash.block_for(n) for n in (100, 16384, 16385, 32768, 65536, 65537)] == [
+        128, 128, 256, 256, 512, 1024,
+    ]  # fmt: skip
+    assert splash.block_for(1000, at_least=64) == 128
+    assert splash.block_for(1000, at_least=200) == 256
+    assert splash.block_for(65536, at_least=1024) == 1024
