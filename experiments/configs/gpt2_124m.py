@@ -1,5 +1,6 @@
 """GPT-2 small (124M) as a pod run: 1024 tokens, GPT-2's vocabulary of 50257, bfloat16 compute,
-8 sequences of 1024 tokens per device, parameters and optimizer state sharded over all devices.
+8 sequences of 1024 tokens per device, parameters and optimizer state sharded over all devices,
+no dropout.
 
 polyformer compile experiments/configs/gpt2_124m.py --target v5e-4
 polyformer compile experiments/configs/gpt2_124m.py --target h100x8 --json gpt2_124m.json
@@ -21,9 +22,14 @@ SEQUENCES_PER_DEVICE = 8
 SEQ_LEN = 1024
 DEVICES = 8  # h100x8; other targets: --set batch_size=...
 
+# Pretraining without dropout, as nanoGPT's GPT-2 reproduction does. It also lets the attention
+# take the Pallas flash kernels, which have no attention dropout (with attn_pdrop > 0 the train
+# step takes XLA's attention and keeps each layer's probabilities for the backward pass).
+NO_DROPOUT = {"attn_pdrop": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0}
+
 
 def config() -> RunConfig:
-    model = GPT2Config.gpt2(n_positions=SEQ_LEN)
+    model = GPT2Config.gpt2(n_positions=SEQ_LEN, **NO_DROPOUT)
     return RunConfig(
         model=model,
         precision="bfloat16",

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from polyformer.attention import layout
+
 SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
 """`[batch, length]` int (queries and keys alike) or (`[batch, q_length]`, `[batch, k_length]`)."""
 
@@ -84,36 +86,37 @@ def pallas_unsupported(mask, bias, rng, dropout_rate: float) -> str | None:
     return None
 
 
-def dispatch(implementation: str, unsupported: dict[str, str | None], *, xla, tpu, gpu):
-    """Runs a kernel's `implementation`: xla(), tpu(interpret=...) or gpu(interpret=...).
+def dispatch(
+    implementation: str, unsupported: dict[str, str | None], args: tuple, *, xla, tpu, gpu
+):
+    """Runs a kernel's `implementation`: xla(), or tpu(*args, interpret=...) / gpu(*args,
+    interpret=...) on args = (q, k, v, mask, segments).
 
     `unsupported` maps "pallas_tpu" / "pallas_gpu" to why that kernel cannot run this call (or
-    None): asked for by name, it raises ValueError; under "auto", that platform takes xla().
+    None): asked for by name, it raises ValueError; under "auto", that platform takes xla(). Under
+    a layout over several devices (the trainer's steps) the Pallas kernels run per shard
+    (layout.per_shard). Under a mesh of several devices without a layout, GSPMD would have to
+    split the Pallas call, which it cannot: "auto" takes xla() there.
     """
     reason = unsupported.get(implementation)
     if reason:
         raise ValueError(f"implementation={implementation!r} {reason}")
     if implementation == "xla":
         return xla()
-    if implementation == "pallas_tpu":
-        return interpreted(tpu)()
-    if implementation == "pallas_gpu":
-        return interpreted(gpu)()
-    if partitioned():
-        # GSPMD cannot split a Pallas call over devices ("Mosaic kernels cannot be automatically
-        # partitioned"); XLA's attention it can. Running the kernels per shard needs shard_map.
+    if implementation in ("pallas_tpu", "pallas_gpu"):
+        pallas = tpu if implementation == "pallas_tpu" else gpu
+        return layout.per_shard(interpreted(pallas), *args)
+    if layout.current() is None and jax.sharding.get_abstract_mesh().size > 1:
         return xla()
+
+    def compiled(kernel):
+        return lambda: layout.per_shard(lambda *a: kernel(*a, interpret=False), *args)
+
     return per_platform(
         cpu=xla,
-        tpu=xla if unsupported["pallas_tpu"] else lambda: tpu(interpret=False),
-        cuda=xla if unsupported["pallas_gpu"] else lambda: gpu(interpret=False),
+        tpu=xla if unsupported["pallas_tpu"] else compiled(tpu),
+        cuda=xla if unsupported["pallas_gpu"] else compiled(gpu),
     )
-
-
-def partitioned() -> bool:
-    """Whether the program being traced runs over a mesh of several devices (the abstract mesh
-    the trainer's steps trace under), which GSPMD partitions."""
-    return jax.sharding.get_abstract_mesh().size > 1
 
 
 def check_inputs(
@@ -353,7 +356,15 @@ def allowed_pairs(
     `[batch, heads, q_length, k_length]`, or None when everything is allowed."""
     allowed = expand_mask(mask, q_len)
     if causal:
-        rule = causal_allowed(np.arange(q_len)[:, None], np.arange(k_len)[None, :], q_len, k_len)
+        # Built from iotas in the program, not as a numpy constant: an [L, L] constant lands in
+        # every lowering of a program that holds this path, even one compiled for a platform
+        # that runs another kernel (4 GiB of host memory at 64K tokens).
+        rule = causal_allowed(
+            jax.lax.broadcasted_iota(jnp.int32, (q_len, k_len), 0),
+            jax.lax.broadcasted_iota(jnp.int32, (q_len, k_len), 1),
+            q_len,
+            k_len,
+        )
         allowed = jnp.asarray(rule) if allowed is None else allowed & rule
     return and_masks(allowed, segment_mask(segments))
 

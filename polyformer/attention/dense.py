@@ -247,7 +247,7 @@ class Dense(base.Kernel):
                 q, k, v, allowed, bias=bias, scale=scale, dropout_rate=self.dropout_rate, rng=rng
             )
 
-        def tpu(interpret: bool):
+        def tpu(q, k, v, mask, segments, interpret: bool):
             return splash.attention(
                 q,
                 k,
@@ -260,7 +260,7 @@ class Dense(base.Kernel):
                 interpret=interpret,
             )
 
-        def gpu(interpret: bool):
+        def gpu(q, k, v, mask, segments, interpret: bool):
             if flash_gpu.unsupported(q, k, mask, causal, segment_ids) is None:
                 return flash_gpu.attention(
                     q, k, v, causal=causal, segments=segments, scale=scale, interpret=interpret
@@ -282,7 +282,8 @@ class Dense(base.Kernel):
 
         pallas = base.pallas_unsupported(mask, bias, rng, self.dropout_rate)
         unsupported = {"pallas_tpu": pallas, "pallas_gpu": pallas}
-        return base.dispatch(self.implementation, unsupported, xla=xla, tpu=tpu, gpu=gpu)
+        args = (q, k, v, mask, segments)
+        return base.dispatch(self.implementation, unsupported, args, xla=xla, tpu=tpu, gpu=gpu)
 
     def _probabilities(self, q, k, mask, causal, bias, scale, segments) -> jax.Array:
         allowed = base.allowed_pairs(mask, causal, segments, q.shape[1], k.shape[1])

@@ -144,7 +144,7 @@ class Sparse(base.Kernel):
         def xla():
             return self._xla(q, k, v, mask, causal, scale, rng, segments)
 
-        def tpu(interpret: bool):
+        def tpu(q, k, v, mask, segments, interpret: bool):
             return splash.attention(
                 q,
                 k,
@@ -158,7 +158,7 @@ class Sparse(base.Kernel):
                 interpret=interpret,
             )
 
-        def gpu(interpret: bool):
+        def gpu(q, k, v, mask, segments, interpret: bool):
             return flash_gpu.block_sparse(
                 q,
                 k,
@@ -174,7 +174,8 @@ class Sparse(base.Kernel):
 
         pallas = base.pallas_unsupported(mask, None, rng, self.dropout_rate)
         unsupported = {"pallas_tpu": pallas, "pallas_gpu": pallas}
-        return base.dispatch(self.implementation, unsupported, xla=xla, tpu=tpu, gpu=gpu)
+        args = (q, k, v, mask, segments)
+        return base.dispatch(self.implementation, unsupported, args, xla=xla, tpu=tpu, gpu=gpu)
 
     def _probabilities(self, q, k, mask, causal, bias, scale, segments) -> jax.Array:
         """Dense probabilities restricted to `pattern.mask`: what the kernel computes, as one

@@ -32,12 +32,12 @@ from polyformer.attention import base, patterns
 # Splash's tiles: the key block must be a multiple of the TPU's 128 lanes.
 BLOCK = 128
 
-# The most blocks a side of splash's grid may have. Splash prefetches its block tables (int32,
-# up to one entry per grid cell, per pass and per distinct head mask) into the TPU's scalar
-# memory: a 512 x 512 grid (64K tokens in 128-token blocks) overflows it on v5e, where a
-# 128 x 128 grid (16K tokens) compiles (benchmarks/RESULTS.md, "Attention compiled for the
-# hardware").
-MAX_GRID = 128
+# The most blocks a side of splash's grid may have. Splash prefetches its block tables (up to one
+# entry per grid cell, per pass and per distinct head mask) into the TPU's scalar memory: a
+# 512 x 512 grid (64K tokens in 128-token blocks) overflows it on v5e, a 256 x 256 grid (64K
+# tokens in 256-token blocks) compiles. Smaller blocks keep a sparse pattern's partial blocks
+# smaller (benchmarks/RESULTS.md, "Attention compiled for the hardware").
+MAX_GRID = 256
 
 
 def block_for(length: int, at_least: int = BLOCK) -> int:

@@ -14,6 +14,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention.layer import MultiHeadAttention, linear, logical
+from polyformer.attention.layout import constrain
 
 
 def layer_norm(width: int, epsilon: float, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
@@ -263,33 +264,6 @@ def attend(
 def layer_output(x: jax.Array, probs: jax.Array | None) -> jax.Array | tuple[jax.Array, jax.Array]:
     """What a layer returns to `run_layers`: x, or (x, probs) when it was asked for them."""
     return x if probs is None else (x, probs)
-
-
-# Pins an activation to the devices by its logical axes while a step traces: set by the trainer
-# for its mesh and rules (training.sharding.constrained); None leaves every layout to XLA.
-_CONSTRAIN: ContextVar[Callable[[jax.Array, tuple[str | None, ...]], jax.Array] | None] = (
-    ContextVar("constrain", default=None)
-)
-
-
-@contextlib.contextmanager
-def sharding_constraints(
-    pin: Callable[[jax.Array, tuple[str | None, ...]], jax.Array],
-) -> Iterator[None]:
-    """Within the block, `constrain(x, axes)` is `pin(x, axes)`."""
-    token = _CONSTRAIN.set(pin)
-    try:
-        yield
-    finally:
-        _CONSTRAIN.reset(token)
-
-
-def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
-    """x laid out by its logical axes (one name or None per dimension, as parameters name theirs:
-    "batch", "length", "embed", "mlp", ...), so that GSPMD does not guess the layout of the
-    activations between layers; x itself outside `sharding_constraints` (no mesh)."""
-    pin = _CONSTRAIN.get()
-    return x if pin is None else pin(x, axes)
 
 
 def dense_head(config: Any, width: int, rngs: nnx.Rngs, *, dtype: Any = None) -> nnx.Linear:

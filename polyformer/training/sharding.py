@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from polyformer.models.layers import sharding_constraints
+from polyformer.attention import layout
 from polyformer.training.step import TrainState
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -120,27 +120,31 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(dict(rules).get("batch")))
 
 
-def constrained(step: Callable, mesh: Mesh, rules) -> Callable:
-    """`step` with the models' activations pinned to `mesh` by their logical axes and `rules`
-    while it traces (models.layers.constrain), as parameters are: GSPMD then propagates no
-    guessed layout through the layers."""
+def activation_spec(
+    axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh, rules
+) -> PartitionSpec:
+    """The mesh layout of an activation of `shape` whose dimensions have the logical names `axes`:
+    `to_mesh_spec`, with each mesh axis splitting one dimension only. (The rules shard both
+    "batch" and "embed" over fsdp, ZeRO-3 style for parameters; an activation keeps it on its
+    batch dimension.)"""
+    used: set[str] = set()
+    spec = []
+    for entry in to_mesh_spec(PartitionSpec(*axes), shape, mesh, rules):
+        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        spec.append(None if used & set(names) else entry)
+        used |= set(names)
+    return PartitionSpec(*spec)
 
-    def pin(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
-        # A mesh axis splits one dimension: the rules shard both "batch" and "embed" over fsdp
-        # (ZeRO-3 for parameters), and an activation keeps it on its batch dimension.
-        used: set[str] = set()
-        spec = []
-        for entry in to_mesh_spec(PartitionSpec(*axes), x.shape, mesh, rules):
-            names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-            spec.append(None if used & set(names) else entry)
-            used |= set(names)
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+def constrained(step: Callable, mesh: Mesh, rules) -> Callable:
+    """`step` traced under the layout of `mesh` and `rules` (attention.layout): the models pin
+    their activations by their logical axes, as parameters are, so GSPMD propagates no guessed
+    layout through the layers, and the attention kernels run their Pallas kernels per shard."""
+    spec = functools.partial(activation_spec, mesh=mesh, rules=rules)
 
     @functools.wraps(step)
     def run(*args, **kwargs):
-        # The abstract mesh tells the attention kernels, while they trace, that GSPMD will
-        # partition them (see attention.base.dispatch).
-        with sharding_constraints(pin), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        with layout.laid_out(layout.Layout(mesh, spec)):
             return step(*args, **kwargs)
 
     return run

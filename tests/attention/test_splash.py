@@ -160,7 +160,7 @@ def test_pallas_kernels_refuse_what_they_cannot_honour(kernel, implementation):
 
 
 def test_the_block_grows_with_length_so_the_grid_fits_the_tpu_s_scalar_memory():
-    assert [splash.block_for(n) for n in (100, 16384, 16385, 32768, 65536, 65537)] == [
+    assert [splash.block_for(n) for n in (100, 32768, 32769, 65536, 131072, 131073)] == [
         128, 128, 256, 256, 512, 1024,
     ]  # fmt: skip
     assert splash.block_for(1000, at_least=64) == 128

@@ -9,6 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from polyformer import attention as A
 from polyformer.attention import patterns as P
+from polyformer.training import sharding
 from tests.attention.conftest import target_devices
 
 # What a Pallas kernel leaves in the lowered program: a Mosaic custom call on TPU, a Triton call
@@ -52,9 +53,10 @@ def test_a_pallas_implementation_is_interpreted_only_when_lowered_for_cpu(implem
         assert (PALLAS_MARK[platform] in lowered.as_text()) == real
 
 
-def test_auto_takes_xla_attention_when_the_program_is_partitioned_over_a_mesh():
-    """GSPMD cannot split a Pallas call, so a step traced under a mesh of several devices (as the
-    trainer's are) gets XLA's attention, which compiles for a 4-chip TPU with the batch split."""
+def test_auto_takes_xla_attention_under_a_mesh_without_a_layout():
+    """GSPMD cannot split a Pallas call, so a program traced under a mesh of several devices but
+    no layout (not the trainer's) gets XLA's attention, which compiles for a 4-chip TPU with the
+    batch split."""
     mesh = jax.sharding.Mesh(np.array(target_devices("tpu")), ("data",))
     split = NamedSharding(mesh, PartitionSpec("data"))
     x = jax.ShapeDtypeStruct((4, 256, 2, 128), jnp.bfloat16, sharding=split)
@@ -65,4 +67,25 @@ def test_auto_takes_xla_attention_when_the_program_is_partitioned_over_a_mesh():
 
     lowered = jax.jit(attend).trace(x, x, x).lower(lowering_platforms=("tpu",))
     assert PALLAS_MARK["tpu"] not in lowered.as_text()
+    lowered.compile()
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_auto_runs_the_pallas_kernel_per_shard_under_the_trainer_s_layout(platform):
+    """Under the trainer's layout (batch over data x fsdp, heads over tensor) the Pallas kernel
+    runs on each device's shard, forward and backward, and compiles for the target."""
+    devices = target_devices(platform)[:4]
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=2, tensor=2), devices)
+    rules = sharding.DEFAULT_RULES
+    x = jax.ShapeDtypeStruct(
+        (4, 256, 4, 128), jnp.bfloat16, sharding=sharding.batch_sharding(mesh, rules)
+    )
+
+    def loss(q, k, v):
+        return jnp.sum(A.Dense()(q, k, v, causal=True).astype(jnp.float32))
+
+    step = sharding.constrained(jax.grad(loss, argnums=(0, 1, 2)), mesh, rules)
+    lowered = jax.jit(step).trace(x, x, x).lower(lowering_platforms=(platform,))
+    text = lowered.as_text()
+    assert PALLAS_MARK[platform] in text and "sdy.manual_computation" in text
     lowered.compile()

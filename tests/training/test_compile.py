@@ -179,6 +179,8 @@ def test_the_pod_configs_compile_from_shapes_alone(name, layers, per_device):
     config = run_config.load(f"experiments/configs/{name}.py")
     data = compile_run.data_shapes(config)
     assert config.model.n_layer == layers and config.precision == "bfloat16"
+    model = config.model
+    assert model.attn_pdrop == model.resid_pdrop == model.embd_pdrop == 0.0  # pretraining
     assert dict(data.model_overrides) == {"vocab_size": 50257}
     assert {a.name: a.shape for a in data.arrays} == {"inputs": (1024,), "targets": (1024,)}
     devices = 8 if name == "gpt2_124m" else 16  # h100x8; v5e-16
