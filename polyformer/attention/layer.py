@@ -10,8 +10,10 @@ from flax import nnx
 
 from polyformer.attention.base import AttentionKernel
 from polyformer.attention.dense import Dense
+from polyformer.attention.layout import constrain
 
 LECUN_NORMAL = nnx.initializers.lecun_normal()
+HEADS = ("batch", "length", "heads", None)  # q, k, v and the kernel's output
 
 
 def logical(initializer, axes: tuple[str, ...]):
@@ -148,8 +150,9 @@ class MultiHeadAttention(nnx.Module):
         q = self._query(x, query_scale)
         k = self._split(self.key(context))
         v = self._split(self.value(context))
+        q, k, v = (constrain(t, HEADS) for t in (q, k, v))
         masking = dict(bias=bias, scale=scale, segment_ids=segment_ids)
-        out = self.kernel(q, k, v, mask, causal, rng=rng, **masking)
+        out = constrain(self.kernel(q, k, v, mask, causal, rng=rng, **masking), HEADS)
         out = self.out(out.reshape(*out.shape[:2], -1))
         if not output_attentions:
             return out

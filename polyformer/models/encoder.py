@@ -22,8 +22,10 @@ from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear
+from polyformer.attention.layout import constrain
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.layers import (
+    MLP_HIDDEN,
     MLP_OUTPUT,
     attend,
     layer_norm,
@@ -104,7 +106,7 @@ class EncoderMLP(nnx.Module):
         self.act = ACTIVATIONS[activation]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(constrain(self.act(self.fc1(x)), MLP_HIDDEN))
 
 
 class EncoderLayer(nnx.Module):

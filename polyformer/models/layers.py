@@ -45,6 +45,8 @@ def training_rngs(model: nnx.Module, rngs: nnx.Rngs | None) -> nnx.Rngs | None:
 # What remat="minimal" keeps of a layer: the outputs every layer names with checkpoint_name.
 ATTENTION_OUTPUT = "attention_output"
 MLP_OUTPUT = "mlp_output"
+# The logical axes of an MLP's hidden activation `[batch, length, intermediate]` (constrain).
+MLP_HIDDEN = ("batch", "length", "mlp")
 
 # ModelConfig.remat -> the jax.checkpoint policy (None: save nothing but the layer's input).
 _REMAT_POLICIES = {

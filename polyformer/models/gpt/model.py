@@ -14,6 +14,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import MultiHeadAttention
 from polyformer.attention.layer import linear, logical
+from polyformer.attention.layout import constrain
 from polyformer.models import layers
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.gpt.config import GPT2Config
@@ -71,7 +72,8 @@ class GPT2MLP(nnx.Module):
         self.dropout = nnx.Dropout(c.resid_pdrop)
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-        x = checkpoint_name(self.c_proj(self.act(self.c_fc(x))), layers.MLP_OUTPUT)
+        hidden = constrain(self.act(self.c_fc(x)), layers.MLP_HIDDEN)
+        x = checkpoint_name(self.c_proj(hidden), layers.MLP_OUTPUT)
         return self.dropout(x, deterministic=rngs is None, rngs=rngs)
 
 

@@ -19,6 +19,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from polyformer.attention import AttentionKernel, MultiHeadAttention
 from polyformer.attention.layer import linear
+from polyformer.attention.layout import constrain
 from polyformer.models import layers
 from polyformer.models.activations import ACTIVATIONS
 from polyformer.models.wav2vec2.config import Wav2Vec2Config
@@ -288,7 +289,7 @@ class Wav2Vec2FeedForward(nnx.Module):
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         deterministic = rngs is None
-        x = self.act(self.intermediate_dense(x))
+        x = constrain(self.act(self.intermediate_dense(x)), layers.MLP_HIDDEN)
         x = self.intermediate_dropout(x, deterministic=deterministic, rngs=rngs)
         x = self.output_dense(x)
         return self.output_dropout(x, deterministic=deterministic, rngs=rngs)
