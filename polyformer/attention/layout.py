@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
@@ -45,6 +46,19 @@ def laid_out(layout: Layout) -> Iterator[None]:
 def current() -> Layout | None:
     """The layout set by the innermost `laid_out`, or None."""
     return _LAYOUT.get()
+
+
+def local_shape(axes: LogicalAxes, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The part of an activation of `shape` (logical axes `axes`) that one device holds under
+    the layout; `shape` itself outside `laid_out`."""
+    layout = current()
+    if layout is None:
+        return tuple(shape)
+    local = []
+    for size, entry in zip(shape, layout.spec(axes, shape), strict=False):
+        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        local.append(size // math.prod(layout.mesh.shape[n] for n in names))
+    return (*local, *shape[len(local) :])
 
 
 def constrain(x: jax.Array, axes: LogicalAxes) -> jax.Array:

@@ -1,5 +1,6 @@
-"""chunked_lm_loss: the same losses, predictions and gradients as the whole logits give, and
-the causal_lm objective built on it the same as the loss of the model's logits."""
+"""chunked_lm_loss: the same losses, predictions and gradients as the whole logits give, each
+device's rows on its own on a mesh, and the causal_lm objective built on it the same as the loss
+of the model's logits."""
 
 import dataclasses
 
@@ -13,7 +14,9 @@ from flax import nnx
 from polyformer.models.gpt.config import GPT2Config
 from polyformer.models.gpt.loss import chunked_lm_loss
 from polyformer.models.gpt.model import GPT2LMHeadModel
+from polyformer.training import sharding
 from polyformer.training.objectives.lm import causal_lm
+from tests.attention.conftest import target_devices
 
 
 def whole_logits_loss(hidden, kernel, targets):
@@ -63,6 +66,24 @@ def test_the_logits_of_all_tokens_never_exist_at_once():
     compiled = jax.jit(jax.grad(loss, (0, 1))).lower(hidden, kernel).compile()
     whole_logits = 4 * 256 * 1000 * 4
     assert compiled.memory_analysis().temp_size_in_bytes < whole_logits / 2
+
+
+def test_on_a_mesh_each_device_computes_the_logits_of_its_own_rows():
+    """Under the trainer's layout the batch stays split through the loop over chunks: no device
+    gathers the hidden state of the others (compiled for a 4-chip TPU)."""
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4), target_devices("tpu"))
+    rules = sharding.DEFAULT_RULES
+    rows = sharding.batch_sharding(mesh, rules)
+    hidden = jax.ShapeDtypeStruct((8, 256, 64), jnp.float32, sharding=rows)
+    targets = jax.ShapeDtypeStruct((8, 256), jnp.int32, sharding=rows)
+    kernel = jax.ShapeDtypeStruct((64, 1000), jnp.float32)
+
+    def loss(h, k, t):
+        return jnp.mean(chunked_lm_loss(h, k, t, chunk=128)[0])
+
+    step = sharding.constrained(jax.grad(loss, (0, 1)), mesh, rules)
+    compiled = jax.jit(step).trace(hidden, kernel, targets).lower().compile()
+    assert "all-gather" not in compiled.as_text()
 
 
 def test_a_chunk_below_one_token_is_refused():
