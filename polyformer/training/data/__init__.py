@@ -12,12 +12,11 @@ packed = lm_dataset(..., end_of_text=corpus.end_of_text_id)  # + segment_ids, po
 """
 
 from polyformer.training.data.arrays import ArrayData, array_dataset
+from polyformer.training.data.batches import HostBatches, batch_iterator
 from polyformer.training.data.corpus import LMCorpus, prepare_lm_corpus, token_ids
 from polyformer.training.data.lm import (
-    HostBatches,
     LMData,
     TextData,
-    batch_iterator,
     lm_dataset,
     num_windows,
     pack_documents,

@@ -18,7 +18,7 @@ import grain
 import jax
 import numpy as np
 
-from polyformer.training.data.lm import HostBatches, batch_iterator
+from polyformer.training.data.batches import HostBatches, batch_iterator
 from polyformer.training.data.protocol import Batch
 
 
