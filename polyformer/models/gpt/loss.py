@@ -44,6 +44,7 @@ def chunked_lm_loss(
     @jax.checkpoint
     def one_chunk(kernel: jax.Array, h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = jnp.dot(h, kernel, preferred_element_type=jnp.float32)
+        logits = layout.constrain(logits, ("batch", "length", "vocab"))
         target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         return jax.nn.logsumexp(logits, axis=-1) - target_logit, jnp.argmax(logits, axis=-1)
 
