@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import multiprocessing
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -139,9 +137,7 @@ def main(argv=None) -> dict:
     info = harness.machine_info()
     info["command"] = harness.command_line("benchmarks.compiled_benchmark")
     start = time.perf_counter()
-    cells = {}
-    if json_path and json_path.exists():
-        cells = json.loads(json_path.read_text())["cells"]
+    cells = harness.measured_cells(json_path)
     for name in models:
         for target in names:
             for variant in variants:
@@ -152,15 +148,9 @@ def main(argv=None) -> dict:
                 # XLA's GPU compiler here, and a crash then loses one cell only.
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as p:
                     cell = p.submit(compile_cell, name, target, variant).result()
-                cell["date"], cell["load_average"] = harness.utc_now(), list(os.getloadavg())
-                cells[key(name, target, variant)] = cell
+                harness.keep_cell(cells, key(name, target, variant), cell, info, json_path)
                 print(f"  {summary(cell)}", flush=True)
-                if json_path:
-                    record = {"machine": info, "cells": cells}
-                    json_path.write_text(json.dumps(record, indent=2) + "\n")
-    harness.finish(info, start)
-    record = {"machine": info, "cells": cells}
-    harness.publish(report(info, cells), record, json_path, results, MARKS)
+    harness.publish_cells(report, info, cells, start, json_path, results, MARKS)
     return cells
 
 
@@ -206,8 +196,6 @@ def report(info: dict, cells: dict) -> str:
     )  # fmt: skip
     order = {name: i for i, name in enumerate((*MODELS, *QUICK_MODELS))}
     rows = sorted(cells.items(), key=lambda kv: (order.get(kv[0].split(" | ")[0], 99), kv[0]))
-    dates = sorted(cell["date"] for cell in cells.values() if "date" in cell)
-    loads = [max(cell["load_average"]) for cell in cells.values() if "load_average" in cell]
     models = "; ".join(
         f"{name}: {m.per_device} examples per device"
         + (f" of {m.length} {'samples' if m.objective == 'ctc' else 'tokens'}" if m.length else "")
@@ -219,8 +207,7 @@ def report(info: dict, cells: dict) -> str:
         command=info["command"],
         machine=f"{info['cpu']}, {info['cores']} cores; "
         f"{harness.versions_text(info, ('jax', 'jaxlib', 'flax'))}",
-        dates=f"{dates[0]} to {dates[-1]}" if dates else "-",
-        max_load=f"{max(loads):.1f}" if loads else "-",
+        **harness.cells_span(cells),
         models=models,
         table="\n".join(harness.md_table(header, [table_row(n, c) for n, c in rows])),
     )

@@ -369,6 +369,50 @@ def write_section(path: Path, start: str, end: str, section: str) -> None:
     path.write_text(text)
 
 
+def measured_cells(json_path: Path | None) -> dict:
+    """The cells of a resumable benchmark's JSON file (`{"machine": ..., "cells": {key: cell}}`),
+    {} when there is none."""
+    if json_path is None or not json_path.exists():
+        return {}
+    return json.loads(json_path.read_text())["cells"]
+
+
+def keep_cell(cells: dict, key: str, cell: dict, info: dict, json_path: Path | None) -> None:
+    """Adds `cell`, stamped with the date and the load average, to `cells` as `key`, and writes
+    every cell with the machine's facts `info` to `json_path` at once (when given): a run that
+    stops keeps what it measured, and the next one skips it."""
+    cell["date"], cell["load_average"] = utc_now(), list(os.getloadavg())
+    cells[key] = cell
+    if json_path:
+        json_path.write_text(json.dumps({"machine": info, "cells": cells}, indent=2) + "\n")
+
+
+def publish_cells(
+    report: Callable[[dict, dict], str],
+    info: dict,
+    cells: dict,
+    start: float,
+    json_path: Path | None,
+    results: Path | None,
+    marks: tuple[str, str],
+) -> None:
+    """Ends a resumable benchmark's run begun at `start` (`finish`) and publishes
+    `report(info, cells)` and every cell (`publish`)."""
+    finish(info, start)
+    publish(report(info, cells), {"machine": info, "cells": cells}, json_path, results, marks)
+
+
+def cells_span(cells: dict) -> dict[str, str]:
+    """A report's `dates` ("first to last") and `max_load` (the highest load average) of the
+    stamped cells, "-" where none is."""
+    dates = sorted(cell["date"] for cell in cells.values() if "date" in cell)
+    loads = [max(cell["load_average"]) for cell in cells.values() if "load_average" in cell]
+    return {
+        "dates": f"{dates[0]} to {dates[-1]}" if dates else "-",
+        "max_load": f"{max(loads):.1f}" if loads else "-",
+    }
+
+
 def output_paths(args, json_name: str) -> tuple[Path | None, Path | None]:
     """(RESULTS.md, the JSON file) a run writes: --results / --json, else RESULTS.md and
     `json_name` in benchmarks/; a --quick run writes neither unless asked."""
