@@ -93,6 +93,10 @@ def favor(causal: bool) -> Callable[[], Built]:
     return factory
 
 
+def longformer(patterns):
+    return patterns.longformer(512, [0])
+
+
 def bigbird(patterns):
     key = jax.random.key(0)
     return patterns.bigbird(block=64, window=3, global_blocks=2, random_blocks=3, key=key)
@@ -115,14 +119,14 @@ def torch_sdpa() -> Built:
 def cells(full: bool) -> list[Cell]:
     """Every row of the report, forward cells first, then forward + backward cells."""
     band = sparse(lambda patterns: patterns.band(256))
-    longformer = sparse(lambda patterns: patterns.longformer(512, [0]))
+    long_former = sparse(longformer)
     big_bird = sparse(bigbird)
     forward = [
         Cell(FAVOR, favor(causal=False)),
         Cell(FAVOR_CAUSAL, favor(causal=True)),
         Cell(BIGBIRD, big_bird),
         Cell(BAND, band),
-        Cell(LONGFORMER, longformer),
+        Cell(LONGFORMER, long_former),
         Cell(DENSE, dense, quadratic=True),
         Cell(TORCH, torch_sdpa, framework="torch", quadratic=True),
         Cell(DPA, dot_product_attention, quadratic=True),
