@@ -1,7 +1,9 @@
-"""SIGTERM (TPU maintenance events, schedulers) ends a run cleanly at a checkpoint, and the same
-command resumes it to the losses of an uninterrupted run; `--profile-steps` traces a step range."""
+"""SIGTERM (TPU maintenance events, schedulers) ends a run cleanly at a checkpoint, one process or
+all processes of a multi-host run at one step, and the same command resumes it to the losses of
+an uninterrupted run; `--profile-steps` traces a step range."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +13,14 @@ from polyformer.models.gpt import GPT2Config
 from polyformer.training import data, trainer
 from polyformer.training.config import RunConfig
 from polyformer.training.data import TextData
-from tests.training.test_trainer import params, run_worker, single_device_run, train_losses
+from tests.training.test_trainer import (
+    assert_same_run,
+    params,
+    run_processes,
+    run_worker,
+    single_device_run,
+    train_losses,
+)
 
 pytestmark = pytest.mark.heavy
 __all__ = ["single_device_run"]
@@ -36,6 +45,21 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes_to_the_same_run(
     got, want = params(tmp_path), params(single_device_run)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_sigterm_to_one_process_of_two_stops_both_at_one_step_and_they_resume(
+    single_device_run, tmp_path
+):
+    """JAX's preemption service tells every process of the run; they agree on a step, save it
+    together and exit 0, and the same command resumes them to the uninterrupted run."""
+    stopped = run_processes(tmp_path, first=("--term-at-step", 5))
+    assert all(code == 0 for code, _ in stopped), "".join(out[-3000:] for _, out in stopped)
+    saved = re.findall(r"saved the checkpoint of step (\d+)", stopped[0][1])
+    assert len(saved) == 1 and 6 <= int(saved[0]) < 8, stopped[0][1][-3000:]
+    assert max(train_losses(tmp_path)) == int(saved[0])
+    resumed = run_processes(tmp_path)
+    assert all(code == 0 for code, _ in resumed), "".join(out[-3000:] for _, out in resumed)
+    assert_same_run(tmp_path, single_device_run, rtol=1e-5)
 
 
 @pytest.mark.parametrize("text", ["5:2", "x", "3", "0:2", "2:y"])

@@ -78,7 +78,9 @@ def test_eight_simulated_devices_match_one(single_device_run, tmp_path):
     assert_same_run(tmp_path, single_device_run, rtol=1e-5)
 
 
-def test_two_processes_train_together_like_one(single_device_run, tmp_path):
+def run_processes(out_dir, count: int = 2, first: tuple = ()) -> list[tuple[int, str]]:
+    """The worker as `count` processes of one run (jax.distributed over this host, 2 simulated
+    devices each), process 0 with the extra arguments `first`; (return code, output) of each."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -88,25 +90,25 @@ def test_two_processes_train_together_like_one(single_device_run, tmp_path):
             [
                 sys.executable,
                 str(WORKER),
-                str(tmp_path),
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-                "--port",
-                str(port),
-                "--devices",
-                "2",
+                str(out_dir),
+                *("--num-processes", str(count), "--process-id", str(i)),
+                *("--port", str(port), "--devices", "2"),
+                *(map(str, first) if i == 0 else ()),
             ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for i in range(2)
+        for i in range(count)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+    return [(p.returncode, out) for p, out in zip(procs, outputs, strict=True)]
+
+
+def test_two_processes_train_together_like_one(single_device_run, tmp_path):
+    ran = run_processes(tmp_path)
+    assert all(code == 0 for code, _ in ran), "".join(out[-3000:] for _, out in ran)
     assert_same_run(tmp_path, single_device_run, rtol=1e-5)
 
 
