@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,13 @@ def layer(kernel, dtype=None):
     return A.MultiHeadAttention(2, 16, kernel=kernel, dtype=dtype, rngs=nnx.Rngs(0))
 
 
+# Called eagerly, a layer compiles each of its dozens of operations for every new shape; jitted,
+# it compiles once per shape. The tests jit their calls and keep one eager call per kernel: the
+# forward in the output_attentions test and the first piece of the piece-by-piece decode.
+forward = nnx.jit(lambda attn, *args, **kwargs: attn(*args, **kwargs), static_argnames="causal")
+decode = nnx.jit(lambda attn, x, cache, **kwargs: attn.decode(x, cache, **kwargs))
+
+
 def test_parameter_tree_is_the_same_for_every_kernel():
     shapes = {
         name: jax.tree.map(jnp.shape, nnx.state(layer(make()), nnx.Param))
@@ -33,10 +42,11 @@ def test_decode_piece_by_piece_equals_one_causal_pass(name):
     attn = layer(KERNELS[name]())
     x = jax.random.normal(jax.random.key(1), (2, 10, 16))
     pad = jnp.ones((2, 10), bool).at[1, :2].set(False)
-    want = attn(x, mask=pad, causal=True)
+    want = forward(attn, x, mask=pad, causal=True)
     cache, outs, start = attn.init_cache(2, 16), [], 0
-    for n in (3, 1, 1, 4, 1):
-        out, cache = attn.decode(x[:, start : start + n], cache, mask=pad[:, start : start + n])
+    for i, n in enumerate((3, 1, 1, 4, 1)):
+        step = attn.decode if i == 0 else functools.partial(decode, attn)
+        out, cache = step(x[:, start : start + n], cache, mask=pad[:, start : start + n])
         outs.append(out)
         start += n
     got = jnp.concatenate(outs, axis=1)
@@ -47,16 +57,16 @@ def test_decode_piece_by_piece_equals_one_causal_pass(name):
 def test_swapping_the_kernel_of_a_layer_keeps_its_weights():
     attn = layer(A.Dense())
     x = jax.random.normal(jax.random.key(2), (1, 9, 16))
-    dense_out = attn(x)
+    dense_out = forward(attn, x)
     attn.kernel = A.Sparse(A.patterns.band(100), block=4)  # a band wider than x: exact
-    np.testing.assert_allclose(attn(x), dense_out, atol=1e-5)
+    np.testing.assert_allclose(forward(attn, x), dense_out, atol=1e-5)
 
 
 def test_cross_attention_and_bfloat16_propagates():
     attn = layer(A.Dense(), dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(3), (2, 5, 16))
     context = jax.random.normal(jax.random.key(4), (2, 8, 16))
-    out = attn(x, context)
+    out = forward(attn, x, context)
     assert out.shape == (2, 5, 16)
     assert out.dtype == jnp.bfloat16
     params = nnx.state(attn, nnx.Param)
@@ -67,7 +77,7 @@ def test_head_dim_must_divide_or_be_given():
     with pytest.raises(ValueError, match="num_heads=3"):
         A.MultiHeadAttention(3, 16, rngs=nnx.Rngs(0))
     attn = A.MultiHeadAttention(3, 16, head_dim=4, rngs=nnx.Rngs(0))
-    assert attn(jnp.ones((1, 2, 16))).shape == (1, 2, 16)
+    assert forward(attn, jnp.ones((1, 2, 16))).shape == (1, 2, 16)
 
 
 def test_layer_jits_and_differentiates():
@@ -96,11 +106,11 @@ def test_grouped_heads_and_packed_segments_decode_like_one_causal_pass(name):
     assert attn.key.kernel[...].shape == (16, 8)
     x = jax.random.normal(jax.random.key(3), (2, 10, 16))
     segments = jnp.asarray(np.repeat([[0, 1], [2, 2]], [4, 6], axis=1))
-    want = attn(x, causal=True, segment_ids=segments)
+    want = forward(attn, x, causal=True, segment_ids=segments)
     cache, outs, start = attn.init_cache(2, 16), [], 0
     for n in (3, 2, 1, 4):
         part = slice(start, start + n)
-        out, cache = attn.decode(x[:, part], cache, segment_ids=segments[:, part])
+        out, cache = decode(attn, x[:, part], cache, segment_ids=segments[:, part])
         outs.append(out)
         start += n
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), want, atol=1e-5)

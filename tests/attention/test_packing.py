@@ -30,14 +30,17 @@ def test_two_sequences_packed_in_one_row_give_what_each_gives_alone(name, implem
     total = sum(lengths)
     q, k, v = qkv(0, total, heads=4, kv_heads=2, head_dim=32, batch=1)
     segments = jnp.asarray(np.repeat([[3, 8]], lengths, axis=1))
-    packed = KERNELS[name](implementation)(q, k, v, causal=causal, segment_ids=segments)
-    alone = KERNELS[name]("xla")
-    start = 0
-    for n in lengths:
-        part = slice(start, start + n)
-        want = alone(q[:, part], k[:, part], v[:, part], causal=causal)
+    kernel, alone = KERNELS[name](implementation), KERNELS[name]("xla")
+    parts = [slice(start, start + n) for start, n in zip((0, lengths[0]), lengths, strict=True)]
+
+    @jax.jit  # one compile: eagerly, every operation of the kernels compiles by itself
+    def packed_and_alone(q, k, v):
+        packed = kernel(q, k, v, causal=causal, segment_ids=segments)
+        return packed, [alone(q[:, part], k[:, part], v[:, part], causal=causal) for part in parts]
+
+    packed, wants = packed_and_alone(q, k, v)
+    for part, want in zip(parts, wants, strict=True):
         np.testing.assert_allclose(packed[:, part], want, atol=1e-5)
-        start += n
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -45,8 +48,12 @@ def test_grouped_query_heads_equal_repeated_key_value_heads(name):
     q, k, v = qkv(1, 45, 50, heads=6, kv_heads=2, head_dim=16)
     kernel = KERNELS[name]("xla")
     pad = jnp.ones((2, 50), bool).at[1, 40:].set(False)
-    grouped = kernel(q, k, v, pad)
-    repeated = kernel(q, jnp.repeat(k, 3, axis=2), jnp.repeat(v, 3, axis=2), pad)
+    grouped, repeated = jax.jit(
+        lambda q, k, v: (
+            kernel(q, k, v, pad),
+            kernel(q, jnp.repeat(k, 3, axis=2), jnp.repeat(v, 3, axis=2), pad),
+        )
+    )(q, k, v)
     np.testing.assert_allclose(grouped, repeated, atol=1e-5)
 
 
@@ -61,7 +68,8 @@ def test_segment_ids_are_checked():
 
 
 def test_dense_chunks_on_cpu_with_grouped_heads():
-    """Big enough for the CPU's query chunks (heads split inside a group, and rows)."""
+    """Big enough for the CPU's query chunks (heads split inside a group, and rows). The call
+    under test runs eagerly: the file's one eager kernel call."""
     q, k, v = qkv(3, 1100, heads=4, kv_heads=2, head_dim=8, batch=1)
     out = A.Dense(implementation="xla")(q, k, v, causal=True)
     repeated = jax.jit(lambda q, k, v: A.Dense(implementation="xla")(q, k, v, causal=True))
@@ -75,6 +83,7 @@ def test_auto_keeps_forward_mode_differentiation_on_cpu(name):
     q, k, v = qkv(4, 24, heads=2, kv_heads=2, head_dim=8)
     kernel = KERNELS[name]("auto")
     out, tangent = jax.jit(lambda q: jax.jvp(lambda q: kernel(q, k, v, causal=True), (q,), (q,)))(q)
-    want = jax.jvp(lambda q: KERNELS[name]("xla")(q, k, v, causal=True), (q,), (q,))
+    xla = KERNELS[name]("xla")
+    want = jax.jit(lambda q: jax.jvp(lambda q: xla(q, k, v, causal=True), (q,), (q,)))(q)
     np.testing.assert_allclose(out, want[0], atol=1e-6)
     np.testing.assert_allclose(tangent, want[1], atol=1e-5)
