@@ -217,14 +217,20 @@ def test_probabilities_are_dense_ones_under_the_pattern_mask_renormalised(name):
     pattern, q_len, k_len, causal, _, block = CASES[name]
     q, k, v, mask = case_inputs(name)
     kernel = A.Sparse(pattern, block=block)
-    probs = kernel.probabilities(q, k, mask, causal)
-    dense = np.asarray(A.Dense().probabilities(q, k, mask, causal), np.float64)
+    probs, dense, call = jax.jit(  # one compile; eagerly, each operation compiles by itself
+        lambda q, k, v, mask: (
+            kernel.probabilities(q, k, mask, causal),
+            A.Dense().probabilities(q, k, mask, causal),
+            kernel(q, k, v, mask, causal),
+        )
+    )(q, k, v, mask)
+    dense = np.asarray(dense, np.float64)
     kept = dense * pattern.mask(q_len, k_len)
     total = kept.sum(-1, keepdims=True)
     want = np.where(total > 0, kept / np.where(total > 0, total, 1), 0.0)
     np.testing.assert_allclose(probs, want, atol=1e-5)
     out = np.einsum("bhqk,bkhd->bqhd", probs, v)
-    np.testing.assert_allclose(out, kernel(q, k, v, mask, causal), atol=1e-5)
+    np.testing.assert_allclose(out, call, atol=1e-5)
 
 
 def test_probabilities_refuse_a_bias_as_the_call_does():
