@@ -20,9 +20,11 @@ RUNS = {
 FAMILIES = tuple(RUNS)
 
 
-def run_config(family: str, **fields) -> RunConfig:
-    """The tiny run of `family`: its tiny model, objective and random data."""
-    model, objective, length = RUNS[family]
+def run_config(family: str, model=None, **fields) -> RunConfig:
+    """The tiny run of `family`: its tiny model (or `model`, a config of the family), objective
+    and random data."""
+    tiny, objective, length = RUNS[family]
+    model = tiny if model is None else model
     data = OBJECTIVES[objective].synthetic(model, length, train_examples=8, eval_examples=8)
     defaults = dict(model=model, objective=objective, data=data, batch_size=8, steps=10)
     return RunConfig(**{**defaults, **fields})
