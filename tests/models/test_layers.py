@@ -27,20 +27,20 @@ from polyformer.training.objectives import OBJECTIVES
 from tests.test_families import first_output, inputs, objective_batch
 
 
-def loss_and_grads(model_type: str, remat: str, train: bool):
+def train_loss_and_grads(model_type: str, remat: str):
+    """The default objective's loss and gradients of the family's tiny model in training mode
+    (dropout drawn from a fixed key)."""
     family = FAMILIES[model_type]
     config = dataclasses.replace(family.config.tiny(), remat=remat)
     model = family.build(config, rngs=nnx.Rngs(0))
-    if train:
-        model.train()
+    model.train()
     batch = {k: jnp.asarray(v) for k, v in objective_batch(model_type, config).items()}
     objective = OBJECTIVES[family.objectives[0]]
 
     @nnx.jit
     def step(model):
         def loss(model):
-            rngs = nnx.Rngs(dropout=1) if train else None
-            return objective(model, batch, rngs)[0]
+            return objective(model, batch, nnx.Rngs(dropout=1))[0]
 
         return nnx.value_and_grad(loss)(model)
 
@@ -48,20 +48,22 @@ def loss_and_grads(model_type: str, remat: str, train: bool):
     return value, jax.tree.leaves(nnx.to_pure_dict(grads))
 
 
-@pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_every_remat_gives_the_same_loss_and_gradients(model_type):
-    value, grads = loss_and_grads(model_type, "none", train=False)
-    assert any(np.any(g != 0) for g in grads)
+def test_every_remat_gives_the_same_loss_and_gradients(unscanned):
+    model, value, grads = unscanned
+    assert any(np.any(g != 0) for g in grads.values())
     for remat in REMAT[1:]:
-        other_value, other_grads = loss_and_grads(model_type, remat, train=False)
+        config = dataclasses.replace(model.config, remat=remat)
+        other = FAMILIES[config.model_type].build(config, rngs=nnx.Rngs(0))
+        other_value, other_grads = objective_grads(other)
         np.testing.assert_allclose(other_value, value, atol=1e-6, rtol=1e-6)
-        for got, expected in zip(other_grads, grads, strict=True):
-            np.testing.assert_allclose(got, expected, atol=1e-6, rtol=1e-6)
+        assert other_grads.keys() == grads.keys()
+        for path, expected in grads.items():
+            np.testing.assert_allclose(other_grads[path], expected, atol=1e-6, rtol=1e-6)
 
 
 def test_remat_draws_the_same_dropout_masks():
-    value, grads = loss_and_grads("gpt2", "none", train=True)
-    other_value, other_grads = loss_and_grads("gpt2", "full", train=True)
+    value, grads = train_loss_and_grads("gpt2", "none")
+    other_value, other_grads = train_loss_and_grads("gpt2", "full")
     np.testing.assert_allclose(other_value, value, atol=1e-6, rtol=1e-6)
     for got, expected in zip(other_grads, grads, strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-6, rtol=1e-6)
@@ -119,10 +121,25 @@ def objective_grads(model: nnx.Module) -> tuple[jax.Array, dict]:
     return value, convert.model_params(model, grads)
 
 
-@pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_scanned_layers_compute_what_unscanned_ones_do(model_type, tmp_path):
-    family = FAMILIES[model_type]
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def unscanned(request):
+    """(a tiny model of the family, its objective's value and gradients by `objective_grads`):
+    the reference of the remat and the scan_layers tests, compiled once for both."""
+    family = FAMILIES[request.param]
     model = family.build(family.config.tiny(), rngs=nnx.Rngs(0))
+    return model, *objective_grads(model)
+
+
+# Eagerly, a forward compiles every operation by itself; one jit compiles the model once.
+forward = nnx.jit(
+    lambda model, batch, **options: model(**batch, **options),
+    static_argnames=("output_hidden_states", "output_attentions"),
+)
+
+
+def test_scanned_layers_compute_what_unscanned_ones_do(unscanned, tmp_path):
+    model, value, grads = unscanned
+    model_type = model.config.model_type
     scanned = scanned_copy(model)
     stacks = layer_stacks(scanned)
     assert stacks and all(
@@ -136,12 +153,11 @@ def test_scanned_layers_compute_what_unscanned_ones_do(model_type, tmp_path):
 
     batch = {k: jnp.asarray(v) for k, v in inputs(model_type, model.config).items()}
     options = dict(output_hidden_states=True, output_attentions=True)
-    want, got = model(**batch, **options), scanned(**batch, **options)
+    want, got = forward(model, batch, **options), forward(scanned, batch, **options)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
 
-    value, grads = objective_grads(model)
     for remat in ("none", "full"):
         other_value, other_grads = objective_grads(scanned_copy(model, remat=remat))
         np.testing.assert_allclose(other_value, value, atol=1e-5, rtol=0)
@@ -163,7 +179,9 @@ def test_scanned_layers_compute_what_unscanned_ones_do(model_type, tmp_path):
     )
     loaded = pf.from_pretrained(tmp_path / "unscanned", scan_layers=True)
     assert loaded.config.scan_layers and layer_stacks(loaded) == stacks
-    np.testing.assert_array_equal(first_output(loaded(**batch)), first_output(scanned(**batch)))
+    np.testing.assert_array_equal(
+        first_output(forward(loaded, batch)), first_output(forward(scanned, batch))
+    )
 
 
 def test_scanned_layers_draw_different_dropout_per_layer():
