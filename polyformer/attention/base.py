@@ -86,22 +86,19 @@ def pallas_unsupported(mask, bias, rng, dropout_rate: float) -> str | None:
     return None
 
 
-def dispatch(
-    implementation: str, unsupported: dict[str, str | None], args: tuple, *, xla, tpu, gpu
-):
+def dispatch(implementation: str, unsupported: str | None, args: tuple, *, xla, tpu, gpu):
     """Runs a kernel's `implementation`: xla(), or tpu(*args, interpret=...) / gpu(*args,
     interpret=...) on args = (q, k, v, mask, segments).
 
-    `unsupported` maps "pallas_tpu" / "pallas_gpu" to why that kernel cannot run this call (or
-    None): asked for by name, it raises ValueError; under "auto", that platform takes xla(). Under
+    `unsupported` says why the Pallas kernels cannot run this call (`pallas_unsupported`), or is
+    None: asked for by name, they raise ValueError; under "auto", every platform takes xla(). Under
     a layout over several devices (the trainer's steps) the Pallas kernels run per shard
     (layout.per_shard). Under a mesh of several devices without a layout, GSPMD would have to
     split the Pallas call, which it cannot: "auto" takes xla() there.
     """
-    reason = unsupported.get(implementation)
-    if reason:
-        raise ValueError(f"implementation={implementation!r} {reason}")
-    if implementation == "xla":
+    if implementation in ("pallas_tpu", "pallas_gpu") and unsupported:
+        raise ValueError(f"implementation={implementation!r} {unsupported}")
+    if implementation == "xla" or unsupported:
         return xla()
     if implementation in ("pallas_tpu", "pallas_gpu"):
         pallas = tpu if implementation == "pallas_tpu" else gpu
@@ -112,11 +109,7 @@ def dispatch(
     def compiled(kernel):
         return lambda: layout.per_shard(lambda *a: kernel(*a, interpret=False), *args)
 
-    return per_platform(
-        cpu=xla,
-        tpu=xla if unsupported["pallas_tpu"] else compiled(tpu),
-        cuda=xla if unsupported["pallas_gpu"] else compiled(gpu),
-    )
+    return per_platform(cpu=xla, tpu=compiled(tpu), cuda=compiled(gpu))
 
 
 def check_inputs(

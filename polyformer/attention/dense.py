@@ -280,8 +280,7 @@ class Dense(base.Kernel):
                 interpret=interpret,
             )
 
-        pallas = base.pallas_unsupported(mask, bias, rng, self.dropout_rate)
-        unsupported = {"pallas_tpu": pallas, "pallas_gpu": pallas}
+        unsupported = base.pallas_unsupported(mask, bias, rng, self.dropout_rate)
         args = (q, k, v, mask, segments)
         return base.dispatch(self.implementation, unsupported, args, xla=xla, tpu=tpu, gpu=gpu)
 

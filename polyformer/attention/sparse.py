@@ -144,36 +144,21 @@ class Sparse(base.Kernel):
         def xla():
             return self._xla(q, k, v, mask, causal, scale, rng, segments)
 
+        common = dict(causal=causal, scale=scale, block=self.block)
+
         def tpu(q, k, v, mask, segments, interpret: bool):
             return splash.attention(
-                q,
-                k,
-                v,
-                pattern=self.pattern,
-                causal=causal,
-                key_valid=mask,
-                segments=segments,
-                scale=scale,
-                block=self.block,
-                interpret=interpret,
-            )
+                q, k, v, pattern=self.pattern, key_valid=mask, segments=segments,
+                interpret=interpret, **common,
+            )  # fmt: skip
 
         def gpu(q, k, v, mask, segments, interpret: bool):
             return flash_gpu.block_sparse(
-                q,
-                k,
-                v,
-                self.pattern,
-                causal=causal,
-                key_mask=mask,
-                segments=segments,
-                scale=scale,
-                block=self.block,
-                interpret=interpret,
-            )
+                q, k, v, self.pattern, key_mask=mask, segments=segments, interpret=interpret,
+                **common,
+            )  # fmt: skip
 
-        pallas = base.pallas_unsupported(mask, None, rng, self.dropout_rate)
-        unsupported = {"pallas_tpu": pallas, "pallas_gpu": pallas}
+        unsupported = base.pallas_unsupported(mask, None, rng, self.dropout_rate)
         args = (q, k, v, mask, segments)
         return base.dispatch(self.implementation, unsupported, args, xla=xla, tpu=tpu, gpu=gpu)
 
