@@ -96,14 +96,13 @@ def dispatch(implementation: str, unsupported: str | None, args: tuple, *, xla, 
     (layout.per_shard). Under a mesh of several devices without a layout, GSPMD would have to
     split the Pallas call, which it cannot: "auto" takes xla() there.
     """
-    if implementation in ("pallas_tpu", "pallas_gpu") and unsupported:
-        raise ValueError(f"implementation={implementation!r} {unsupported}")
-    if implementation == "xla" or unsupported:
-        return xla()
-    if implementation in ("pallas_tpu", "pallas_gpu"):
-        pallas = tpu if implementation == "pallas_tpu" else gpu
+    pallas = {"pallas_tpu": tpu, "pallas_gpu": gpu}.get(implementation)
+    if pallas is not None:
+        if unsupported:
+            raise ValueError(f"implementation={implementation!r} {unsupported}")
         return layout.per_shard(interpreted(pallas), *args)
-    if layout.current() is None and jax.sharding.get_abstract_mesh().size > 1:
+    gspmd_only = layout.current() is None and jax.sharding.get_abstract_mesh().size > 1
+    if implementation == "xla" or unsupported or gspmd_only:
         return xla()
 
     def compiled(kernel):

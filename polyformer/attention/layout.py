@@ -48,6 +48,11 @@ def current() -> Layout | None:
     return _LAYOUT.get()
 
 
+def mesh_axes(entry: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The mesh axes one entry of a PartitionSpec names (none, one, or several)."""
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
 def local_shape(axes: LogicalAxes, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The part of an activation of `shape` (logical axes `axes`) that one device holds under
     the layout; `shape` itself outside `laid_out`."""
@@ -56,8 +61,7 @@ def local_shape(axes: LogicalAxes, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape)
     local = []
     for size, entry in zip(shape, layout.spec(axes, shape), strict=False):
-        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        local.append(size // math.prod(layout.mesh.shape[n] for n in names))
+        local.append(size // math.prod(layout.mesh.shape[n] for n in mesh_axes(entry)))
     return (*local, *shape[len(local) :])
 
 

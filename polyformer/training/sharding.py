@@ -75,7 +75,7 @@ def to_mesh_spec(
     spec = []
     for name, size in zip(tuple(logical or ()), shape, strict=False):
         axes = table.get(name) if name is not None else None
-        width = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+        width = math.prod(mesh.shape[a] for a in layout.mesh_axes(axes))
         spec.append(axes if axes is not None and size % width == 0 else None)
     return PartitionSpec(*spec)
 
@@ -130,9 +130,9 @@ def activation_spec(
     used: set[str] = set()
     spec = []
     for entry in to_mesh_spec(PartitionSpec(*axes), shape, mesh, rules):
-        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        spec.append(None if used & set(names) else entry)
-        used |= set(names)
+        names = set(layout.mesh_axes(entry))
+        spec.append(None if used & names else entry)
+        used |= names
     return PartitionSpec(*spec)
 
 

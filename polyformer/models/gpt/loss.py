@@ -48,9 +48,8 @@ def chunked_lm_loss(
         target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         return jax.nn.logsumexp(logits, axis=-1) - target_logit, jnp.argmax(logits, axis=-1)
 
-    def chunks(
-        x: jax.Array,
-    ) -> jax.Array:  # [batch, n * positions, ...] -> [n, batch, positions, ...]
+    # [batch, n * positions, ...] -> [n, batch, positions, ...]
+    def chunks(x: jax.Array) -> jax.Array:
         return jnp.moveaxis(x.reshape(batch, -1, positions, *x.shape[2:]), 1, 0)
 
     losses, predictions = jax.lax.map(
