@@ -8,8 +8,8 @@ alpha/beta/gamma) and two or three measurement columns. Each dataset's rows are 
 `train_percent` for training tables and the rest for validation tables, so validation tables
 share no row with training.
 
-Questions, five or four per table, in this order (the order matters to TAPAS, which marks the
-previous question's answer in its `prev_labels`):
+Questions, five or four per table, in this order; each stands alone (as WikiSQL's do, unlike
+SQA's follow-up questions), so TAPAS encodes none with another's answer in its `prev_labels`:
 * lookup (NONE): "what is the {column} of {name}?", "which name has {column} {value}?" (the
   value unique in its column; asked only when there is one);
 * SUM / AVERAGE: "what is the total / average {column} of {category}?" over the rows of that

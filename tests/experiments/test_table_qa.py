@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 from experiments import table_qa
 from polyformer.models.tapas.decoding import convert_logits_to_predictions
+from polyformer.models.tapas.model import TapasForQuestionAnswering
 from polyformer.training import config as run_config
 from polyformer.training.data.tables import TableQuestionsData
+from polyformer.training.optim import make_optimizer
 from tests.training import tiny_bert
 
 SCRATCH = str(table_qa.ROOT / "configs" / "table_qa.py")
@@ -114,6 +117,21 @@ def test_the_minilm_config_loads_all_minilm_as_transformers_does(data_dir):
         ).last_hidden_state.numpy()
     real = x["attention_mask"].astype(bool)
     np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=1e-4, rtol=0)
+
+
+@needs_minilm
+def test_the_minilm_run_keeps_berts_positions_and_trains_its_new_heads_faster():
+    """What a few hundred steps from BERT need (benchmarks/RESULTS.md): positions that do not
+    restart in every cell, and a higher learning rate for the zero-initialised heads, which
+    name parameters the model has."""
+    run = run_config.load(table_qa.CONFIG)
+    assert not run.model.reset_position_index_per_cell
+    multipliers = dict(run.optimizer.learning_rate_multipliers)
+    assert set(multipliers) >= {"output_weights", "column_output_weights"}
+    assert all(factor > 1 for factor in multipliers.values())
+    model = TapasForQuestionAnswering(run.model, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    make_optimizer(run.optimizer, run.steps).init(params)  # refuses a path the model lacks
 
 
 @needs_minilm

@@ -2,10 +2,11 @@
 TapasForQuestionAnswering.
 
 `TableQuestionsData.load()` builds the TFDS set (polyformer.datasets.table_questions; built once
-per configuration, then read from disk) and encodes each table with its questions, in their
-order, through a TapasTokenizer over a word-level vocabulary of every word the set can hold, or
-over a BERT checkpoint's vocab.txt (`vocabulary`: its WordPiece vocabulary, [EMPTY] added after
-it as transformers adds it), for a model that starts from that checkpoint.
+per configuration, then read from disk) and encodes each question on its own with its table (no
+previous answer in prev_labels, as for WikiSQL), through a TapasTokenizer over a word-level
+vocabulary of every word the set can hold, or over a BERT checkpoint's vocab.txt (`vocabulary`:
+its WordPiece vocabulary, [EMPTY] added after it as transformers adds it), for a model that
+starts from that checkpoint.
 Batches: "input_ids", "attention_mask", "labels" int32 `[batch, max_length]`, "token_type_ids"
 int32 `[batch, max_length, 7]` and "aggregation_labels" int32 `[batch]`: WikiSQL-supervised
 TAPAS's strong supervision, as the "tapas" objective reads it.
@@ -124,24 +125,31 @@ class TableQuestionsData:
 
     def encode(self, split: str) -> tuple[dict[str, np.ndarray], list[TableQuestion]]:
         """Every question of `split` encoded with its table (the tokenizer's arrays and
-        "aggregation_labels"), and, row for row, the question with its table's cells."""
+        "aggregation_labels"), and, row for row, the question with its table's cells.
+
+        Each question is encoded on its own, as WikiSQL's are: its prev_labels are zero. The
+        questions about a table do not follow from each other as SQA's do, so the previous
+        question's answer would be an unrelated input in training and, in the held-out inputs,
+        gold answer cells (the same rows as the question's own for about 40% of the AVERAGE and
+        COUNT questions)."""
         tokenizer = self.tokenizer()
         parts, questions = [], []
         for table, asked in self.tables(split):
             cells = table.to_numpy().tolist()
-            rows = [TableQuestion(cells, q) for q in asked]
-            encoded = tokenizer(
-                table,
-                [q.text for q in asked],
-                answer_coordinates=[q.coordinates for q in asked],
-                answer_text=[row.gold_cells for row in rows],
-                float_answer=[q.float_answer for q in asked],
-                padding="max_length",
-                max_length=self.max_length,
-            )
-            encoded["aggregation_labels"] = np.array([q.aggregation for q in asked], np.int32)
-            parts.append(encoded)
-            questions += rows
+            for q in asked:
+                row = TableQuestion(cells, q)
+                encoded = tokenizer(
+                    table,
+                    q.text,
+                    answer_coordinates=q.coordinates,
+                    answer_text=row.gold_cells,
+                    float_answer=q.float_answer,
+                    padding="max_length",
+                    max_length=self.max_length,
+                )
+                encoded["aggregation_labels"] = np.array([q.aggregation], np.int32)
+                parts.append(encoded)
+                questions.append(row)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, questions
 
     def load(self) -> ArrayData:

@@ -1,9 +1,11 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import transformers
 
+from polyformer.models.tapas.config import TOKEN_TYPES
 from polyformer.models.tapas.tokenizer import TapasTokenizer
 from polyformer.training.data.tables import BATCH_KEYS, TableQuestionsData, vocabulary
 from tests.training.tiny_bert import words
@@ -27,8 +29,27 @@ def test_questions_are_encoded_row_for_row_with_their_tables(tables):
         # Every answer cell is labelled, and nothing outside the table is.
         assert encoded["labels"][row].sum() >= len(asked.question.coordinates)
         assert asked.gold_cells == [asked.cells[r][c] for r, c in asked.question.coordinates]
-    # The question after a table's first carries the previous answer in prev_labels.
-    assert encoded["token_type_ids"][1, :, 3].sum() > 0
+
+
+def test_each_question_is_encoded_on_its_own(tables):
+    """The questions are independent, as WikiSQL's are: none carries another question's answer
+    cells in prev_labels (SQA's follow-up questions would), so the held-out inputs hold no gold
+    answer, and each question encodes as it does when asked alone."""
+    encoded, questions = tables.encode("validation")
+    prev_labels = TOKEN_TYPES.index("prev_labels")
+    assert not encoded["token_type_ids"][..., prev_labels].any()
+    tokenizer = tables.tokenizer()
+    table = pd.DataFrame(questions[1].cells, columns=tables.tables("validation")[0][0].columns)
+    alone = tokenizer(
+        table,
+        questions[1].question.text,
+        answer_coordinates=questions[1].question.coordinates,
+        answer_text=questions[1].gold_cells,
+        padding="max_length",
+        max_length=tables.max_length,
+    )
+    for key in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+        np.testing.assert_array_equal(encoded[key][1], alone[key][0], err_msg=key)
 
 
 def test_load_gives_the_strongly_supervised_batches(tables, tmp_path):
@@ -60,20 +81,20 @@ def test_a_bert_vocabulary_gives_transformers_ids_with_empty_added(tables, tmp_p
     assert data.load().model_overrides["vocab_size"] == len(words()) + 1
     theirs = transformers.TapasTokenizer(str(tmp_path / "bert" / "vocab.txt"))
     encoded, _ = data.encode("validation")
-    start = 0
+    row = 0
     for table, asked in data.tables("validation"):
-        want = theirs(
-            table,
-            [q.text for q in asked],
-            answer_coordinates=[q.coordinates for q in asked],
-            answer_text=[[table.iat[r, c] for r, c in q.coordinates] for q in asked],
-            padding="max_length",
-            max_length=data.max_length,
-        )
-        for key in ("input_ids", "attention_mask", "token_type_ids", "labels"):
-            got = encoded[key][start : start + len(asked)]
-            np.testing.assert_array_equal(got, np.asarray(want[key]), err_msg=key)
-        start += len(asked)
+        for q in asked:  # each question on its own
+            want = theirs(
+                table,
+                q.text,
+                answer_coordinates=q.coordinates,
+                answer_text=[table.iat[r, c] for r, c in q.coordinates],
+                padding="max_length",
+                max_length=data.max_length,
+            )
+            for key in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+                np.testing.assert_array_equal(encoded[key][row], np.asarray(want[key]), err_msg=key)
+            row += 1
     data.load().save(tmp_path / "saved")
     assert transformers.TapasTokenizer.from_pretrained(tmp_path / "saved").added_tokens_encoder == {
         "[EMPTY]": len(words())
