@@ -122,7 +122,8 @@ def report(result: dict) -> str:
         **{k: r[k] for k in ("command", "machine", "train_examples", "train_tables")},
         **{k: r[k] for k in ("eval_examples", "eval_tables")},
         **{k: s[k] for k in ("steps", "batch_size", "start", "layers", "hidden", "vocab")},
-        **{k: s[k] for k in ("length", "learning_rate", "warmup", "dropout")},
+        **{k: s[k] for k in ("length", "learning_rate", "warmup", "dropout", "positions")},
+        multipliers=f" ({s['multipliers']})" if s.get("multipliers") else "",
         load_start=f"{r['load_start']:.2f}",
         load_end=f"{r['load_end']:.2f}",
         shared=" (other work shared the machine)" if r["load_end"] > r["cores"] else "",
@@ -206,6 +207,12 @@ def run_experiment(
         hidden=model.hidden_size,
         length=run.data.max_length,
         learning_rate=run.optimizer.learning_rate,
+        multipliers=", ".join(
+            f"{factor:g}x for {path}" for path, factor in run.optimizer.learning_rate_multipliers
+        ),
+        positions="restarting in every cell"
+        if model.reset_position_index_per_cell
+        else "absolute (not restarting in cells)",
         warmup=min(run.optimizer.warmup_steps, run.steps - 1),
         dropout=model.hidden_dropout_prob,
         vocab=model.vocab_size,
