@@ -76,6 +76,11 @@ def _dotted(path) -> str:
     return ".".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
+def _under(name: str, path: str) -> bool:
+    """Whether parameter `name` is at or under the dotted `path`."""
+    return name == path or name.startswith(path + ".")
+
+
 def scale_by_path(multipliers: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
     """Multiplies the updates of the parameters at or under each dotted path by its factor (the
     longest matching path wins; others are left as they are). Stateless; `init` refuses a path
@@ -83,14 +88,12 @@ def scale_by_path(multipliers: tuple[tuple[str, float], ...]) -> optax.GradientT
 
     def factor(path) -> float:
         name = _dotted(path)
-        matches = [(p, f) for p, f in multipliers if name == p or name.startswith(p + ".")]
+        matches = [(p, f) for p, f in multipliers if _under(name, p)]
         return max(matches, key=lambda m: len(m[0]))[1] if matches else 1.0
 
     def init(params):
         names = [_dotted(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        unknown = [
-            p for p, _ in multipliers if not any(n == p or n.startswith(p + ".") for n in names)
-        ]
+        unknown = [p for p, _ in multipliers if not any(_under(n, p) for n in names)]
         # optax.tree_map_params inits with a placeholder that is no tree (no names): only a
         # real parameter tree is checked.
         if names and unknown:
