@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 
 def dying_data_class():
@@ -20,7 +21,9 @@ def dying_data_class():
     @dataclasses.dataclass(frozen=True)
     class DyingData(data.LMData):
         """Sends its own process `signum` (SIGKILL or SIGTERM) when asked for the batch of step
-        `kill_at`."""
+        `kill_at`; after a SIGTERM, the batch takes 2 s to arrive. A tiny step takes
+        milliseconds, and in a run of several processes JAX's preemption service needs a moment
+        to tell the others: on a loaded machine they agreed on the run's last step instead."""
 
         kill_at: int = 0
         signum: int = signal.SIGKILL
@@ -33,6 +36,7 @@ def dying_data_class():
                 def __next__(self):
                     if inner.get_state()["next_index"] == kill_at:
                         os.kill(os.getpid(), signum)
+                        time.sleep(2)
                     return next(inner)
 
                 get_state, set_state = inner.get_state, inner.set_state

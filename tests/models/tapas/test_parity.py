@@ -42,7 +42,7 @@ def test_wtq_logits_match_transformers(wtq_checkpoint):
     assert isinstance(ours, tapas.TapasForQuestionAnswering)
     x = inputs()
     want, got = hf_forward(hf_model, x), ours_forward(ours, x)
-    assert_logits_match(got.logits, want.logits, x["attention_mask"])
+    assert_logits_match(got.logits, want.logits, x["attention_mask"], hf_model.config.temperature)
     np.testing.assert_allclose(
         got.logits_aggregation, want.logits_aggregation.numpy(), atol=1e-4, rtol=0
     )
@@ -57,7 +57,7 @@ def test_logits_match_transformers(name, tmp_path):
     ours = pf.from_pretrained(tmp_path)
     x = inputs()
     want, got = hf_forward(hf_model, x), ours_forward(ours, x)
-    assert_logits_match(got.logits, want.logits, x["attention_mask"])
+    assert_logits_match(got.logits, want.logits, x["attention_mask"], hf_model.config.temperature)
     if hf_model.config.num_aggregation_labels:
         np.testing.assert_allclose(
             got.logits_aggregation, want.logits_aggregation.numpy(), atol=1e-4, rtol=0
@@ -127,7 +127,10 @@ def test_save_pretrained_round_trips_through_transformers(wtq_checkpoint, tmp_pa
     hash(ours.config)
     x = inputs()
     assert_logits_match(
-        hf_forward(reloaded.eval(), x).logits, hf_forward(hf_model, x).logits, x["attention_mask"]
+        hf_forward(reloaded.eval(), x).logits,
+        hf_forward(hf_model, x).logits,
+        x["attention_mask"],
+        hf_model.config.temperature,
     )
 
 
@@ -158,7 +161,7 @@ def test_official_wtq_configuration_matches_transformers(tmp_path):
     got = ours(
         *(jnp.asarray(x[k]) for k in INPUT_NAMES), **{k: jnp.asarray(v) for k, v in extra.items()}
     )
-    assert_logits_match(got.logits, want.logits, x["attention_mask"])
+    assert_logits_match(got.logits, want.logits, x["attention_mask"], hf_model.config.temperature)
     np.testing.assert_allclose(
         got.logits_aggregation, want.logits_aggregation.numpy(), atol=1e-4, rtol=0
     )
