@@ -188,9 +188,16 @@ def table_row(name: str, cell: dict) -> list[str]:
         "yes" if cell["fits"] else "**no**",
         f"{cell['compile_seconds']:.0f}"
         + (f" ({cell['cpu_seconds']:.0f})" if "cpu_seconds" in cell else ""),
-        f"{cell['roofline_step_seconds'] * 1e3:.1f}",
-        f"{cell['mfu_bound']:.1%}",
+        *_roofline(cell),
     ]
+
+
+def _roofline(cell: dict) -> list[str]:
+    """The roofline columns; none for a step the TPU compiler refused for want of memory, which
+    leaves no program for XLA to count."""
+    if not cell["compiled_flops"] and not cell["bytes_accessed"]:
+        return ["refused", "-"]
+    return [f"{cell['roofline_step_seconds'] * 1e3:.1f}", f"{cell['mfu_bound']:.1%}"]
 
 
 def report(info: dict, cells: dict) -> str:

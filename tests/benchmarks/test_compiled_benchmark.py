@@ -49,6 +49,9 @@ def test_the_report_marks_cells_that_do_not_fit_or_did_not_compile():
         "compile_seconds": 12.0,
         "roofline_step_seconds": 0.5,
         "mfu_bound": 0.25,
+        # The TPU compiler refused the step: no program, so XLA counted nothing.
+        "compiled_flops": 0.0,
+        "bytes_accessed": 0.0,
         "date": "2026-12-05 08:00 UTC",
         "load_average": [1.0, 1.0, 1.0],
     }
@@ -59,5 +62,8 @@ def test_the_report_marks_cells_that_do_not_fit_or_did_not_compile():
     info = {"command": "c", "cpu": "cpu", "cores": 2, "versions": {"python": "3", "jax": "0",
             "jaxlib": "0", "flax": "0"}}  # fmt: skip
     text = bench.report(info, cells)
-    assert "| GPT-2 XL | v5e-16 | none | 1, 16, 1 | 1.00 | 20.00 | 21.00 / 16.00 | **no** |" in text
+    assert (
+        "| GPT-2 XL | v5e-16 | none | 1, 16, 1 | 1.00 | 20.00 | 21.00 / 16.00 | **no** | 12 | "
+        "refused | - |" in text
+    )
     assert "| GPT-2 XL | v5e-16 | full | did not compile: ValueError: no |" in text

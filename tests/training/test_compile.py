@@ -191,7 +191,9 @@ def test_search_ranks_fitting_meshes_first_then_by_step_time(monkeypatch):
     assert fitting == sorted(fitting)
 
 
-@pytest.mark.parametrize("name, layers, per_device", [("gpt2_124m", 12, 8), ("gpt2_xl", 48, 8)])
+@pytest.mark.parametrize(
+    "name, layers, per_device", [("gpt2_124m", 12, 8), ("gpt2_medium", 24, 8), ("gpt2_xl", 48, 8)]
+)
 def test_the_pod_configs_compile_from_shapes_alone(name, layers, per_device):
     config = run_config.load(f"experiments/configs/{name}.py")
     data = compile_run.data_shapes(config)
