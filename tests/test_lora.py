@@ -311,7 +311,8 @@ def tapas_case():
 
     def compare(ours, hf):
         got = ref.forward(ours, *(jnp.asarray(inputs[k]) for k in names)).logits
-        ref.assert_logits_match(got, ref.hf_forward(hf, inputs).logits, inputs["attention_mask"])
+        want = ref.hf_forward(hf, inputs).logits
+        ref.assert_logits_match(got, want, inputs["attention_mask"], hf.config.temperature)
 
     return ref.random_hf_model(), ("query", "key", "dense"), compare
 
