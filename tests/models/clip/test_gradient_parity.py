@@ -55,6 +55,7 @@ def test_gradients_match_transformers(tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_official_clip_vit_base_patch32_gradients_match_transformers(tmp_path):
     """openai/clip-vit-base-patch32's configuration (random weights, legacy pooling), two
     caption-image pairs: the smallest batch whose contrastive loss is not identically zero. With

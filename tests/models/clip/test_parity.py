@@ -112,6 +112,7 @@ def test_ours_saved_loads_in_transformers_with_the_same_outputs(tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_official_clip_vit_base_patch32_matches_transformers(tmp_path):
     """openai/clip-vit-base-patch32's configuration (random weights: official ones cannot be
     downloaded here), legacy pooling included."""

@@ -50,6 +50,7 @@ def test_gradients_match_transformers(tied, tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_official_gpt2_size_gradients_match_transformers(tmp_path):
     """The 124M configuration (random weights), one sequence of 16 tokens, with scan_layers
     (test_parity.py runs the official forward unscanned)."""

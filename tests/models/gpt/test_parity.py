@@ -123,6 +123,7 @@ def test_ours_saved_loads_in_transformers_with_the_same_logits(tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_official_gpt2_size_matches_transformers(tmp_path):
     """The 124M configuration (random weights: official ones cannot be downloaded here)."""
     hf_model = random_hf_model(

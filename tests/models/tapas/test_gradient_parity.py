@@ -76,6 +76,7 @@ def test_gradients_match_transformers(name, tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_official_wtq_configuration_gradients_match_transformers(tmp_path):
     """google/tapas-base-finetuned-wtq's configuration (random weights), two short tables, with
     scan_layers (test_parity.py runs the official forward unscanned)."""

@@ -147,6 +147,7 @@ def test_base_model_saves_for_transformers(tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_official_wtq_configuration_matches_transformers(tmp_path):
     """google/tapas-base-finetuned-wtq's configuration (random weights): logits, aggregation
     logits and the weakly supervised loss."""

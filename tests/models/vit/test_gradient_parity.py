@@ -37,6 +37,7 @@ def test_gradients_match_transformers(tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_official_vit_base_patch16_224_gradients_match_transformers(tmp_path):
     """google/vit-base-patch16-224's configuration (random weights), one image, with
     scan_layers (test_parity.py runs the official forward unscanned)."""

@@ -104,6 +104,7 @@ def test_ours_saved_loads_in_transformers_with_the_same_outputs(tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_official_vit_base_patch16_224_matches_transformers(tmp_path):
     """google/vit-base-patch16-224's configuration (random weights: official ones cannot be
     downloaded here)."""

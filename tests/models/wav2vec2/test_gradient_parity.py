@@ -69,6 +69,7 @@ def test_gradients_match_transformers(name, tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_base_960h_configuration_gradients_match_transformers(tmp_path):
     """facebook/wav2vec2-base-960h's configuration (random weights): one second of audio, no
     mask (as its feature extractor prepares it), 20 labels over its 49 frames. With scan_layers

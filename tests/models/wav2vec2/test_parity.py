@@ -137,6 +137,7 @@ def test_spec_augment_spans_are_drawn_as_transformers_draws_them():
 
 
 @pytest.mark.heavy
+@pytest.mark.usefixtures("optimized")
 def test_base_960h_configuration_matches_transformers(tmp_path):
     """facebook/wav2vec2-base-960h's configuration, random weights: padded without a mask (as
     its feature extractor, return_attention_mask=False, prepares batches) and with one. One
