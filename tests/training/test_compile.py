@@ -78,7 +78,6 @@ def test_every_family_s_train_step_compiles_for_tpu_and_gpu(family, target, devi
 
 
 def test_a_lora_run_compiles_with_optimizer_state_for_its_adapters_only():
-    # The full run is the command tests' run (CONFIG_FILE), so the compilation cache holds it.
     config = tiny_runs.run_config("gpt2", mesh=FSDP, precision="bfloat16")
     full = compile_run.compile_run(config, "v5e-4", with_eval=False)
     adapted = dataclasses.replace(config, lora=LoraConfig(rank=4))
