@@ -165,8 +165,12 @@ def summary(cell: dict) -> str:
     return (
         f"temp {cell['bytes_per_device']['temp'] / gib:.2f} GiB, total "
         f"{cell['train_total_bytes'] / gib:.2f} of {cell['hbm_bytes_per_device'] / gib:.2f} GiB, "
-        f"fits {cell['fits']}, compile {cell['compile_seconds']:.0f} s, roofline "
-        f"{cell['roofline_step_seconds'] * 1e3:.1f} ms, MFU bound {cell['mfu_bound']:.1%}"
+        f"fits {cell['fits']}, compile {cell['compile_seconds']:.0f} s, "
+        + (
+            "refused by the compiler"
+            if refused(cell)
+            else "roofline {} ms, MFU bound {}".format(*_roofline(cell))
+        )
     )
 
 
@@ -192,10 +196,15 @@ def table_row(name: str, cell: dict) -> list[str]:
     ]
 
 
+def refused(cell: dict) -> bool:
+    """Whether the TPU compiler refused the cell's step for want of memory, which leaves no
+    program for XLA to count (cells from before `CompileReport.refused` lack the key)."""
+    return not cell["compiled_flops"] and not cell["bytes_accessed"]
+
+
 def _roofline(cell: dict) -> list[str]:
-    """The roofline columns; none for a step the TPU compiler refused for want of memory, which
-    leaves no program for XLA to count."""
-    if not cell["compiled_flops"] and not cell["bytes_accessed"]:
+    """The roofline columns; none for a refused step."""
+    if refused(cell):
         return ["refused", "-"]
     return [f"{cell['roofline_step_seconds'] * 1e3:.1f}", f"{cell['mfu_bound']:.1%}"]
 

@@ -39,7 +39,7 @@ from polyformer.training.optim import make_optimizer
 from polyformer.training.step import init_state, make_eval_step, make_train_step
 
 JSON_KEYS = (
-    "target", "devices", "mesh", "fits", "hbm_bytes_per_device", "bytes_per_device",
+    "target", "devices", "mesh", "fits", "refused", "hbm_bytes_per_device", "bytes_per_device",
     "compile_seconds", "step_flops", "roofline_step_seconds", "mfu_bound", "tokens_per_step",
 )  # fmt: skip
 
@@ -85,8 +85,9 @@ class CompileReport:
     compute time (the larger of the two FLOP counts over the peak: XLA's cost model does not see
     into library calls such as cuBLAS's) and memory time (bytes accessed over the bandwidth);
     communication is not modelled. `mfu_bound` is the model FLOP utilisation that time implies.
-    When the TPU compiler refuses a train step for want of memory, `train.temp` is the figure it
-    states, the XLA counts are 0 and the eval step is not compiled.
+    When the TPU compiler refuses a train step for want of memory (`refused`), `train.temp` is
+    the figure it states, the XLA counts are 0, the eval step is not compiled, and there is no
+    roofline: the JSON gives null for it, and the command prints "refused".
     """
 
     target: str
@@ -116,6 +117,11 @@ class CompileReport:
         return max(self.train.total, self.eval_peak_bytes) <= self.hbm_bytes_per_device
 
     @property
+    def refused(self) -> bool:
+        """Whether the compiler refused the train step (no program, so no XLA counts)."""
+        return not self.compiled_flops and not self.bytes_accessed
+
+    @property
     def roofline_step_seconds(self) -> float:
         target = targets.get(self.target)
         flops = max(self.compiled_flops, self.step_flops / self.devices)
@@ -134,6 +140,7 @@ class CompileReport:
             "devices": self.devices,
             "mesh": dict(self.mesh),
             "fits": self.fits,
+            "refused": self.refused,
             "hbm_bytes_per_device": self.hbm_bytes_per_device,
             "bytes_per_device": {
                 "arguments": train.arguments,
@@ -142,8 +149,8 @@ class CompileReport:
             },
             "compile_seconds": self.compile_seconds,
             "step_flops": self.step_flops,
-            "roofline_step_seconds": self.roofline_step_seconds,
-            "mfu_bound": self.mfu_bound,
+            "roofline_step_seconds": None if self.refused else self.roofline_step_seconds,
+            "mfu_bound": None if self.refused else self.mfu_bound,
             "tokens_per_step": self.tokens_per_step,
         }
 
@@ -443,7 +450,13 @@ def search(config: run_config.RunConfig, target: str, *, log=print) -> list[Comp
             continue
         log(f"  {row(report)}")
         reports.append(report)
-    return sorted(reports, key=lambda r: (not r.fits, r.roofline_step_seconds))
+    return sorted(reports, key=rank_key)
+
+
+def rank_key(report: CompileReport) -> tuple:
+    """`search`'s order: fitting runs first, then runs with a program (not refused), each by
+    roofline step time."""
+    return (not report.fits, report.refused, report.roofline_step_seconds)
 
 
 def _gib(n: float) -> str:
@@ -461,9 +474,15 @@ def row(report: CompileReport) -> str:
     return (
         f"{mesh:>24} {report.remat or '-':>7} {_gib(report.train.arguments):>9} "
         f"{_gib(report.train.outputs):>8} {_gib(report.train.temp):>9} "
-        f"{_gib(report.train.total):>10} {'yes' if report.fits else 'NO':>5} "
-        f"{report.roofline_step_seconds * 1e3:>9.2f} {report.mfu_bound:>9.1%}"
+        f"{_gib(report.train.total):>10} {'yes' if report.fits else 'NO':>5} {_roofline(report)}"
     )
+
+
+def _roofline(report: CompileReport) -> str:
+    """A row's step-time and MFU-bound columns."""
+    if report.refused:
+        return f"{'refused':>9} {'-':>9}"
+    return f"{report.roofline_step_seconds * 1e3:>9.2f} {report.mfu_bound:>9.1%}"
 
 
 def describe(report: CompileReport) -> str:
@@ -483,8 +502,14 @@ def describe(report: CompileReport) -> str:
         f"  FLOPs per step    {report.step_flops:.4g} (model), {report.compiled_flops:.4g} per "
         f"device (compiled)",
         f"  bytes accessed    {report.bytes_accessed:.4g} per device",
-        f"  roofline step     {report.roofline_step_seconds * 1e3:.2f} ms",
-        f"  MFU bound         {report.mfu_bound:.1%}",
+        *(
+            ["  roofline step     none: the compiler refused the train step"]
+            if report.refused
+            else [
+                f"  roofline step     {report.roofline_step_seconds * 1e3:.2f} ms",
+                f"  MFU bound         {report.mfu_bound:.1%}",
+            ]
+        ),
         f"  tokens per step   {report.tokens_per_step}",
     ]
     return "\n".join(lines)

@@ -67,3 +67,6 @@ def test_the_report_marks_cells_that_do_not_fit_or_did_not_compile():
         "refused | - |" in text
     )
     assert "| GPT-2 XL | v5e-16 | full | did not compile: ValueError: no |" in text
+    # A refused cell written by `CompileReport.to_json` has no roofline (null) to print.
+    refused = {**fits, "roofline_step_seconds": None, "mfu_bound": None}
+    assert bench.summary(refused).endswith("fits False, compile 12 s, refused by the compiler")

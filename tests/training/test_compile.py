@@ -110,7 +110,7 @@ def test_the_command_writes_the_json_keys(config_file, tmp_path, capsys):
     figures = json.loads(out.read_text())
     assert tuple(figures) == compile_run.JSON_KEYS
     assert set(figures["bytes_per_device"]) == {"arguments", "outputs", "temp"}
-    assert figures["fits"] is True and figures["devices"] == 4
+    assert figures["fits"] is True and figures["refused"] is False and figures["devices"] == 4
     assert figures["hbm_bytes_per_device"] == 16 * 2**30
     printed = capsys.readouterr().out
     assert "eval step" in printed and "MFU bound" in printed
@@ -124,6 +124,8 @@ def test_a_run_that_does_not_fit_exits_1_naming_its_largest_buffers(config_file,
     assert "does not fit" in printed and "largest buffers" in printed
     assert re.search(r"\d+\.\d\d GiB: \w+\[", printed)  # a buffer of at least 1 GiB, by shape
     assert "batch_size" in printed and "remat" in printed
+    # The TPU compiler refuses this step, which leaves no program to give a roofline.
+    assert "the compiler refused the train step" in printed and "MFU bound" not in printed
 
 
 @pytest.mark.parametrize(
@@ -203,3 +205,22 @@ def test_the_pod_configs_compile_from_shapes_alone(name, layers, per_device):
     assert {a.name: a.shape for a in data.arrays} == {"inputs": (1024,), "targets": (1024,)}
     devices = 8 if name == "gpt2_124m" else 16  # h100x8; v5e-16
     assert config.batch_size == per_device * devices
+
+
+def test_a_refused_step_has_no_roofline_in_rows_json_or_ranking():
+    gib = 2**30
+    refused = compile_run.CompileReport(
+        target="v5e-4", devices=4, mesh={"data": 1, "fsdp": 4, "tensor": 1},
+        hbm_bytes_per_device=16 * gib, train=compile_run.StepMemory(gib, gib, gib, 30 * gib, 0),
+        eval=None, compile_seconds=1.0, step_flops=1e12, compiled_flops=0.0, bytes_accessed=0.0,
+        tokens_per_step=8, largest_buffers=(),
+    )  # fmt: skip
+    too_big = dataclasses.replace(refused, compiled_flops=1e11, bytes_accessed=1e9)
+    assert refused.refused and not too_big.refused and not too_big.fits
+    assert compile_run.row(refused).split()[-2:] == ["refused", "-"]
+    figures = refused.to_json()
+    assert figures["refused"] is True
+    assert figures["roofline_step_seconds"] is None and figures["mfu_bound"] is None
+    # Among runs that do not fit, one with a program to count ranks before a refused one.
+    ranked = sorted([refused, too_big], key=compile_run.rank_key)
+    assert ranked == [too_big, refused]
