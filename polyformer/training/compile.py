@@ -490,6 +490,13 @@ def describe(report: CompileReport) -> str:
     device = f"{report.devices} devices, {_gib(report.hbm_bytes_per_device)} GiB each"
     train = report.train
     evaluation = report.eval or StepMemory(0, 0, 0, 0, 0)
+    if report.refused:
+        roofline = ["  roofline step     none: the compiler refused the train step"]
+    else:
+        roofline = [
+            f"  roofline step     {report.roofline_step_seconds * 1e3:.2f} ms",
+            f"  MFU bound         {report.mfu_bound:.1%}",
+        ]
     lines = [
         f"target {report.target}: {device}; mesh {report.mesh}",
         "  per device        train step   eval step  (GiB)",
@@ -502,14 +509,7 @@ def describe(report: CompileReport) -> str:
         f"  FLOPs per step    {report.step_flops:.4g} (model), {report.compiled_flops:.4g} per "
         f"device (compiled)",
         f"  bytes accessed    {report.bytes_accessed:.4g} per device",
-        *(
-            ["  roofline step     none: the compiler refused the train step"]
-            if report.refused
-            else [
-                f"  roofline step     {report.roofline_step_seconds * 1e3:.2f} ms",
-                f"  MFU bound         {report.mfu_bound:.1%}",
-            ]
-        ),
+        *roofline,
         f"  tokens per step   {report.tokens_per_step}",
     ]
     return "\n".join(lines)
