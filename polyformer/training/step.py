@@ -108,10 +108,14 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, updates)
-        new = TrainState(state.step + 1, nnx.merge_state(params, frozen), opt_state, state.rng)
+        stepped = (optax.apply_updates(params, updates), opt_state, state.step + 1)
         # Non-finite: keep the old state, so the last good parameters are what the trainer saves.
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        # The parameter norm below reads the kept parameters, so that XLA fuses each update into
+        # its guard (a kernel fewer to compile per parameter).
+        params, opt_state, step = jax.tree.map(
+            lambda n, o: jnp.where(finite, n, o), stepped, (params, state.opt_state, state.step)
+        )
+        new = TrainState(step, nnx.merge_state(params, frozen), opt_state, state.rng)
         metrics = dict(
             aux, loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(params), finite=finite
         )
