@@ -41,8 +41,8 @@ SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
 """`[batch, length]` int (queries and keys alike) or (`[batch, q_length]`, `[batch, k_length]`)."""
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas_tpu", "pallas_gpu")
-"""Every kernel's `implementation`: "auto" picks per platform when the program is lowered (see
-`per_platform`); "pallas_tpu" and "pallas_gpu" run their Pallas kernels in interpret mode when
+"""Every kernel's `implementation`: "auto" picks by the platform the program is compiled for
+(see `per_platform`); "pallas_tpu" and "pallas_gpu" run their Pallas kernels in interpret mode when
 lowered for a CPU, which is how they are tested without the hardware."""
 
 
@@ -52,10 +52,20 @@ def check_implementation(implementation: str, allowed: tuple[str, ...] = IMPLEME
 
 
 def per_platform(*args, cpu, tpu, cuda):
-    """`cpu(*args)`, `tpu(*args)` or `cuda(*args)`, chosen when the program is lowered (so one
-    jitted function holds the right code for whichever platform it is compiled for); any other
-    platform takes `cpu`."""
-    return jax.lax.platform_dependent(*args, cpu=cpu, tpu=tpu, cuda=cuda, default=cpu)
+    """`cpu(*args)`, `tpu(*args)` or `cuda(*args)` for the platform the program is compiled for;
+    any other platform takes `cpu`. Under a layout (the trainer's steps, `polyformer compile`) the
+    program is compiled for the layout mesh's devices, so only their branch is traced (a GPU mesh
+    keeps `cuda` and `cpu`: its devices do not say CUDA or ROCm). Otherwise the branch is chosen
+    when the program is lowered, so that one jitted function holds the right code for whichever
+    platform it is compiled for; every branch is then traced and differentiated, Pallas kernels
+    included, which is about half of tracing a tiny model's train step."""
+    platform = layout.platform()
+    if platform == "cpu":
+        return cpu(*args)
+    if platform == "tpu":
+        return tpu(*args)
+    branches = dict(cuda=cuda) if platform == "gpu" else dict(tpu=tpu, cuda=cuda)
+    return jax.lax.platform_dependent(*args, cpu=cpu, **branches, default=cpu)
 
 
 def interpreted(fn):

@@ -48,6 +48,13 @@ def current() -> Layout | None:
     return _LAYOUT.get()
 
 
+def platform() -> str | None:
+    """The platform of the innermost layout's devices ("cpu", "tpu", "gpu", ...), or None outside
+    `laid_out`."""
+    layout = current()
+    return None if layout is None else layout.mesh.devices.flat[0].platform
+
+
 def mesh_axes(entry: str | tuple[str, ...] | None) -> tuple[str, ...]:
     """The mesh axes one entry of a PartitionSpec names (none, one, or several)."""
     return (entry,) if isinstance(entry, str) else tuple(entry or ())
