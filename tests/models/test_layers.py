@@ -1,8 +1,8 @@
-"""remat_layer: every family's loss and gradients are the same under every remat policy;
-constrain: a no-op without a mesh, and a tiny GPT-2 constrained on a mesh of 8 devices gives one
-device's loss and gradients, with the Pallas kernels run per shard too; scan_layers: every
-family's scanned model computes the unscanned one's outputs, loss and gradients, saves the same
-checkpoint, and compiles to a program whose size does not grow with depth."""
+"""remat_layer: every family's loss and gradients are the same under remat (GPT-2's under every
+policy); constrain: a no-op without a mesh, and a tiny GPT-2 constrained on a mesh of 8 devices
+gives one device's loss and gradients, with the Pallas kernels run per shard too; scan_layers:
+every family's scanned model computes the unscanned one's outputs, loss and gradients, saves the
+same checkpoint, and compiles to a program whose size does not grow with depth."""
 
 import dataclasses
 import json
@@ -49,9 +49,12 @@ def train_loss_and_grads(model_type: str, remat: str):
 
 
 def test_every_remat_gives_the_same_loss_and_gradients(unscanned):
+    """Every policy on GPT-2; "minimal" on the other families. The policies differ only in what
+    nnx.remat is told to save, and "minimal" saves the values each family names itself
+    (checkpoint_name), so it is the one whose wiring is the family's own."""
     model, value, grads = unscanned
     assert any(np.any(g != 0) for g in grads.values())
-    for remat in REMAT[1:]:
+    for remat in REMAT[1:] if model.config.model_type == "gpt2" else ("minimal",):
         config = dataclasses.replace(model.config, remat=remat)
         other = FAMILIES[config.model_type].build(config, rngs=nnx.Rngs(0))
         other_value, other_grads = objective_grads(other)
