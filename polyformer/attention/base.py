@@ -69,10 +69,14 @@ def per_platform(*args, cpu, tpu, cuda):
 
 
 def interpreted(fn):
-    """fn(*args, interpret=...) with interpret=True only when lowering for a CPU: a Pallas kernel
-    compiled for its own hardware stays a real kernel."""
+    """fn(*args, interpret=...) with interpret=True only when compiled for a CPU: a Pallas kernel
+    compiled for its own hardware stays a real kernel. Like `per_platform`, a layout's devices
+    decide while tracing; the lowering decides otherwise."""
 
     def call(*args):
+        platform = layout.platform()
+        if platform is not None:
+            return fn(*args, interpret=platform == "cpu")
         return jax.lax.platform_dependent(
             *args,
             cpu=lambda *a: fn(*a, interpret=True),

@@ -91,15 +91,18 @@ def test_auto_runs_the_pallas_kernel_per_shard_under_the_trainer_s_layout(platfo
     lowered.compile()
 
 
+@pytest.mark.parametrize("implementation", ["auto", "pallas_tpu"])
 @pytest.mark.parametrize("platform", [None, "cpu", "tpu"])
-def test_under_a_layout_only_its_devices_kernel_is_traced(platform):
+def test_under_a_layout_only_its_devices_kernel_is_traced(platform, implementation):
     """A program traced under a layout is compiled for its mesh's devices, so "auto" traces their
-    branch alone (XLA's on a CPU, the Pallas kernel on a TPU); outside a layout every branch is
-    traced and the choice waits for the lowering."""
+    branch alone (XLA's on a CPU, the Pallas kernel on a TPU), and a Pallas implementation is
+    interpreted or not by them; outside a layout every branch is traced and the choice waits for
+    the lowering."""
     x = jax.ShapeDtypeStruct((4, 256, 4, 128), jnp.bfloat16)
 
     def loss(q, k, v):
-        return jnp.sum(A.Dense()(q, k, v, causal=True).astype(jnp.float32))
+        out = A.Dense(implementation=implementation)(q, k, v, causal=True)
+        return jnp.sum(out.astype(jnp.float32))
 
     step = jax.grad(loss, argnums=(0, 1, 2))
     if platform is not None:
@@ -108,4 +111,4 @@ def test_under_a_layout_only_its_devices_kernel_is_traced(platform):
         step = sharding.constrained(step, mesh, sharding.DEFAULT_RULES)
     jaxpr = str(jax.jit(step).trace(x, x, x).jaxpr)
     assert ("platform_index" in jaxpr) == (platform is None)
-    assert ("pallas_call" in jaxpr) == (platform != "cpu")
+    assert ("pallas_call" in jaxpr) == (platform != "cpu" or implementation != "auto")
