@@ -4,11 +4,13 @@ processes training together, against a run killed with SIGKILL and resumed; the 
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pytest
 
@@ -66,10 +68,17 @@ def assert_same_run(got_dir, want_dir, rtol):
         )
 
 
-@pytest.fixture(scope="module")
-def single_device_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    run_worker(out)
+@pytest.fixture(scope="session")
+def single_device_run(tmp_path_factory, worker_id) -> Path:
+    """The worker's run on one device, the reference of this module's runs and of
+    test_preemption's: made once per pytest run, in a folder the run's pytest-xdist workers
+    share (the parent of their own), the first to need it making it under a lock."""
+    root = tmp_path_factory.getbasetemp()
+    out = (root if worker_id == "master" else root.parent) / "single_device_run"
+    with filelock.FileLock(f"{out}.lock"):
+        if not (out / "params.npz").is_file():
+            shutil.rmtree(out, ignore_errors=True)  # what a failed attempt left would resume
+            run_worker(out)
     return out
 
 
