@@ -162,15 +162,14 @@ def summary(cell: dict) -> str:
     if "error" in cell:
         return cell["error"]
     gib = 2**30
+    if refused(cell):
+        roofline = "refused by the compiler"
+    else:
+        roofline = "roofline {} ms, MFU bound {}".format(*_roofline(cell))
     return (
         f"temp {cell['bytes_per_device']['temp'] / gib:.2f} GiB, total "
         f"{cell['train_total_bytes'] / gib:.2f} of {cell['hbm_bytes_per_device'] / gib:.2f} GiB, "
-        f"fits {cell['fits']}, compile {cell['compile_seconds']:.0f} s, "
-        + (
-            "refused by the compiler"
-            if refused(cell)
-            else "roofline {} ms, MFU bound {}".format(*_roofline(cell))
-        )
+        f"fits {cell['fits']}, compile {cell['compile_seconds']:.0f} s, {roofline}"
     )
 
 
@@ -197,9 +196,9 @@ def table_row(name: str, cell: dict) -> list[str]:
 
 
 def refused(cell: dict) -> bool:
-    """Whether the TPU compiler refused the cell's step for want of memory, which leaves no
-    program for XLA to count (cells from before `CompileReport.refused` lack the key)."""
-    return not cell["compiled_flops"] and not cell["bytes_accessed"]
+    """Whether the TPU compiler refused the cell's step (from its XLA counts: cells from before
+    `CompileReport.refused` lack the key)."""
+    return compiling.refused_step(cell["compiled_flops"], cell["bytes_accessed"])
 
 
 def _roofline(cell: dict) -> list[str]:

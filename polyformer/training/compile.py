@@ -75,6 +75,12 @@ class StepMemory:
         return self.arguments + self.outputs - self.aliased + self.temp + self.code
 
 
+def refused_step(compiled_flops: float, bytes_accessed: float) -> bool:
+    """Whether the compiler refused a train step for want of memory, from the XLA counts a
+    report holds: a refused step leaves no program, so both are 0."""
+    return not compiled_flops and not bytes_accessed
+
+
 @dataclasses.dataclass(frozen=True)
 class CompileReport:
     """What one run needs on one target, per device unless named global.
@@ -118,8 +124,8 @@ class CompileReport:
 
     @property
     def refused(self) -> bool:
-        """Whether the compiler refused the train step (no program, so no XLA counts)."""
-        return not self.compiled_flops and not self.bytes_accessed
+        """Whether the compiler refused the train step (`refused_step`)."""
+        return refused_step(self.compiled_flops, self.bytes_accessed)
 
     @property
     def roofline_step_seconds(self) -> float:
