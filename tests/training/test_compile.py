@@ -1,6 +1,7 @@
 """`polyformer compile`: tiny runs of every family compiled for a TPU and a GPU target."""
 
 import dataclasses
+import functools
 import json
 import re
 
@@ -74,35 +75,26 @@ def packed(config):
     )
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    """(run config, compile_run's report) of a family's tiny run on a target, compiled once per
-    module. GPT-2's batches are packed documents, so that the kernels' segment ids go through the
+@functools.cache
+def compiled(family: str, target: str):
+    """(run config, compile_run's report) of a family's tiny run on a target, compiled once.
+    GPT-2's batches are packed documents, so that the kernels' segment ids go through the
     compiled step on each target."""
-    reports = {}
-
-    def get(family: str, target: str):
-        if (family, target) not in reports:
-            model = tiny_model(family, target)
-            config = tiny_runs.run_config(family, model, mesh=FSDP, precision="bfloat16")
-            if family == "gpt2":
-                config = packed(config)
-            reports[family, target] = (
-                config,
-                compile_run.compile_run(config, target, with_eval=False),
-            )
-        return reports[family, target]
-
-    return get
+    config = tiny_runs.run_config(
+        family, tiny_model(family, target), mesh=FSDP, precision="bfloat16"
+    )
+    if family == "gpt2":
+        config = packed(config)
+    return config, compile_run.compile_run(config, target, with_eval=False)
 
 
 @pytest.mark.parametrize("family, target, devices", CASES)
-def test_every_family_s_train_step_compiles_for_tpu_and_gpu(compiled, family, target, devices):
+def test_every_family_s_train_step_compiles_for_tpu_and_gpu(family, target, devices):
     config, report = compiled(family, target)
     _check(report, config, target, devices)
 
 
-def test_a_lora_run_compiles_with_optimizer_state_for_its_adapters_only(compiled):
+def test_a_lora_run_compiles_with_optimizer_state_for_its_adapters_only():
     config, full = compiled("gpt2", "v5e-4")
     adapted = dataclasses.replace(config, lora=LoraConfig(rank=4))
     adapted = compile_run.compile_run(adapted, "v5e-4", with_eval=False)
