@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import codegen
+
 # The suite runs on the host's CPU backend. With the accelerators extra installed, JAX would
 # otherwise try the CUDA plugin (a logged traceback on a machine without a GPU) and libtpu (which
 # takes a machine-wide lock, failing the next process that wants it). Deviceless TPU and GPU
@@ -35,9 +37,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # more than it saves: on XLA:CPU it is about half of each compile, and without it the suite takes
 # a fifth less time. What a test computes changes by float32 rounding only, within every
 # tolerance. The official-size parity tests, whose programs run for seconds, compile with full
-# optimisation (the `optimized` fixture), as users' programs do. Processes that tests start
-# inherit the setting.
+# optimisation (the `optimized` fixture). Processes that tests start inherit the setting.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+# The suite's XLA:CPU code generation (tests/codegen.py); processes that tests start inherit it.
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+    flags = (os.environ.get("XLA_FLAGS", ""), codegen.SUITE_XLA_FLAGS)
+    os.environ["XLA_FLAGS"] = " ".join(flags).strip()
 
 
 @dataclasses.dataclass(frozen=True)

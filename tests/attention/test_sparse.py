@@ -6,6 +6,7 @@ import pytest
 from polyformer import attention as A
 from polyformer.attention import patterns as P
 from polyformer.attention import sparse
+from tests import codegen
 
 KEY = jax.random.key(0)
 BIGBIRD = P.bigbird(block=8, window=3, global_blocks=2, random_blocks=2, key=KEY)
@@ -112,7 +113,10 @@ def test_the_plan_computes_every_kept_block_and_few_others(causal):
 
 def test_bfloat16_in_bfloat16_out():
     q, k, v = qkv(2, 130, dtype=jnp.bfloat16)
-    out = jax.jit(A.Sparse(BIGBIRD, block=16))(q, k, v, padding(2, 130))
+    # Compiled as users' programs are: the kernel's bfloat16 x bfloat16 -> float32 dots need
+    # XLA:CPU's fusion emitters (tests/codegen.py).
+    kernel = jax.jit(A.Sparse(BIGBIRD, block=16), compiler_options=codegen.USERS)
+    out = kernel(q, k, v, padding(2, 130))
     assert out.dtype == jnp.bfloat16
     q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
     want = A.Dense()(q32, k32, v32, full_mask(BIGBIRD, padding(2, 130), 130, 130))
