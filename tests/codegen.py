@@ -7,7 +7,8 @@
 # (benchmarks/RESULTS.md). tests/conftest.py sets this for every process of the suite; users'
 # programs keep the default. XLA stops a process whose XLA_FLAGS name a flag it does not know,
 # so a jaxlib without this one fails every test at once, and then the setting goes.
-SUITE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+FLAG = "xla_cpu_use_fusion_emitters"
+SUITE_XLA_FLAGS = f"--{FLAG}=false"
 
 # A jit's `compiler_options` for the code users' programs get, where a test needs it: a
 # comparison of two different programs finer than their float32 rounding under the elemental
@@ -15,4 +16,4 @@ SUITE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 # gradient of 99), and a dot of two bfloat16 operands into float32, which this XLA runs only
 # with the fusion emitters ("UNIMPLEMENTED: Unsupported element type for DotThunk::Execute:
 # BF16 x BF16 = F32").
-USERS = {"xla_cpu_use_fusion_emitters": True}
+USERS = {FLAG: True}

@@ -41,7 +41,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # The suite's XLA:CPU code generation (tests/codegen.py); processes that tests start inherit it.
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+if codegen.FLAG not in os.environ.get("XLA_FLAGS", ""):
     flags = (os.environ.get("XLA_FLAGS", ""), codegen.SUITE_XLA_FLAGS)
     os.environ["XLA_FLAGS"] = " ".join(flags).strip()
 
