@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -51,13 +52,30 @@ def transformer_train_flops_per_token(
     return 6 * non_embedding_params + 6 * n_layer * n_ctx * d_model
 
 
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without importing torch. tensorboardX imports
+    torch where it is installed, only to accept torch tensors (this module writes floats), and
+    that import was 1.6 s of every `polyformer train` start on a machine with torch. While
+    sys.modules maps "torch" to None, `import torch` raises ImportError, which tensorboardX
+    takes for torch's absence; the entry goes afterwards, so a later `import torch` works."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends one JSON object per record to `metrics.jsonl` and mirrors scalars to TensorBoard
     event files in the same directory."""
 
     def __init__(self, directory: str | Path):
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = _summary_writer_class()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "metrics.jsonl"
