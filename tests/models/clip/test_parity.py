@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 import polyformer as pf
 from polyformer.models import clip
 from tests.models.clip.reference import OFFICIAL, TINY, hf_outputs, pixels, random_hf_model, texts
+from tests.models.clip.test_gradient_parity import assert_gradient_parity
 from tests.models.layer_outputs import assert_layers_match
 from tests.models.vit.reference import random_model, randomise
 
@@ -115,16 +116,19 @@ def test_ours_saved_loads_in_transformers_with_the_same_outputs(tmp_path):
 @pytest.mark.usefixtures("optimized")
 def test_official_clip_vit_base_patch32_matches_transformers(tmp_path):
     """openai/clip-vit-base-patch32's configuration (random weights: official ones cannot be
-    downloaded here), legacy pooling included."""
+    downloaded here), legacy pooling included, one checkpoint: gradients with scan_layers on
+    two caption-image pairs, the smallest batch whose contrastive loss is not identically zero
+    (saving the checkpoint), then the unscanned model's outputs."""
     torch.manual_seed(0)
-    hf_model = transformers.CLIPModel(transformers.CLIPConfig(**OFFICIAL))
-    hf_model = randomise(hf_model)
-    hf_model.save_pretrained(tmp_path)
+    hf_model = randomise(transformers.CLIPModel(transformers.CLIPConfig(**OFFICIAL)))
+    input_ids, mask = texts(49407, 49408)
+    assert_gradient_parity(
+        hf_model, tmp_path, input_ids[:2], mask[:2], pixels(2, 224), scan_layers=True
+    )
     ours = pf.from_pretrained(tmp_path)
     assert ours.config == clip.CLIPConfig.clip_vit_base_patch32()
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
     assert n_params == sum(p.numel() for p in hf_model.parameters()) == 151_277_313
-    input_ids, mask = texts(49407, 49408)
     assert_outputs_match(ours, hf_model, input_ids[:3], pixels(2, 224), mask[:3])
 
 

@@ -10,6 +10,11 @@ TINY = dict(
     vocab_size=1031, n_positions=37, n_embd=96, n_layer=3, n_head=6,
     bos_token_id=1030, eos_token_id=1030,
 )  # fmt: skip
+# gpt2's configuration (124M parameters).
+OFFICIAL = dict(
+    vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+    bos_token_id=50256, eos_token_id=50256,
+)  # fmt: skip
 
 
 def random_hf_model(**config) -> transformers.GPT2LMHeadModel:

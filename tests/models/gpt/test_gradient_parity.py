@@ -10,11 +10,6 @@ import polyformer as pf
 from tests.models.gpt.reference import random_hf_model
 from tests.models.gradients import assert_gradients_match, our_gradients, torch_gradients
 
-OFFICIAL = dict(
-    vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-    bos_token_id=50256, eos_token_id=50256,
-)  # fmt: skip
-
 
 def assert_gradient_parity(hf_model, path, input_ids, weights, scan_layers=False):
     """Our causal_lm on input_ids[:, :-1] -> input_ids[:, 1:] (targets counted where `weights`
@@ -47,13 +42,3 @@ def test_gradients_match_transformers(tied, tmp_path):
     input_ids = rng.integers(0, hf_model.config.vocab_size, (3, 19))
     weights = (rng.uniform(size=input_ids.shape) < 0.8).astype(np.int64)
     assert_gradient_parity(hf_model, tmp_path, input_ids, weights)
-
-
-@pytest.mark.heavy
-@pytest.mark.usefixtures("optimized")
-def test_official_gpt2_size_gradients_match_transformers(tmp_path):
-    """The 124M configuration (random weights), one sequence of 16 tokens, with scan_layers
-    (test_parity.py runs the official forward unscanned)."""
-    hf_model = random_hf_model(**OFFICIAL)
-    input_ids = np.random.default_rng(0).integers(0, OFFICIAL["vocab_size"], (1, 16))
-    assert_gradient_parity(hf_model, tmp_path, input_ids, np.ones_like(input_ids), scan_layers=True)

@@ -13,7 +13,15 @@ from safetensors.numpy import load_file
 
 import polyformer as pf
 from polyformer.models import gpt
-from tests.models.gpt.reference import TINY, hf_logits, left_padded, logits, random_hf_model
+from tests.models.gpt.reference import (
+    OFFICIAL,
+    TINY,
+    hf_logits,
+    left_padded,
+    logits,
+    random_hf_model,
+)
+from tests.models.gpt.test_gradient_parity import assert_gradient_parity
 from tests.models.layer_outputs import assert_layers_match
 
 CONFIGS = {
@@ -125,12 +133,12 @@ def test_ours_saved_loads_in_transformers_with_the_same_logits(tmp_path):
 @pytest.mark.heavy
 @pytest.mark.usefixtures("optimized")
 def test_official_gpt2_size_matches_transformers(tmp_path):
-    """The 124M configuration (random weights: official ones cannot be downloaded here)."""
-    hf_model = random_hf_model(
-        vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-        bos_token_id=50256, eos_token_id=50256,
-    )  # fmt: skip
-    hf_model.save_pretrained(tmp_path)
+    """The 124M configuration (random weights: official ones cannot be downloaded here), one
+    checkpoint: gradients with scan_layers on one sequence of 16 tokens (saving the
+    checkpoint), then the unscanned model's logits on a left-padded batch."""
+    hf_model = random_hf_model(**OFFICIAL)
+    input_ids = np.random.default_rng(0).integers(0, OFFICIAL["vocab_size"], (1, 16))
+    assert_gradient_parity(hf_model, tmp_path, input_ids, np.ones_like(input_ids), scan_layers=True)
     ours = pf.from_pretrained(tmp_path)
     assert ours.config == gpt.GPT2Config.gpt2()
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))

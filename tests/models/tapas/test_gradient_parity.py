@@ -12,7 +12,6 @@ from tests.models.gradients import assert_gradients_match, our_gradients, torch_
 from tests.models.tapas.reference import (
     TINY,
     WIKISQL_SUPERVISED,
-    WTQ,
     random_hf_model,
     table_inputs,
 )
@@ -73,15 +72,3 @@ def test_gradients_match_transformers(name, tmp_path):
         unanswered=UNANSWERED[name],
     )  # fmt: skip
     assert_gradient_parity(hf_model, tmp_path, x)
-
-
-@pytest.mark.heavy
-@pytest.mark.usefixtures("optimized")
-def test_official_wtq_configuration_gradients_match_transformers(tmp_path):
-    """google/tapas-base-finetuned-wtq's configuration (random weights), two short tables, with
-    scan_layers (test_parity.py runs the official forward unscanned)."""
-    hf_model = random_hf_model(**{k: WTQ[k] for k in TINY})
-    x = table_inputs(
-        WTQ["vocab_size"], WTQ["type_vocab_sizes"], 48, shapes=[(3, 4, 5), (2, 6, 4)], unanswered=()
-    )
-    assert_gradient_parity(hf_model, tmp_path, x, scan_layers=True)

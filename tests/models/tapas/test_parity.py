@@ -26,6 +26,7 @@ from tests.models.tapas.reference import (
     random_hf_model,
     table_inputs,
 )
+from tests.models.tapas.test_gradient_parity import assert_gradient_parity
 
 CONFIGS = {
     "absolute_positions_empty_column": dict(
@@ -149,14 +150,15 @@ def test_base_model_saves_for_transformers(tmp_path):
 @pytest.mark.heavy
 @pytest.mark.usefixtures("optimized")
 def test_official_wtq_configuration_matches_transformers(tmp_path):
-    """google/tapas-base-finetuned-wtq's configuration (random weights): logits, aggregation
-    logits and the weakly supervised loss."""
+    """google/tapas-base-finetuned-wtq's configuration (random weights), two short tables, one
+    checkpoint: gradients with scan_layers (saving the checkpoint), then the unscanned model's
+    logits, aggregation logits and weakly supervised loss."""
     hf_model = random_hf_model(**{k: WTQ[k] for k in TINY})
-    hf_model.save_pretrained(tmp_path)
-    ours = pf.from_pretrained(tmp_path)
     x = table_inputs(
         WTQ["vocab_size"], WTQ["type_vocab_sizes"], 48, shapes=[(3, 4, 5), (2, 6, 4)], unanswered=()
     )
+    assert_gradient_parity(hf_model, tmp_path, x, scan_layers=True)
+    ours = pf.from_pretrained(tmp_path)
     extra = {k: x[k] for k in ("labels", "float_answer", "numeric_values", "numeric_values_scale")}
     want = hf_forward(hf_model, x, **extra)
     got = ours(

@@ -3,12 +3,11 @@ default) and ViTForImageClassification's loss with labels, with respect to every
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 
 import polyformer as pf
 from tests.models.gradients import assert_gradients_match, our_gradients, torch_gradients
-from tests.models.vit.reference import OFFICIAL, pixels, random_hf_model
+from tests.models.vit.reference import pixels, random_hf_model
 
 
 def key_bias(name: str) -> bool:
@@ -34,13 +33,3 @@ def assert_gradient_parity(hf_model, path, pixel_values, labels, scan_layers=Fal
 def test_gradients_match_transformers(tmp_path):
     hf_model = random_hf_model()
     assert_gradient_parity(hf_model, tmp_path, pixels(3, 20), np.array([4, 0, 2]))
-
-
-@pytest.mark.heavy
-@pytest.mark.usefixtures("optimized")
-def test_official_vit_base_patch16_224_gradients_match_transformers(tmp_path):
-    """google/vit-base-patch16-224's configuration (random weights), one image, with
-    scan_layers (test_parity.py runs the official forward unscanned)."""
-    config = {k: v for k, v in OFFICIAL.items() if k not in ("architectures", "model_type")}
-    hf_model = random_hf_model(**config)
-    assert_gradient_parity(hf_model, tmp_path, pixels(1, 224), np.array([417]), scan_layers=True)

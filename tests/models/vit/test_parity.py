@@ -26,6 +26,7 @@ from tests.models.vit.reference import (
     random_hf_model,
     random_model,
 )
+from tests.models.vit.test_gradient_parity import assert_gradient_parity
 
 
 def test_classifier_logits_and_hidden_states_match_transformers(classifier):
@@ -107,10 +108,11 @@ def test_ours_saved_loads_in_transformers_with_the_same_outputs(tmp_path):
 @pytest.mark.usefixtures("optimized")
 def test_official_vit_base_patch16_224_matches_transformers(tmp_path):
     """google/vit-base-patch16-224's configuration (random weights: official ones cannot be
-    downloaded here)."""
+    downloaded here), one checkpoint: gradients with scan_layers on one image (saving the
+    checkpoint), then the unscanned model's logits on two."""
     config = {k: v for k, v in OFFICIAL.items() if k not in ("architectures", "model_type")}
     hf_model = random_hf_model(**config)
-    hf_model.save_pretrained(tmp_path)
+    assert_gradient_parity(hf_model, tmp_path, pixels(1, 224), np.array([417]), scan_layers=True)
     ours = pf.from_pretrained(tmp_path)
     assert ours.config == vit.ViTConfig.vit_base_patch16_224()
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))

@@ -9,7 +9,7 @@ import torch
 
 import polyformer as pf
 from tests.models.gradients import assert_gradients_match, our_gradients, torch_gradients
-from tests.models.wav2vec2.reference import BASE_960H, TINY, padded_audio, random_hf_model
+from tests.models.wav2vec2.reference import TINY, padded_audio, random_hf_model
 
 # SpecAugment's vector replaces masked frames in training only: no loss without it reaches it.
 UNUSED = ("wav2vec2.masked_spec_embed",)
@@ -66,15 +66,3 @@ def test_gradients_match_transformers(name, tmp_path):
     audio, mask = padded_audio([1600, 1111, 700], seed=3)
     labels = padded_labels(LABEL_LENGTHS[name], TINY["vocab_size"])
     assert_gradient_parity(hf_model, tmp_path, audio, mask, labels)
-
-
-@pytest.mark.heavy
-@pytest.mark.usefixtures("optimized")
-def test_base_960h_configuration_gradients_match_transformers(tmp_path):
-    """facebook/wav2vec2-base-960h's configuration (random weights): one second of audio, no
-    mask (as its feature extractor prepares it), 20 labels over its 49 frames. With scan_layers
-    (test_parity.py runs the official forward unscanned)."""
-    hf_model = random_hf_model(BASE_960H)
-    audio, _ = padded_audio([16000], seed=6)
-    labels = padded_labels([20], BASE_960H["vocab_size"])
-    assert_gradient_parity(hf_model, tmp_path, audio, None, labels, scan_layers=True)

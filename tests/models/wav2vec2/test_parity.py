@@ -27,6 +27,7 @@ from tests.models.wav2vec2.reference import (
     random_hf_model,
     real_frames,
 )
+from tests.models.wav2vec2.test_gradient_parity import assert_gradient_parity, padded_labels
 
 
 def test_padded_batch_logits_match_transformers(checkpoint):
@@ -139,12 +140,16 @@ def test_spec_augment_spans_are_drawn_as_transformers_draws_them():
 @pytest.mark.heavy
 @pytest.mark.usefixtures("optimized")
 def test_base_960h_configuration_matches_transformers(tmp_path):
-    """facebook/wav2vec2-base-960h's configuration, random weights: padded without a mask (as
-    its feature extractor, return_attention_mask=False, prepares batches) and with one. One
-    forward on ~1 s of audio: two utterances (1.0 s and 0.7 s) in one padded batch. The lv60
-    models' layout (layer-normed convolutions, pre-LN encoder) is the "layer" variant above."""
+    """facebook/wav2vec2-base-960h's configuration (random weights), one checkpoint. Gradients
+    with scan_layers (saving the checkpoint): one second of audio without a mask (as its feature
+    extractor, return_attention_mask=False, prepares batches), 20 labels over its 49 frames.
+    Then the unscanned model's logits on two utterances (1.0 s and 0.7 s) in one padded batch,
+    without a mask and with one. The lv60 models' layout (layer-normed convolutions, pre-LN
+    encoder) is the "layer" variant above."""
     hf_model = random_hf_model(BASE_960H)
-    hf_model.save_pretrained(tmp_path)
+    one_second, _ = padded_audio([16000], seed=6)
+    labels = padded_labels([20], BASE_960H["vocab_size"])
+    assert_gradient_parity(hf_model, tmp_path, one_second, None, labels, scan_layers=True)
     ours = pf.from_pretrained(tmp_path)
     assert ours.config == Wav2Vec2Config.from_hf(BASE_960H)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
