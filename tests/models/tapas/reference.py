@@ -122,9 +122,10 @@ def hf_forward(model, inputs, **extra):
 
 
 @nnx.jit
-def forward(model, input_ids, attention_mask, token_type_ids):
-    """Our model's output, compiled (it compiles faster than eager mode runs on CPU)."""
-    return model(input_ids, attention_mask, token_type_ids)
+def forward(model, input_ids, attention_mask, token_type_ids, **answers):
+    """Our model's output, with its loss when given the `answers` (labels, float_answer, ...),
+    compiled (it compiles faster than eager mode runs on CPU)."""
+    return model(input_ids, attention_mask, token_type_ids, **answers)
 
 
 def assert_logits_match(got, want, attention_mask, temperature):

@@ -20,6 +20,7 @@ from tests.models.tapas.reference import (
     WTQ,
     assert_logits_match,
     encode,
+    forward,
     hf_forward,
     inputs,
     ours_forward,
@@ -161,8 +162,10 @@ def test_official_wtq_configuration_matches_transformers(tmp_path):
     ours = pf.from_pretrained(tmp_path)
     extra = {k: x[k] for k in ("labels", "float_answer", "numeric_values", "numeric_values_scale")}
     want = hf_forward(hf_model, x, **extra)
-    got = ours(
-        *(jnp.asarray(x[k]) for k in INPUT_NAMES), **{k: jnp.asarray(v) for k, v in extra.items()}
+    got = forward(
+        ours,
+        *(jnp.asarray(x[k]) for k in INPUT_NAMES),
+        **{k: jnp.asarray(v) for k, v in extra.items()},
     )
     assert_logits_match(got.logits, want.logits, x["attention_mask"], hf_model.config.temperature)
     np.testing.assert_allclose(
