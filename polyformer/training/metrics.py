@@ -55,9 +55,10 @@ def transformer_train_flops_per_token(
 def _summary_writer_class() -> type:
     """tensorboardX's SummaryWriter, imported without importing torch. tensorboardX imports
     torch where it is installed, only to accept torch tensors (this module writes floats), and
-    that import was 1.6 s of every `polyformer train` start on a machine with torch. While
-    sys.modules maps "torch" to None, `import torch` raises ImportError, which tensorboardX
-    takes for torch's absence; the entry goes afterwards, so a later `import torch` works."""
+    that import is more than a second of every `polyformer train` start on a machine with torch
+    (benchmarks/RESULTS.md). While sys.modules maps "torch" to None, `import torch` raises
+    ImportError, which tensorboardX takes for torch's absence; the entry goes afterwards, so a
+    later `import torch` works."""
     if "torch" in sys.modules or "tensorboardX" in sys.modules:
         from tensorboardX import SummaryWriter
 
