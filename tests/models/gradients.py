@@ -25,20 +25,30 @@ RELATIVE = 1e-4
 ZERO = 1e-6
 
 
-def our_gradients(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[float, dict]:
-    """(loss, gradients) of the family's default objective (`FAMILIES[...].objectives[0]`) at
-    `batch`, without dropout (rngs None), for a model with or without scan_layers. The
-    gradients are numpy arrays keyed by Hugging Face tensor name, laid out as the HF tensors,
-    through `convert.save` of the family's table."""
-    family = FAMILIES[model.config.model_type]
-    loss_fn = OBJECTIVES[family.objectives[0]]
+def objective_value_and_grads(
+    model: nnx.Module, batch: Mapping[str, jax.Array], compiler_options: dict | None = None
+) -> tuple[jax.Array, nnx.State]:
+    """(value, gradients as a state of the model's parameters) of the family's default objective
+    (`FAMILIES[...].objectives[0]`) at `batch`, without dropout (rngs None), compiled with
+    `compiler_options`."""
+    loss_fn = OBJECTIVES[FAMILIES[model.config.model_type].objectives[0]]
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_of(params, batch):
         return loss_fn(nnx.merge(graphdef, params, rest), batch, None)[0]
 
-    loss, grads = jax.jit(jax.value_and_grad(loss_of))(params, dict(batch))
-    hf = convert.save(family.table(model.config), convert.model_params(model, grads))
+    value_and_grad = jax.jit(jax.value_and_grad(loss_of), compiler_options=compiler_options)
+    return value_and_grad(params, dict(batch))
+
+
+def our_gradients(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[float, dict]:
+    """(loss, gradients) of the family's default objective at `batch`
+    (`objective_value_and_grads`), for a model with or without scan_layers. The gradients are
+    numpy arrays keyed by Hugging Face tensor name, laid out as the HF tensors, through
+    `convert.save` of the family's table."""
+    loss, grads = objective_value_and_grads(model, batch)
+    table = FAMILIES[model.config.model_type].table(model.config)
+    hf = convert.save(table, convert.model_params(model, grads))
     return float(loss), {name: np.asarray(g) for name, g in hf.items()}
 
 

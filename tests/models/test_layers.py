@@ -25,6 +25,7 @@ from polyformer.models.layers import LAYERS, LayerStack, layer_stacks
 from polyformer.training import trainer
 from polyformer.training.objectives import OBJECTIVES
 from tests import codegen
+from tests.models.gradients import objective_value_and_grads
 from tests.test_families import first_output, inputs, objective_batch
 
 
@@ -117,17 +118,10 @@ def objective_grads(model: nnx.Module) -> tuple[jax.Array, dict]:
     """The family's default objective on its tiny batch, and its gradients by the unscanned
     model's state paths, compiled as users' programs are (tests/codegen.py): the remat and scan
     tests hold different programs' gradients to each other within float32 rounding."""
-    family = FAMILIES[model.config.model_type]
     batch = {
         k: jnp.asarray(v) for k, v in objective_batch(model.config.model_type, model.config).items()
     }
-    objective = OBJECTIVES[family.objectives[0]]
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss(params):
-        return objective(nnx.merge(graphdef, params, rest), batch, None)[0]
-
-    value, grads = jax.jit(jax.value_and_grad(loss), compiler_options=codegen.USERS)(params)
+    value, grads = objective_value_and_grads(model, batch, compiler_options=codegen.USERS)
     return value, convert.model_params(model, grads)
 
 
