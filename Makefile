@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-DEBS := espeak-ng
+DEBS := espeak-ng libtcmalloc-minimal4
+# The suite's processes allocate with tcmalloc: XLA's compiles, most of the suite's time, allocate
+# heavily and are faster with it than with glibc's malloc (benchmarks/RESULTS.md). Looked up after
+# `debs` has installed it; where it is not found, the processes keep the system's malloc.
+TCMALLOC = $(shell /sbin/ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $$NF; exit}')
+PYTEST = LD_PRELOAD=$(TCMALLOC) $(PY) -m pytest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo bench-attention test test-fast lint format debs clean
@@ -36,10 +41,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 test: $(STAMP) debs lint
-	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+	$(PYTEST) -q -n auto --maxprocesses 4 --dist loadfile
 
-test-fast: $(STAMP)
-	$(PY) -m pytest -x -q -m "not heavy"
+test-fast: $(STAMP) debs
+	$(PYTEST) -x -q -m "not heavy"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
