@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 DEBS := espeak-ng libtcmalloc-minimal4
 # The suite's processes allocate with tcmalloc: XLA's compiles, most of the suite's time, allocate
 # heavily and are faster with it than with glibc's malloc (benchmarks/RESULTS.md). Looked up after
-# `debs` has installed it; where it is not found, the processes keep the system's malloc.
+# `debs` has installed it; where it is not found, the processes keep the system's malloc. A
+# LD_PRELOAD from the environment is kept after it.
 TCMALLOC = $(shell /sbin/ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $$NF; exit}')
-PYTEST = LD_PRELOAD=$(TCMALLOC) $(PY) -m pytest
+PYTEST = LD_PRELOAD="$(strip $(TCMALLOC) $(LD_PRELOAD))" $(PY) -m pytest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo bench-attention test test-fast lint format debs clean
