@@ -14,10 +14,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo bench-attention test test-fast lint format debs clean
 
+# pip byte-compiles what it installs one file at a time; compileall does the same work on every
+# core (benchmarks/RESULTS.md). As pip does, it leaves a file that this Python cannot compile as
+# source (torch ships one in Python 3.12's syntax).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,accelerators]'
+	$(PY) -m pip install --quiet --no-compile -e '.[test,accelerators]'
+	$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 debs:
