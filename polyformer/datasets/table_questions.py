@@ -26,12 +26,15 @@ import dataclasses
 import json
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import tensorflow_datasets as tfds
 
 from polyformer.datasets.embedded import EmbeddedBuilder
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 AGGREGATIONS = ("NONE", "SUM", "AVERAGE", "COUNT")
 TEMPLATE_WORDS = ("what", "is", "the", "of", "which", "name", "has", "total", "average", "how",
@@ -110,6 +113,8 @@ def make_table(
     source: Source, rows: np.ndarray, names: list[str], rng: np.random.Generator
 ) -> pd.DataFrame:
     """4-6 of `rows` of `source` with a name each and 2-3 of its measurement columns."""
+    import pandas as pd  # half a second: only table data needs it, not every training run
+
     count = int(rng.integers(4, 7))
     chosen = rng.choice(rows, size=count, replace=False)
     measure = rng.choice(list(source.columns), size=int(rng.integers(2, 4)), replace=False)
@@ -163,6 +168,8 @@ def table_json(table: pd.DataFrame) -> str:
 
 def read_table(text: str | bytes) -> pd.DataFrame:
     """The inverse of `table_json`."""
+    import pandas as pd  # half a second: only table data needs it, not every training run
+
     table = json.loads(text)
     return pd.DataFrame(table["rows"], columns=table["columns"])
 

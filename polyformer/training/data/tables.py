@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from polyformer.datasets import table_questions
 from polyformer.datasets.embedded import named_config
@@ -27,6 +27,9 @@ from polyformer.datasets.table_questions import Question, TableQuestionsConfig, 
 from polyformer.models.tapas.tokenizer import TapasTokenizer
 from polyformer.training.data.arrays import ArrayData
 from polyformer.training.data.sources import data_source
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EMPTY]")
 # What the objective reads; the tokenizer's numeric_values and float_answer stay out of the
