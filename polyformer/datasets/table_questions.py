@@ -113,7 +113,7 @@ def make_table(
     source: Source, rows: np.ndarray, names: list[str], rng: np.random.Generator
 ) -> pd.DataFrame:
     """4-6 of `rows` of `source` with a name each and 2-3 of its measurement columns."""
-    import pandas as pd  # half a second: only table data needs it, not every training run
+    import pandas as pd  # a quarter of a second: only table data needs it, not every run
 
     count = int(rng.integers(4, 7))
     chosen = rng.choice(rows, size=count, replace=False)
@@ -168,7 +168,7 @@ def table_json(table: pd.DataFrame) -> str:
 
 def read_table(text: str | bytes) -> pd.DataFrame:
     """The inverse of `table_json`."""
-    import pandas as pd  # half a second: only table data needs it, not every training run
+    import pandas as pd  # a quarter of a second: only table data needs it, not every run
 
     table = json.loads(text)
     return pd.DataFrame(table["rows"], columns=table["columns"])
