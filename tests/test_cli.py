@@ -1,7 +1,10 @@
-"""The `polyformer` command: training from a run config, and a command for every family."""
+"""The `polyformer` command: training from a run config, a command for every family, and the
+modules a run imports."""
 
 import dataclasses
 import shlex
+import subprocess
+import sys
 import textwrap
 
 import polyformer as pf
@@ -56,3 +59,24 @@ def test_every_family_has_a_command_and_says_how_to_try_a_trained_model():
         words = shlex.split(family.try_command.format(model="out/model"))
         args = cli.parser().parse_args(words)  # the try-line is a valid command line
         assert args.command == family.command and args.checkpoint == "out/model"
+
+
+def test_a_run_s_modules_leave_pandas_unimported():
+    """In a fresh process (the suite's own has imported pandas already): pandas takes a quarter
+    of a second to import, and only table data needs it, so every module a run or a command can
+    import without tables imports it lazily."""
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys
+        import polyformer.datasets, polyformer.training.data
+        names = ["polyformer.cli", "polyformer.pipelines", "polyformer.training.trainer"]
+        for package in (polyformer.datasets, polyformer.training.data):
+            prefix = package.__name__ + "."
+            names += [module.name for module in pkgutil.iter_modules(package.__path__, prefix)]
+        for name in names:
+            importlib.import_module(name)
+            assert "pandas" not in sys.modules, f"importing {name} imported pandas"
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -30,7 +30,7 @@ LENGTH_BUCKET = 64
 def read_table(table: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """`table` as a DataFrame of strings with a plain 0..n-1 index: a DataFrame (cells that are
     not strings converted, with a warning) or a CSV file read as text (empty cells stay empty)."""
-    import pandas as pd  # half a second: only table QA needs it, not `import polyformer`
+    import pandas as pd  # a quarter of a second: only table QA needs it, not `import polyformer`
 
     if isinstance(table, str | os.PathLike):
         path = Path(table)

@@ -57,7 +57,7 @@ def table_to_strings(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     Cells that are not strings are converted with `str` and a warning (TAPAS reads text; missing
     values become "nan", which TAPAS writes as [EMPTY]).
     """
-    import pandas as pd  # half a second: only table QA needs it, not `import polyformer`
+    import pandas as pd  # a quarter of a second: only table QA needs it, not `import polyformer`
 
     if not isinstance(table, pd.DataFrame):
         raise ValueError(f"the table must be a pandas DataFrame, got {type(table).__name__}")
